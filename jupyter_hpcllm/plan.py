@@ -1,0 +1,141 @@
+"""From options to a job: model facts, engine command and sbatch spec, without touching the cluster.
+
+``plan_launch`` is pure: `hpcllm script` prints its script without connecting, and `up` submits it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field, replace
+
+from ._version import __version__
+from .engines import EngineSpec, build_command, display_argv
+from .errors import ConfigError
+from .families import Family, family_from_name
+from .profiles import Profile
+from .slurm import JOB_NAME_PREFIX, JobSpec, render_script
+
+__all__ = ["LaunchPlan", "plan_launch"]
+
+_MODEL_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    profile: Profile
+    model: str  # the served name: what `client.chat.completions.create(model=...)` takes
+    model_path: str
+    engine: str
+    gpu_type: str
+    gpus: int
+    family: Family | None
+    tool_parser: str | None
+    reasoning_parser: str | None
+    spec: JobSpec
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def job_name(self) -> str:
+        return self.spec.name
+
+    @property
+    def script(self) -> str:
+        return render_script(self.spec)
+
+    @property
+    def engine_command(self) -> str:
+        return " ".join(display_argv(self.spec.command))
+
+
+def model_path_for(profile: Profile, model: str) -> str:
+    """The model's directory on the cluster: a name under the model root, or an absolute path."""
+    model = model.strip().rstrip("/")
+    parts = model.split("/")
+    absolute = model.startswith("/") or model.startswith("~/")
+    check = parts[1:] if absolute else parts
+    if not model or not all(_MODEL_PART.match(p) for p in check if p) or ".." in parts:
+        raise ConfigError(
+            f"{model!r} is not a model name jupyter-hpcllm accepts.",
+            "Give a directory name under the profile's model root (letters, digits, '.', '_', '+', '-'), "
+            "or an absolute path made of such names.",
+        )
+    if absolute:
+        return model
+    return f"{profile.model_root.rstrip('/')}/{model}"
+
+
+def plan_launch(
+    profile: Profile,
+    model: str,
+    *,
+    gpus: int | None = None,
+    gpu_type: str | None = None,
+    engine: str | None = None,
+    time: str | None = None,
+    cpus: int | None = None,
+    mem: str | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    qos: str | None = None,
+    tool_call_parser: str | None = None,
+    reasoning_parser: str | None = None,
+    engine_args: tuple[str, ...] | list[str] = (),
+) -> LaunchPlan:
+    engine = engine or profile.default_engine
+    image = profile.image(engine)
+    model_path = model_path_for(profile, model)
+    served = model_path.rsplit("/", 1)[-1]
+    gpu = profile.gpu_type(gpu_type)
+    count = profile.default_gpus if gpus is None else gpus
+    if count not in gpu.counts:
+        others = [g for g in profile.gpu_types.values() if count in g.counts and g.name != gpu.name]
+        alternative = f" or --gpu-type {others[0].name} (up to {others[0].max_count})" if others else ""
+        raise ConfigError(
+            f"{gpu.name} allows {gpu.min_count}–{gpu.max_count} GPUs per job on profile {profile.name!r}; "
+            f"you asked for {count}.",
+            f"Use --gpus {min(max(count, gpu.min_count), gpu.max_count)}{alternative}.",
+        )
+    family = family_from_name(served)
+    defaults = family.parsers(engine) if family else None
+    notes = []
+    if family is None:
+        notes.append(
+            f"The family of {served!r} is not known from its name: launching without tool-call and "
+            "reasoning parsers (pass --tool-call-parser / --reasoning-parser to set them)."
+        )
+    tool = tool_call_parser if tool_call_parser is not None else (defaults.tool if defaults else None)
+    reasoning = reasoning_parser if reasoning_parser is not None else (defaults.reasoning if defaults else None)
+    extra = tuple(defaults.extra_args if defaults else ()) + tuple(engine_args)
+    command = build_command(
+        EngineSpec(engine, model_path, served, count, tool or None, reasoning or None, extra)
+    )
+    spec = JobSpec(
+        name=f"{JOB_NAME_PREFIX}pending",
+        model=served,
+        engine=engine,
+        command=command,
+        gres=f"gpu:{gpu.name}:{count}",
+        cpus=profile.cpus if cpus is None else cpus,
+        mem=mem or profile.mem,
+        time=time or profile.time,
+        runtime=profile.runtime,
+        runtime_command=profile.runtime_command,
+        image=image,
+        runtime_args=profile.runtime_args,
+        binds=profile.binds or ((profile.model_root,) if profile.runtime != "none" else ()),
+        partition=partition or profile.partition,
+        account=account or profile.account,
+        qos=qos or profile.qos,
+        extra_sbatch=profile.extra_sbatch,
+        prologue=profile.prologue,
+        comment=f"hpcllm;model={served};engine={engine}",
+        header=f"jupyter-hpcllm {__version__}",
+    )
+    # Same script, same job: the name carries a digest of everything that runs, so `up` can find a
+    # pending or running twin and reuse it instead of queueing a second one.
+    digest = hashlib.sha256(render_script(spec).encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9._-]", "-", served)[:40]
+    spec = replace(spec, name=f"{JOB_NAME_PREFIX}{slug}-{digest}")
+    return LaunchPlan(profile, served, model_path, engine, gpu.name, count, family, tool, reasoning, spec,
+                      tuple(notes))

@@ -1,0 +1,347 @@
+"""Cluster profiles: one typed, resolved config object per cluster.
+
+A profile comes from a built-in preset (``ebi``), from the user's TOML file, or from both: a file
+profile named like a preset, or saying ``preset = "ebi"``, overrides only the keys it sets.
+The file is ``$HPCLLM_CONFIG`` or ``config.toml`` in the platform's user config directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = ["PRESETS", "GpuType", "Profile", "config_path", "load_profile", "profile_names", "starter_config"]
+
+ENGINES = ("vllm", "sglang")
+RUNTIMES = ("singularity", "apptainer", "none")
+
+
+@dataclass(frozen=True)
+class GpuType:
+    """A GPU type the cluster offers: its Slurm GRES name, how many one job may take, memory per GPU."""
+
+    name: str
+    max_count: int
+    memory_gb: float
+    min_count: int = 1
+
+    @property
+    def counts(self) -> range:
+        return range(self.min_count, self.max_count + 1)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything jupyter-hpcllm needs to know about one cluster."""
+
+    name: str
+    # How to reach the login node. host "local" means: Jupyter already runs on the cluster.
+    host: str = "local"
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    proxy_jump: str | None = None
+    known_hosts: str | None = None
+    ssh_config: str = "~/.ssh/config"
+    connect_timeout: float = 15.0
+    command_timeout: float = 60.0
+    # Slurm defaults for the job.
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "4:00:00"
+    cpus: int = 16
+    mem: str = "32G"
+    extra_sbatch: tuple[str, ...] = ()
+    prologue: str = ""
+    gpu_types: Mapping[str, GpuType] = field(default_factory=dict)
+    default_gpu_type: str | None = None
+    default_gpus: int = 1
+    # Where models and engine images live on the cluster, and how to run the images.
+    model_root: str = "~/models"
+    runtime: str = "singularity"
+    runtime_path: str | None = None
+    runtime_args: tuple[str, ...] = ("--nv",)
+    binds: tuple[str, ...] = ()
+    images: Mapping[str, str] = field(default_factory=dict)
+    default_engine: str = "vllm"
+
+    @property
+    def is_local(self) -> bool:
+        return self.host in ("", "local", "localhost-no-ssh")
+
+    @property
+    def runtime_command(self) -> str:
+        return self.runtime_path or self.runtime
+
+    def gpu_type(self, name: str | None) -> GpuType:
+        """The named GPU type (or the default), or a ConfigError listing what this cluster offers."""
+        name = name or self.default_gpu_type or next(iter(self.gpu_types), None)
+        offered = ", ".join(
+            f"{g.name} (1–{g.max_count} × {g.memory_gb:g} GB)" for g in self.gpu_types.values()
+        )
+        if name is None:
+            raise ConfigError(
+                f"Profile {self.name!r} lists no GPU types.",
+                "Add a [profiles.NAME.gpu_types.TYPE] table with max_count and memory_gb to your config.",
+            )
+        if name not in self.gpu_types:
+            raise ConfigError(
+                f"GPU type {name!r} is not offered by profile {self.name!r}.",
+                f"Use --gpu-type with one of: {offered}.",
+            )
+        return self.gpu_types[name]
+
+    def image(self, engine: str) -> str:
+        if engine not in ENGINES:
+            raise ConfigError(f"Unknown engine {engine!r}.", f"Use --engine {' or '.join(ENGINES)}.")
+        if self.runtime == "none":
+            return ""
+        if engine not in self.images:
+            raise ConfigError(
+                f"Profile {self.name!r} has no container image for {engine}.",
+                f"Set images.{engine} = \"/path/to/{engine}.sif\" in the profile, or use --engine "
+                f"{' / '.join(e for e in self.images) or 'with an image'}.",
+            )
+        return self.images[engine]
+
+
+_EBI = Profile(
+    name="ebi",
+    host="ihpc.ebi.ac.uk",
+    time="4:00:00",
+    cpus=16,
+    mem="32G",
+    gpu_types={
+        "a100": GpuType("a100", max_count=4, memory_gb=80),
+        "h200": GpuType("h200", max_count=8, memory_gb=141),
+    },
+    default_gpu_type="a100",
+    model_root="/hps/nobackup/saezrodriguez/hf_models",
+    runtime="singularity",
+    binds=("/hps",),
+    images={
+        "vllm": "/hps/nobackup/saezrodriguez/singularity_images/vllm-openai_latest.sif",
+        "sglang": "/hps/nobackup/saezrodriguez/singularity_images/sglang_latest.sif",
+    },
+    default_engine="vllm",
+)
+
+PRESETS: Mapping[str, Profile] = {"ebi": _EBI}
+
+
+def config_path() -> Path:
+    """The config file in use: ``$HPCLLM_CONFIG``, else the platform's user config dir."""
+    if os.environ.get("HPCLLM_CONFIG"):
+        return Path(os.environ["HPCLLM_CONFIG"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("jupyter-hpcllm")) / "config.toml"
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        if os.environ.get("HPCLLM_CONFIG"):
+            raise ConfigError(
+                f"HPCLLM_CONFIG points to {path}, which does not exist.",
+                "Create it with `hpcllm config init`, or unset HPCLLM_CONFIG.",
+            )
+        return {}
+    try:
+        with path.open("rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+            return data
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"Cannot read the config file {path}: {error}.", "Fix the file and retry.") from None
+
+
+def profile_names(path: Path | None = None) -> list[str]:
+    data = _read_config(path or config_path())
+    return sorted(set(PRESETS) | set(data.get("profiles", {})))
+
+
+def default_profile_name(path: Path | None = None) -> str:
+    data = _read_config(path or config_path())
+    return os.environ.get("HPCLLM_PROFILE") or str(data.get("default_profile") or "ebi")
+
+
+def load_profile(name: str | None = None, path: Path | None = None) -> Profile:
+    """Resolve a profile by name (None: ``$HPCLLM_PROFILE``, the file's ``default_profile``, else ebi)."""
+    path = path or config_path()
+    data = _read_config(path)
+    name = name or os.environ.get("HPCLLM_PROFILE") or str(data.get("default_profile") or "ebi")
+    table = data.get("profiles", {})
+    known = sorted(set(PRESETS) | set(table))
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        suggestion = f"Did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"Unknown profile {name!r}; known profiles: {', '.join(known)}.",
+            f"{suggestion}Define it under [profiles.{name}] in {path} (`hpcllm config init` writes a "
+            "starter file).",
+        )
+    overrides = dict(table.get(name, {}))
+    base_name = overrides.pop("preset", name if name in PRESETS else None)
+    if base_name is not None and base_name not in PRESETS:
+        raise ConfigError(
+            f"Profile {name!r} names preset {base_name!r}, which does not exist.",
+            f"Built-in presets: {', '.join(PRESETS)}.",
+        )
+    base = PRESETS[base_name] if base_name else Profile(name=name)
+    return _apply(replace(base, name=name), overrides, path)
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Profile)}
+
+
+def _apply(profile: Profile, overrides: dict[str, Any], path: Path) -> Profile:
+    """Overlay the TOML keys on a profile, checking every key and type."""
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in _FIELD_TYPES or key == "name":
+            close = difflib.get_close_matches(key, list(_FIELD_TYPES), n=1)
+            raise ConfigError(
+                f"Unknown key {key!r} in profile {profile.name!r} of {path}.",
+                f"Did you mean {close[0]!r}?" if close else "See `hpcllm config init` for the keys.",
+            )
+        changes[key] = _coerce(profile.name, key, value)
+    resolved = replace(profile, **changes)
+    if resolved.runtime not in RUNTIMES:
+        raise ConfigError(
+            f"Profile {profile.name!r}: runtime must be one of {', '.join(RUNTIMES)}, not {resolved.runtime!r}.",
+        )
+    if resolved.default_engine not in ENGINES:
+        raise ConfigError(f"Profile {profile.name!r}: default_engine must be vllm or sglang.")
+    return resolved
+
+
+def _coerce(profile: str, key: str, value: Any) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"Profile {profile!r}: {key} must be {expected}, not {value!r}.")
+
+    if key == "gpu_types":
+        if not isinstance(value, dict):
+            raise bad("a table of GPU types")
+        gpus = {}
+        for gpu_name, spec in value.items():
+            try:
+                gpus[gpu_name] = GpuType(
+                    gpu_name,
+                    max_count=int(spec["max_count"]),
+                    memory_gb=float(spec["memory_gb"]),
+                    min_count=int(spec.get("min_count", 1)),
+                )
+            except (KeyError, TypeError, ValueError):
+                raise bad("tables with max_count and memory_gb, e.g. { max_count = 4, memory_gb = 80 }") from None
+        return gpus
+    if key == "images":
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise bad("a table of engine = image path")
+        return dict(value)
+    if key in ("extra_sbatch", "runtime_args", "binds"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        return tuple(value)
+    if key in ("port", "cpus", "default_gpus"):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad("an integer")
+        return value
+    if key in ("connect_timeout", "command_timeout"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise bad("a number of seconds")
+        return float(value)
+    if not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
+def render_profile(profile: Profile) -> str:
+    """The resolved profile as TOML, for `hpcllm config show`."""
+    lines = [f"[profiles.{profile.name}]"]
+    tables: list[str] = []
+    for f in fields(Profile):
+        value = getattr(profile, f.name)
+        if f.name == "name" or value is None:
+            continue
+        if f.name == "gpu_types":
+            for gpu in value.values():
+                tables.append(
+                    f"[profiles.{profile.name}.gpu_types.{gpu.name}]\n"
+                    f"min_count = {gpu.min_count}\nmax_count = {gpu.max_count}\nmemory_gb = {gpu.memory_gb:g}"
+                )
+        elif f.name == "images":
+            body = "\n".join(f"{k} = {_toml(v)}" for k, v in value.items())
+            tables.append(f"[profiles.{profile.name}.images]\n{body}")
+        else:
+            lines.append(f"{f.name} = {_toml(value)}")
+    return "\n\n".join(["\n".join(lines), *tables]) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    import json
+
+    return json.dumps(str(value))
+
+
+def starter_config() -> str:
+    """A commented config file for `hpcllm config init`."""
+    return '''\
+# jupyter-hpcllm configuration. One [profiles.NAME] table per cluster.
+# `hpcllm config show [--profile NAME]` prints a profile as resolved.
+
+default_profile = "ebi"
+
+# The built-in "ebi" preset reproduces EBI's runbook; set only what differs for you.
+[profiles.ebi]
+# host = "ihpc.ebi.ac.uk"          # a Host alias from ~/.ssh/config works too, with all its settings
+# user = "yourname"                 # default: from ~/.ssh/config, else your local user name
+# identity_file = "~/.ssh/id_ed25519"
+
+# A cluster of your own:
+# [profiles.mycluster]
+# host = "login.example.org"        # "local" when Jupyter already runs on the cluster (no SSH)
+# port = 22
+# proxy_jump = "bastion.example.org"
+# known_hosts = "~/.ssh/known_hosts"
+# partition = "gpu"
+# account = "mylab"
+# qos = "normal"
+# time = "4:00:00"                  # Slurm time: MM, HH:MM:SS or D-HH:MM:SS
+# cpus = 16
+# mem = "32G"
+# extra_sbatch = ["--constraint=ib"]
+# prologue = "module load cuda/12.4"
+# model_root = "/shared/models"
+# runtime = "apptainer"             # singularity, apptainer or none
+# runtime_path = "/usr/bin/apptainer"
+# runtime_args = ["--nv"]
+# binds = ["/shared"]
+# default_engine = "vllm"           # or "sglang"
+# default_gpu_type = "a100"
+#
+# [profiles.mycluster.images]
+# vllm = "/shared/images/vllm-openai_latest.sif"
+# sglang = "/shared/images/sglang_latest.sif"
+#
+# [profiles.mycluster.gpu_types.a100]
+# max_count = 4
+# memory_gb = 80
+'''

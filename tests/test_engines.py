@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from jupyter_hpcllm.engines import PORT, EngineSpec, build_command, display_argv, loading_progress
+from jupyter_hpcllm.errors import ConfigError
+from jupyter_hpcllm.families import family_from_name
+
+
+def test_vllm_command_follows_the_runbook():
+    command = build_command(EngineSpec("vllm", "/m/gpt-oss-120b", "gpt-oss-120b", 4, "openai", "openai_gptoss"))
+    argv = list(command.argv)
+    assert argv[:3] == ["vllm", "serve", "/m/gpt-oss-120b"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
+    assert argv[argv.index("--port") + 1] is PORT
+    assert argv[argv.index("--tool-call-parser") - 1] == "--enable-auto-tool-choice"
+    assert command.key_env == "VLLM_API_KEY" and "--api-key" not in argv
+
+
+def test_sglang_command_follows_the_runbook():
+    command = build_command(EngineSpec("sglang", "/m/Qwen3-8B", "Qwen3-8B", 2, "qwen25", "qwen3", ("--context-length", "8192")))
+    shown = list(display_argv(command))
+    assert shown[:3] == ["python", "-m", "sglang.launch_server"]
+    assert shown[shown.index("--model-path") + 1] == "/m/Qwen3-8B"
+    assert shown[shown.index("--tp-size") + 1] == "2"
+    assert shown[shown.index("--host") + 1] == "0.0.0.0"
+    assert shown[-2:] == ["--context-length", "8192"]
+    assert "--api-key" not in command.argv and command.key_file_arg
+
+
+def test_no_parsers_means_no_flags():
+    argv = build_command(EngineSpec("vllm", "/m/x", "x", 1)).argv
+    assert "--enable-auto-tool-choice" not in argv and "--reasoning-parser" not in argv
+
+
+@pytest.mark.parametrize("arg", ["--port", "--api-key=abc", "--host"])
+def test_managed_options_are_refused(arg):
+    with pytest.raises(ConfigError, match="set by jupyter-hpcllm"):
+        build_command(EngineSpec("vllm", "/m/x", "x", 1, extra_args=(arg, "1")))
+
+
+def test_loading_progress_reads_the_last_tqdm_state():
+    log = ("INFO start\nLoading safetensors checkpoint shards:   0% Completed | 0/11 [00:00<?, ?it/s]\r"
+           "Loading safetensors checkpoint shards:  45% Completed | 5/11 [00:05<00:06,  1.02s/it]\r")
+    assert loading_progress(log) == (5, 11)
+    assert loading_progress("nothing yet") is None
+
+
+@pytest.mark.parametrize("name, vllm, sglang", [
+    ("gpt-oss-120b", ("openai", "openai_gptoss"), ("gpt-oss", "gpt-oss")),
+    ("Qwen3-8B", ("hermes", "qwen3"), ("qwen25", "qwen3")),
+    ("Qwen3-Coder-30B-A3B-Instruct", ("qwen3_coder", None), ("qwen3_coder", None)),
+    ("Qwen3-30B-A3B-Thinking-2507", ("hermes", "qwen3"), ("qwen25", "qwen3-thinking")),
+    ("QwQ-32B", ("hermes", "deepseek_r1"), ("qwen25", "deepseek-r1")),
+    ("Qwen2.5-7B-Instruct", ("hermes", None), ("qwen25", None)),
+    ("DeepSeek-R1", ("deepseek_v3", "deepseek_r1"), ("deepseekv3", "deepseek-r1")),
+    ("DeepSeek-V3.1", ("deepseek_v31", "deepseek_v3"), ("deepseekv31", "deepseek-v3")),
+    ("Llama-3.1-8B-Instruct", ("llama3_json", None), ("llama3", None)),
+    ("MiniMax-M2", ("minimax_m2", "minimax_m2_append_think"), ("minimax-m2", "minimax-append-think")),
+    ("GLM-4.5-Air", ("glm45", "glm45"), ("glm45", "glm45")),
+])
+def test_family_table(name, vllm, sglang):
+    family = family_from_name(name)
+    assert family is not None
+    assert (family.vllm.tool, family.vllm.reasoning) == vllm
+    assert (family.sglang.tool, family.sglang.reasoning) == sglang
+
+
+def test_unknown_family():
+    assert family_from_name("my-own-finetune") is None
