@@ -206,7 +206,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"Job {job}: {row.raw_state}")
     for label, value in (("model", row.comment_field("model")), ("engine", row.comment_field("engine")),
                          ("node", row.node), ("time left", row.time_left if row.node else None),
-                         ("reason", None if row.node else row.reason), ("expected start", row.start_time),
+                         ("reason", None if row.node else row.reason),
+                         ("started" if row.node else "expected start", row.start_time),
                          ("port", str(probe.server["port"]) if probe.server else None)):
         if value:
             print(f"  {label:15} {value}")
@@ -239,7 +240,8 @@ def _cmd_down(args: argparse.Namespace) -> int:
     jobs = [j.job_id for j in list_servers(args.profile)] if args.all else [_only_job(args)]
     for job in jobs:
         state = cancel(job, profile=args.profile)
-        print(f"Job {job}: cancelled ({state.value.lower() if state.value != 'UNKNOWN' else 'gone'}).")
+        now = "gone from the queue" if state.value == "UNKNOWN" else f"now {state.value}"
+        print(f"Job {job} cancelled ({now}); its GPUs are free.")
     if not jobs:
         print("No jupyter-hpcllm jobs to cancel.")
     return 0

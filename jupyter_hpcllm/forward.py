@@ -51,7 +51,8 @@ class PortForward:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._pairs: set[socket.socket] = set()
-        self.errors: list[BaseException] = []
+        self.errors: list[BaseException] = []  # unexpected failures in the relay threads
+        self.last_refusal: str | None = None  # why the last connection could not be relayed
         self._accept_thread = threading.Thread(target=self._accept_loop, name=f"hpcllm-forward-{target}",
                                                daemon=True)
         self._accept_thread.start()
@@ -83,9 +84,9 @@ class PortForward:
             try:
                 channel = self._open_channel()
             except Exception as error:
-                # The server is gone (job ended) or the SSH connection dropped: the HTTP client sees a
-                # closed connection; the error is kept for `raise_if_failed` / close().
-                self._record(ForwardError(f"Cannot open a channel to {self.target}: {error}."))
+                # Nothing listens there (yet, or any more): the HTTP client sees a closed connection, as
+                # it would see a refused one. Normal while the engine loads, so not a thread failure.
+                self.last_refusal = f"Cannot open a channel to {self.target}: {error}."
                 return
             self._pump(client, channel)
         except (OSError, EOFError):

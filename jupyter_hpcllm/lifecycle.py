@@ -264,8 +264,10 @@ def submit(transport: Transport, plan: LaunchPlan) -> str:
     try:
         result = transport.run(submit_command(), stdin=plan.script)
     except RemoteCommandError as error:
+        lines = (error.stderr.strip() or error.stdout.strip()).splitlines()
+        message = "; ".join(line.removeprefix("sbatch: error: ").strip() for line in lines if line.strip())
         raise SubmitError(
-            (error.stderr.strip() or error.stdout.strip()).removeprefix("sbatch: error: "),
+            message.rstrip(".") + ".",
             "Check the GPU type, count, time, memory and partition against what the cluster allows "
             "(`sinfo -o '%P %G %l'` on the login node); `hpcllm script` shows what was submitted.",
         ) from None
@@ -331,10 +333,8 @@ def _wait_ready(profile: Profile, job_id: str, report: ProgressCallback, timeout
                 seen: tuple[Any, ...] = (Stage.PENDING, row.reason, expected)
                 if seen != last:
                     last = seen
-                    when = f"; expected start {expected}" if expected else ""
-                    report(Progress(Stage.PENDING, job_id, f"Job {job_id} is waiting in the queue "
-                                    f"({row.reason}{when}).", elapsed, reason=row.reason,
-                                    expected_start=expected))
+                    report(Progress(Stage.PENDING, job_id, _pending_message(job_id, row.reason, expected),
+                                    elapsed, reason=row.reason, expected_start=expected))
                 tick = min(tick * 1.5, _PENDING_TICK_MAX)
                 time.sleep(tick)
                 continue
@@ -374,6 +374,13 @@ def _wait_ready(profile: Profile, job_id: str, report: ProgressCallback, timeout
         if forward is not None:
             forward.close()
         raise
+
+
+def _pending_message(job_id: str, reason: str, expected: str | None) -> str:
+    # Slurm says "None" for a job it has not looked at yet: it is about to be scheduled.
+    why = "about to be scheduled" if reason in ("", "None") else f"waiting for {reason}"
+    when = f", expected to start {expected.replace('T', ' ')}" if expected else ""
+    return f"Job {job_id} is pending ({why}{when})."
 
 
 def _open_forward(profile: Profile, transport: Transport, node: str, port: int) -> PortForward | None:

@@ -9,6 +9,7 @@ paramiko is imported only when an SSH transport is made, so ``import jupyter_hpc
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import select
 import socket
@@ -155,6 +156,9 @@ class SSHTransport:
     """One paramiko connection to the login node, reused for every command and tunnel."""
 
     def __init__(self, profile: Profile) -> None:
+        # paramiko logs a refused forward channel as an ERROR; with no logging configured Python would
+        # print it on stderr (e.g. while the engine is still loading). Our errors say what matters.
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         self.profile = profile
         self.target = _SSHTarget.resolve(profile)
         self.description = self.target.display
@@ -170,11 +174,18 @@ class SSHTransport:
         if target.proxy_jump:
             jump_host = target.proxy_jump.split(",")[0]
             self._jump = SSHTransport(_jump_profile(self.profile, jump_host))
-            sock = self._jump.open_channel(target.hostname, target.port, timeout=timeout)
+            try:
+                sock = self._jump.open_channel(target.hostname, target.port, timeout=timeout)
+            except Exception as error:
+                raise ConnectError(f"The jump host {jump_host} cannot reach {target.display}: {error}.",
+                                   _REACH_HINT) from None
         elif target.proxy_command:
             sock = paramiko.ProxyCommand(target.proxy_command)
         else:
-            sock = _tcp_connect(target.hostname, target.port, timeout)
+            try:
+                sock = _tcp_connect(target.hostname, target.port, timeout)
+            except OSError as error:
+                raise ConnectError(f"Cannot reach {target.display}: {error}.", _REACH_HINT) from None
         client = paramiko.SSHClient()
         if target.known_hosts:
             for path in target.known_hosts:

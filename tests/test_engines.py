@@ -18,7 +18,8 @@ def test_vllm_command_follows_the_runbook():
 
 
 def test_sglang_command_follows_the_runbook():
-    command = build_command(EngineSpec("sglang", "/m/Qwen3-8B", "Qwen3-8B", 2, "qwen25", "qwen3", ("--context-length", "8192")))
+    spec = EngineSpec("sglang", "/m/Qwen3-8B", "Qwen3-8B", 2, "qwen25", "qwen3", ("--context-length", "8192"))
+    command = build_command(spec)
     shown = list(display_argv(command))
     assert shown[:3] == ["python", "-m", "sglang.launch_server"]
     assert shown[shown.index("--model-path") + 1] == "/m/Qwen3-8B"

@@ -81,13 +81,38 @@ def test_forward_relays_and_closes(local, echo_server):
         socket.create_connection(("127.0.0.1", forward.local_port), timeout=1).close()
 
 
-def test_forward_reraises_what_failed_in_its_threads():
+def test_a_refused_channel_closes_the_connection():
     def refuse():
         raise ConnectionRefusedError("Connect failed")
 
-    with pytest.raises(ForwardError, match="Cannot open a channel to gpu01:1"), PortForward(refuse, "gpu01:1") as fwd:
-        with socket.create_connection(("127.0.0.1", fwd.local_port)) as conn:
+    with PortForward(refuse, "gpu01:1") as forward:
+        with socket.create_connection(("127.0.0.1", forward.local_port)) as conn:
             assert conn.recv(10) == b""  # the forward closes the connection it cannot relay
+    assert "Connect failed" in forward.last_refusal
+
+
+def test_forward_reraises_what_failed_in_its_threads():
+    class Broken:
+        def __init__(self):
+            self.ends = socket.socketpair()
+            self.ends[1].sendall(b"x")  # readable at once, so the relay calls recv()
+
+        def fileno(self):
+            return self.ends[0].fileno()
+
+        def recv(self, size):
+            raise RuntimeError("boom in the relay")
+
+        def sendall(self, data):
+            pass
+
+        def close(self):
+            for end in self.ends:
+                end.close()
+
+    with pytest.raises(ForwardError, match="boom in the relay"), PortForward(Broken, "broken") as forward:
+        with socket.create_connection(("127.0.0.1", forward.local_port)) as conn:
+            assert conn.recv(10) == b""
 
 
 def test_forward_close_is_idempotent(local, echo_server):

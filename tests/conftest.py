@@ -1,0 +1,96 @@
+"""Shared fixtures. Tests marked `cluster` need the local test cluster (tests/cluster/testcluster.sh up).
+
+Without it they skip, except under CI=true, where a missing cluster is a failure: CI must never pass
+by skipping the tests that matter.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+CLUSTER_DIR = Path(os.environ.get("HPCLLM_TESTCLUSTER_DIR", "/tmp/hpcllm-testcluster"))
+CLUSTER_CONFIG = CLUSTER_DIR / "config.toml"
+IMAGES_DIR = Path("/tmp/hpcllm-test-images")  # readable by the cluster's user
+
+
+def _cluster_problem() -> str | None:
+    if not CLUSTER_CONFIG.exists():
+        return f"{CLUSTER_CONFIG} is missing"
+    try:
+        socket.create_connection(("127.0.0.1", 2222), timeout=2).close()
+    except OSError as error:
+        return f"sshd on 127.0.0.1:2222 does not answer ({error})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cluster_config() -> Path:
+    problem = _cluster_problem()
+    if problem:
+        message = f"the local test cluster is not up: {problem}; run `bash tests/cluster/testcluster.sh up`"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return CLUSTER_CONFIG
+
+
+@pytest.fixture
+def profile(cluster_config, monkeypatch):
+    """The test cluster's profile, with HPCLLM_CONFIG pointing at its config."""
+    from jupyter_hpcllm.profiles import load_profile
+
+    monkeypatch.setenv("HPCLLM_CONFIG", str(cluster_config))
+    monkeypatch.delenv("HPCLLM_PROFILE", raising=False)
+    return load_profile("testcluster")
+
+
+@pytest.fixture
+def transport(profile):
+    from jupyter_hpcllm.transport import transport_for
+
+    return transport_for(profile)
+
+
+@pytest.fixture
+def make_image():
+    """Write an engine-double image with settings (delay, crash_after_load, ...) and return its path."""
+    IMAGES_DIR.mkdir(mode=0o755, exist_ok=True)
+    IMAGES_DIR.chmod(0o755)
+
+    def make(engine: str, **settings: object) -> str:
+        path = IMAGES_DIR / f"{engine}-{uuid.uuid4().hex[:8]}.sif"
+        lines = [f"engine={engine}", *(f"{key}={value}" for key, value in settings.items())]
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o644)
+        return str(path)
+
+    return make
+
+
+@pytest.fixture
+def profile_with(profile, make_image):
+    """The cluster profile with engine images made for one test."""
+
+    def build(**settings: object):
+        images = {engine: make_image(engine, **settings) for engine in ("vllm", "sglang")}
+        return replace(profile, images=images)
+
+    return build
+
+
+@pytest.fixture
+def no_leftover_jobs(transport):
+    """After the test, no job of ours may hold an allocation."""
+    yield
+    from jupyter_hpcllm.slurm import parse_queue, queue_command
+
+    rows = [r for r in parse_queue(transport.run(queue_command()).stdout) if r.is_ours]
+    for row in rows:
+        transport.run(f"scancel {row.job_id}")
+    assert not rows, f"jobs left behind: {[(r.job_id, r.raw_state) for r in rows]}"

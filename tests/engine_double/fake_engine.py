@@ -1,0 +1,671 @@
+"""A double of vLLM and SGLang for tests: their command lines, start-up logs, failures and OpenAI API.
+
+Layout (the stand-in `tests/cluster/singularity` puts these on the "container's" paths):
+    vllm-bin/vllm                     `vllm serve MODEL ...`           (vLLM images only)
+    bin/python                        `python` = python3
+    py/sglang/launch_server.py        `python -m sglang.launch_server` (SGLang images only)
+
+Settings come from the image file named by $HPCLLM_FAKE_IMAGE (key=value lines):
+    delay=1.0             seconds the whole start-up takes (weights load one shard at a time within it)
+    version=0.11.0        version printed at start
+    token_delay=0         seconds between streamed tokens
+    crash_after_load=1    die with CUDA out of memory after loading the weights
+    max_model_len_fits=M  vLLM: fail after loading unless --max-model-len <= M (the real error text)
+
+Stdlib only: it runs under the cluster's python3. It is strict on purpose: unknown arguments, parser
+names, a tensor-parallel size that does not divide the heads, too few GPUs, a missing model or a wrong
+API key fail as the real engines fail. A chat answer is deterministic: "Echo: <last user text>";
+`/bench N` answers N words; a tool named in the prompt is called with `key=value` arguments from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+VLLM_TOOL_PARSERS = (
+    "openai", "hermes", "qwen3_coder", "qwen3_xml", "deepseek_v3", "deepseek_v31", "deepseek_v32",
+    "llama3_json", "llama4_pythonic", "pythonic", "mistral", "kimi_k2", "glm45", "glm47", "minimax_m2",
+    "phi4_mini_json", "granite", "granite4", "internlm", "jamba", "xlam",
+)
+VLLM_REASONING_PARSERS = (
+    "openai_gptoss", "qwen3", "deepseek_r1", "deepseek_v3", "mistral", "kimi_k2", "glm45", "minimax_m2",
+    "minimax_m2_append_think", "granite", "hunyuan_a13b",
+)
+SGLANG_TOOL_PARSERS = (
+    "gpt-oss", "qwen25", "qwen", "qwen3_coder", "deepseekv3", "deepseekv31", "deepseekv32", "llama3",
+    "pythonic", "mistral", "kimi_k2", "glm45", "glm47", "minimax-m2", "hermes", "step3", "auto",
+)
+SGLANG_REASONING_PARSERS = (
+    "gpt-oss", "qwen3", "qwen3-thinking", "deepseek-r1", "deepseek-v3", "kimi", "kimi_k2", "glm45",
+    "minimax", "minimax-append-think", "step3", "auto",
+)
+SUPPORTED_ARCHITECTURES = (
+    "GptOssForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM",
+    "MistralForCausalLM", "DeepseekV3ForCausalLM", "Gemma3ForConditionalGeneration", "Phi3ForCausalLM",
+    "Glm4MoeForCausalLM", "MiniMaxM2ForCausalLM", "Qwen3NextForCausalLM", "Llama4ForConditionalGeneration",
+    "Mistral3ForConditionalGeneration", "GraniteForCausalLM",
+)
+BENCH_WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "tempor")
+
+
+class StartupError(Exception):
+    """Ends the process with exit code 1 after printing `lines` (as the engine's traceback would)."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__(lines[-1])
+        self.lines = lines
+
+
+def read_settings() -> dict[str, str]:
+    settings = {"delay": "1.0", "token_delay": "0"}
+    path = os.environ.get("HPCLLM_FAKE_IMAGE")
+    if path and os.path.exists(path):
+        with open(path) as handle:
+            for line in handle:
+                key, sep, value = line.strip().partition("=")
+                if sep:
+                    settings[key.strip()] = value.strip()
+    return settings
+
+
+# --- command lines --------------------------------------------------------------------------------------
+
+
+def vllm_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vllm serve")
+    parser.add_argument("model")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    parser.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
+    parser.add_argument("--data-parallel-size", "-dp", type=int, default=1)
+    parser.add_argument("--enable-expert-parallel", action="store_true")
+    parser.add_argument("--served-model-name", nargs="+")
+    parser.add_argument("--enable-auto-tool-choice", action="store_true")
+    parser.add_argument("--tool-call-parser")
+    parser.add_argument("--reasoning-parser")
+    parser.add_argument("--max-model-len", type=int)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--chat-template")
+    parser.add_argument("--api-key")
+    parser.add_argument("--download-dir")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantization", "-q")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def sglang_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch_server.py")
+    parser.add_argument("--model-path", "--model", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--tp-size", "--tp", type=int, default=1)
+    parser.add_argument("--dp-size", "--dp", type=int, default=1)
+    parser.add_argument("--ep-size", "--ep", type=int, default=1)
+    parser.add_argument("--served-model-name")
+    parser.add_argument("--tool-call-parser", choices=SGLANG_TOOL_PARSERS)
+    parser.add_argument("--reasoning-parser", choices=SGLANG_REASONING_PARSERS)
+    parser.add_argument("--context-length", type=int)
+    parser.add_argument("--mem-fraction-static", type=float)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--api-key")
+    parser.add_argument("--enable-metrics", action="store_true")
+    parser.add_argument("--chat-template")
+    return parser
+
+
+class Engine:
+    """What one server instance knows: its options and counters."""
+
+    def __init__(self, kind: str, args: argparse.Namespace, settings: dict[str, str]) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.model_path = args.model if kind == "vllm" else args.model_path
+        served = args.served_model_name
+        self.served_name = (served[0] if isinstance(served, list) else served) or self.model_path
+        self.host = args.host or "0.0.0.0"
+        self.port = args.port
+        self.tp = args.tensor_parallel_size if kind == "vllm" else args.tp_size
+        self.tool_parser = args.tool_call_parser
+        self.auto_tool_choice = getattr(args, "enable_auto_tool_choice", False)
+        self.reasoning_parser = args.reasoning_parser
+        self.metrics_enabled = kind == "vllm" or args.enable_metrics
+        self.api_key = args.api_key or (os.environ.get("VLLM_API_KEY") if kind == "vllm" else None)
+        self.max_model_len = (args.max_model_len if kind == "vllm" else args.context_length) or 0
+        self.args = args
+        self.config: dict = {}
+        self.inline_thinking = False
+        self.ready = False
+        self.lock = threading.Lock()
+        self.running = 0
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.requests = 0
+
+    # Log lines in each engine's own format.
+    def log(self, message: str, end: str = "\n") -> None:
+        if self.kind == "vllm":
+            prefix = time.strftime("INFO %m-%d %H:%M:%S [api_server.py:1830] ")
+        else:
+            prefix = time.strftime("[%Y-%m-%d %H:%M:%S] ")
+        sys.stdout.write(prefix + message + end)
+        sys.stdout.flush()
+
+
+def gpu_count() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return len([g for g in visible.split(",") if g.strip()]) if visible else 0
+
+
+def check_model(engine: Engine) -> None:
+    config_path = os.path.join(engine.model_path, "config.json")
+    if not os.path.isfile(config_path):
+        raise StartupError(
+            "Traceback (most recent call last):",
+            '  File "/usr/local/lib/python3.12/dist-packages/vllm/transformers_utils/config.py", line 512',
+            f"ValueError: Invalid repository ID or local directory specified: '{engine.model_path}'.",
+        )
+    with open(config_path) as handle:
+        engine.config = json.load(handle)
+    template_path = os.path.join(engine.model_path, "tokenizer_config.json")
+    if os.path.isfile(template_path):
+        with open(template_path) as handle:
+            engine.inline_thinking = "think" in str(json.load(handle).get("chat_template", ""))
+    architecture = (engine.config.get("architectures") or ["?"])[0]
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise StartupError(f"ValueError: Model architectures ['{architecture}'] are not supported for now. "
+                           f"Supported architectures: {list(SUPPORTED_ARCHITECTURES)}")
+    if not engine.max_model_len:
+        engine.max_model_len = int(engine.config.get("max_position_embeddings") or 4096)
+
+
+def heads(config: dict) -> int:
+    text = config.get("text_config") or {}
+    return int(config.get("num_attention_heads") or text.get("num_attention_heads") or 1)
+
+
+def check_vllm_parsers(engine: Engine) -> None:
+    if engine.auto_tool_choice and not engine.tool_parser:
+        raise StartupError("TypeError: Error: --enable-auto-tool-choice requires --tool-call-parser")
+    if engine.tool_parser and engine.tool_parser not in VLLM_TOOL_PARSERS:
+        raise StartupError(
+            "Traceback (most recent call last):",
+            '  File "/usr/local/lib/python3.12/dist-packages/vllm/entrypoints/openai/cli_args.py", line 297',
+            f"KeyError: 'invalid tool call parser: {engine.tool_parser} (chose from "
+            f"{{ {','.join(VLLM_TOOL_PARSERS)} }})'",
+        )
+    if engine.reasoning_parser and engine.reasoning_parser not in VLLM_REASONING_PARSERS:
+        raise StartupError(
+            f"KeyError: 'invalid reasoning parser: {engine.reasoning_parser} (chose from "
+            f"{{ {','.join(VLLM_REASONING_PARSERS)} }})'",
+        )
+
+
+def check_parallelism(engine: Engine) -> None:
+    total_heads = heads(engine.config)
+    available = gpu_count()
+    if engine.tp > available:
+        if engine.kind == "vllm":
+            raise StartupError(f"ValueError: World size ({engine.tp}) is larger than the number of available "
+                               f"GPUs ({available}) in this node. If this is intentional, please use Ray.")
+        raise StartupError(f"RuntimeError: CUDA error: invalid device ordinal (tp_size={engine.tp}, "
+                           f"visible GPUs={available})")
+    if total_heads % engine.tp:
+        if engine.kind == "vllm":
+            raise StartupError(f"ValueError: Total number of attention heads ({total_heads}) must be divisible "
+                               f"by tensor parallel size ({engine.tp}).")
+        raise StartupError(
+            "Traceback (most recent call last):",
+            '  File "/sgl-workspace/sglang/python/sglang/srt/layers/attention/base.py", line 88, in __init__',
+            "    assert self.total_num_heads % tp_size == 0",
+            "AssertionError",
+        )
+
+
+def shard_count(model_path: str) -> int:
+    index = os.path.join(model_path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as handle:
+            return max(1, len(set(json.load(handle).get("weight_map", {}).values())))
+    shards = [name for name in os.listdir(model_path) if name.endswith(".safetensors")]
+    return max(1, len(shards))
+
+
+def load_weights(engine: Engine, seconds: float) -> None:
+    """tqdm-style progress, one update per shard, separated by carriage returns as tqdm writes a file."""
+    total = shard_count(engine.model_path)
+    started = time.monotonic()
+    out = sys.stderr
+    for done in range(total + 1):
+        percent = int(100 * done / total)
+        elapsed = time.monotonic() - started
+        out.write(f"\rLoading safetensors checkpoint shards: {percent:3d}% Completed | {done}/{total} "
+                  f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}<00:00, {seconds / total:5.2f}s/it]")
+        out.flush()
+        if done < total:
+            time.sleep(seconds / total)
+    out.write("\n")
+    out.flush()
+
+
+def fail_after_load(engine: Engine) -> None:
+    if engine.settings.get("crash_after_load") == "1":
+        raise StartupError(
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+            "capacity of 79.15 GiB of which 1.06 GiB is free. Including non-PyTorch memory, this process has "
+            "78.07 GiB memory in use.",
+        )
+    fits = engine.settings.get("max_model_len_fits")
+    if engine.kind == "vllm" and fits and engine.max_model_len > int(fits):
+        raise StartupError(
+            f"ValueError: To serve at least one request with the models's max seq len ({engine.max_model_len}), "
+            f"(12.00 GiB KV cache is needed, which is larger than the available KV cache memory (3.00 GiB). "
+            f"Based on the available memory, the estimated maximum model length is {fits}. Try increasing "
+            "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.",
+        )
+
+
+# --- start-up -------------------------------------------------------------------------------------------
+
+
+def bind(engine: Engine) -> ThreadingHTTPServer:
+    try:
+        server = Server((engine.host, engine.port), Handler)
+    except OSError as error:
+        raise StartupError(f"OSError: [Errno {error.errno}] {error.strerror}") from None
+    server.engine = engine
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def run(engine: Engine) -> int:
+    delay = float(engine.settings.get("delay", "1.0"))
+    version = engine.settings.get("version", "0.11.0" if engine.kind == "vllm" else "0.5.4")
+    server = None
+    try:
+        if engine.kind == "vllm":
+            engine.log(f"vLLM API server version {version}")
+            shown = {k: v for k, v in vars(engine.args).items() if v not in (None, False) and k != "api_key"}
+            engine.log(f"non-default args: {shown}")
+            check_vllm_parsers(engine)
+            check_model(engine)
+            check_parallelism(engine)
+            time.sleep(delay * 0.2)
+            load_weights(engine, delay * 0.6)
+            engine.log(f"Model loading took 12.34 GiB and {delay * 0.6:.2f} seconds")
+            fail_after_load(engine)
+            engine.log("GPU KV cache size: 123,456 tokens")
+            engine.log(f"Maximum concurrency for {engine.max_model_len} tokens per request: 3.52x")
+            time.sleep(delay * 0.2)
+            # vLLM refuses connections until here.
+            server = bind(engine)
+            engine.log(f"Starting vLLM API server 0 on http://{engine.host}:{engine.port}")
+            engine.ready = True
+            sys.stdout.write("INFO:     Application startup complete.\n")
+            sys.stdout.flush()
+        else:
+            # The real SGLang prints all its arguments, the API key included: the launcher must redact.
+            fields = ", ".join(f"{k}={v!r}" for k, v in vars(engine.args).items())
+            engine.log(f"server_args=ServerArgs({fields})")
+            check_model(engine)
+            server = bind(engine)  # SGLang listens early and answers /health with 503 while starting
+            time.sleep(delay * 0.2)
+            check_parallelism(engine)
+            load_weights(engine, delay * 0.6)
+            engine.log("Load weight end. type=Qwen3ForCausalLM, dtype=torch.bfloat16, avail mem=60.12 GB")
+            fail_after_load(engine)
+            engine.log("KV Cache is allocated. #tokens: 123456, K size: 9.42 GB, V size: 9.42 GB")
+            time.sleep(delay * 0.2)
+            engine.log("Capture cuda graph end. Time elapsed: 1.00 s")
+            engine.ready = True
+            engine.log("The server is fired up and ready to roll!")
+    except StartupError as error:
+        for line in error.lines:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        return 1
+    stop = threading.Event()
+
+    def terminate(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
+    stop.wait()
+    sys.stdout.write("INFO:     Shutting down\n" if engine.kind == "vllm" else "Received sigterm, shutting down\n")
+    sys.stdout.flush()
+    if server is not None:
+        server.shutdown()
+    return 0
+
+
+def main_vllm(argv: list[str]) -> int:
+    if not argv or argv[0] != "serve":
+        sys.stderr.write("usage: vllm [-h] [-v] {chat,complete,serve,bench,collect-env,run-batch} ...\n")
+        return 2
+    args = vllm_parser().parse_args(argv[1:])
+    return run(Engine("vllm", args, read_settings()))
+
+
+def main_sglang(argv: list[str]) -> int:
+    args = sglang_parser().parse_args(argv)
+    return run(Engine("sglang", args, read_settings()))
+
+
+# --- the OpenAI API -------------------------------------------------------------------------------------
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = False
+    request_queue_size = 128
+    engine: Engine
+
+
+def message_text(message: dict) -> str:
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def tool_arguments(tool: dict, text: str) -> dict:
+    """Arguments for a call: `key=value` words in the prompt, coerced to the schema's types."""
+    properties = tool.get("function", {}).get("parameters", {}).get("properties", {})
+    found = dict(word.split("=", 1) for word in text.replace(",", " ").split() if "=" in word)
+    arguments = {}
+    for name, schema in properties.items():
+        kind = schema.get("type", "string")
+        raw = found.get(name)
+        if raw is None:
+            continue
+        try:
+            if kind == "integer":
+                arguments[name] = int(raw)
+            elif kind == "number":
+                arguments[name] = float(raw)
+            elif kind == "boolean":
+                arguments[name] = raw.lower() in ("true", "1", "yes")
+            else:
+                arguments[name] = raw
+        except ValueError:
+            arguments[name] = raw
+    return arguments
+
+
+class Answer:
+    def __init__(self) -> None:
+        self.reasoning: str | None = None
+        self.words: list[str] = []
+        self.tool_call: dict | None = None
+        self.finish = "stop"
+        self.prompt_tokens = 0
+
+
+_bench_cache: dict[int, list[str]] = {}
+
+
+def bench_words(count: int) -> list[str]:
+    if count not in _bench_cache:
+        _bench_cache.clear()
+        _bench_cache[count] = list(itertools.islice(itertools.cycle(BENCH_WORDS), count))
+    return _bench_cache[count]
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, body: dict) -> None:
+        super().__init__(str(body))
+        self.status = status
+        self.body = body
+
+
+def openai_error(message: str, status: int = 400, kind: str = "BadRequestError") -> BadRequest:
+    return BadRequest(status, {"object": "error", "message": message, "type": kind, "param": None, "code": status})
+
+
+def plan_answer(engine: Engine, request: dict) -> Answer:
+    messages = request.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise openai_error("messages: Field required (a non-empty list of messages)")
+    if request.get("model") != engine.served_name:
+        raise openai_error(f"The model `{request.get('model')}` does not exist.", 404, "NotFoundError")
+    answer = Answer()
+    answer.prompt_tokens = sum(len(message_text(m).split()) for m in messages if isinstance(m, dict))
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    user_text = next((message_text(m) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
+                     "")
+    tools = request.get("tools") or []
+    choice = request.get("tool_choice")
+    use_tools = bool(tools) and choice != "none"
+    if use_tools and engine.kind == "vllm" and choice in (None, "auto") and not (
+            engine.auto_tool_choice and engine.tool_parser):
+        raise openai_error('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
+    if use_tools and engine.kind == "sglang" and not engine.tool_parser:
+        use_tools = False
+    kwargs = request.get("chat_template_kwargs") or {}
+    thinking = kwargs.get("enable_thinking", True) is not False
+    if thinking and engine.reasoning_parser:
+        answer.reasoning = f"Thinking about: {user_text}"
+    if use_tools and last.get("role") == "tool":
+        text = f"Result: {message_text(last)}"
+    elif use_tools:
+        wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        tool = next((t for t in tools if t.get("function", {}).get("name") == wanted), None) if wanted else \
+            next((t for t in tools if t.get("function", {}).get("name", "\0") in user_text), None)
+        if tool is not None:
+            answer.tool_call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                                "function": {"name": tool["function"]["name"],
+                                             "arguments": json.dumps(tool_arguments(tool, user_text))}}
+            answer.finish = "tool_calls"
+            return answer
+        text = f"Echo: {user_text}"
+    elif user_text.startswith("/bench ") and user_text[7:].strip().isdigit():
+        answer.words = bench_words(int(user_text[7:].strip()))
+        return answer
+    else:
+        text = f"Echo: {user_text}"
+    if thinking and not engine.reasoning_parser and engine.inline_thinking:
+        text = f"<think>Thinking about: {user_text}</think> {text}"
+    answer.words = text.split(" ")
+    limit = request.get("max_tokens") or request.get("max_completion_tokens")
+    if isinstance(limit, int) and 0 < limit < len(answer.words):
+        answer.words = answer.words[:limit]
+        answer.finish = "length"
+    return answer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else every keep-alive response waits ~40 ms for a delayed ACK
+    server: Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # no access log: it would only show the requests, never the headers
+
+    # -- plumbing
+    def send_json(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_text(self, status: int, text: str, content_type: str = "text/plain") -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def authorized(self) -> bool:
+        key = self.server.engine.api_key
+        if not key or self.headers.get("Authorization") == f"Bearer {key}":
+            return True
+        self.send_json(401, {"error": "Unauthorized"})
+        return False
+
+    # -- routes
+    def do_GET(self) -> None:
+        engine = self.server.engine
+        path = self.path.split("?")[0]
+        if path == "/health":
+            self.send_text(200 if engine.ready else 503, "")
+        elif path == "/metrics":
+            if not engine.metrics_enabled:
+                self.send_json(404, {"detail": "Not Found"})
+            else:
+                self.send_text(200, self.metrics(), "text/plain; version=0.0.4")
+        elif path == "/v1/models":
+            if self.authorized():
+                self.send_json(200, {"object": "list", "data": [{
+                    "id": engine.served_name, "object": "model", "created": int(time.time()),
+                    "owned_by": engine.kind, "root": engine.model_path, "max_model_len": engine.max_model_len}]})
+        else:
+            self.send_json(404, {"detail": "Not Found"})
+
+    def do_POST(self) -> None:
+        engine = self.server.engine
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.path.split("?")[0] != "/v1/chat/completions":
+            self.send_json(404, {"detail": "Not Found"})
+            return
+        if not self.authorized():
+            return
+        if not engine.ready:
+            self.send_json(503, {"object": "error", "message": "The server is starting", "code": 503})
+            return
+        try:
+            request = json.loads(raw or b"null")
+            if not isinstance(request, dict):
+                raise openai_error("The request body must be a JSON object")
+            answer = plan_answer(engine, request)
+        except json.JSONDecodeError as error:
+            self.send_json(400, {"object": "error", "message": f"Invalid JSON: {error}", "code": 400})
+            return
+        except BadRequest as error:
+            self.send_json(error.status, error.body)
+            return
+        with engine.lock:
+            engine.running += 1
+            engine.requests += 1
+            engine.prompt_tokens += answer.prompt_tokens
+        try:
+            if request.get("stream"):
+                self.stream(engine, request, answer)
+            else:
+                self.complete(engine, answer)
+        finally:
+            with engine.lock:
+                engine.running -= 1
+
+    def reasoning_fields(self, engine: Engine, text: str) -> dict:
+        if engine.kind == "vllm":
+            return {"reasoning": text, "reasoning_content": text}
+        return {"reasoning_content": text}
+
+    def complete(self, engine: Engine, answer: Answer) -> None:
+        message: dict = {"role": "assistant", "content": " ".join(answer.words) if answer.words else None}
+        if answer.reasoning:
+            message.update(self.reasoning_fields(engine, answer.reasoning))
+        if answer.tool_call:
+            message["tool_calls"] = [answer.tool_call]
+        completion = len(answer.words) + (1 if answer.tool_call else 0)
+        with engine.lock:
+            engine.generation_tokens += completion
+        self.send_json(200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": engine.served_name,
+            "choices": [{"index": 0, "message": message, "finish_reason": answer.finish, "logprobs": None}],
+            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": answer.prompt_tokens + completion},
+        })
+
+    def stream(self, engine: Engine, request: dict, answer: Answer) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": engine.served_name}
+        token_delay = float(engine.settings.get("token_delay", "0"))
+        prefix = json.dumps(head)[:-1] + ', "choices": [{"index": 0, "delta": '
+        write = self.wfile.write
+
+        def send(delta: dict, finish: str | None = None) -> None:
+            payload = (f"data: {prefix}{json.dumps(delta)}, \"logprobs\": null, \"finish_reason\": "
+                       f"{json.dumps(finish)}}}]}}\n\n").encode()
+            write(b"%x\r\n%s\r\n" % (len(payload), payload))
+
+        send({"role": "assistant", "content": ""})
+        sent = 0
+        if answer.reasoning:
+            for word in answer.reasoning.split(" "):
+                send(self.reasoning_fields(engine, word + " "))
+        if answer.tool_call:
+            call = answer.tool_call
+            send({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                  "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            arguments = call["function"]["arguments"]
+            middle = max(1, len(arguments) // 2)
+            for part in (arguments[:middle], arguments[middle:]):
+                send({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+            sent = 1
+        last = len(answer.words) - 1
+        for i, word in enumerate(answer.words):
+            send({"content": word if i == last else word + " "})
+            sent += 1
+            if token_delay:
+                time.sleep(token_delay)
+        send({}, answer.finish)
+        with engine.lock:
+            engine.generation_tokens += sent
+        options = request.get("stream_options") or {}
+        if options.get("include_usage"):
+            usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": sent,
+                     "total_tokens": answer.prompt_tokens + sent}
+            payload = f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n".encode()
+            write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+
+    def metrics(self) -> str:
+        engine = self.server.engine
+        label = f'{{model_name="{engine.served_name}"}}'
+        with engine.lock:
+            if engine.kind == "vllm":
+                rows = [("vllm:num_requests_running", "gauge", engine.running),
+                        ("vllm:num_requests_waiting", "gauge", 0),
+                        ("vllm:kv_cache_usage_perc", "gauge", min(1.0, engine.running * 0.05)),
+                        ("vllm:prompt_tokens_total", "counter", engine.prompt_tokens),
+                        ("vllm:generation_tokens_total", "counter", engine.generation_tokens),
+                        ("vllm:request_success_total", "counter", engine.requests)]
+            else:
+                rows = [("sglang:num_running_reqs", "gauge", engine.running),
+                        ("sglang:num_queue_reqs", "gauge", 0),
+                        ("sglang:token_usage", "gauge", min(1.0, engine.running * 0.05)),
+                        ("sglang:gen_throughput", "gauge", 0.0),
+                        ("sglang:prompt_tokens_total", "counter", engine.prompt_tokens),
+                        ("sglang:generation_tokens_total", "counter", engine.generation_tokens)]
+        lines = []
+        for name, kind, value in rows:
+            lines += [f"# HELP {name} {name}", f"# TYPE {name} {kind}", f"{name}{label} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # `python fake_engine.py vllm serve ...` / `... sglang ...` for manual runs
+    kind, rest = sys.argv[1], sys.argv[2:]
+    sys.exit(main_vllm(rest) if kind == "vllm" else main_sglang(rest))

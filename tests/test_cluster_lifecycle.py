@@ -1,0 +1,226 @@
+"""End to end on the local cluster: up → stages → streamed chat through the forward → down."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import replace
+
+import pytest
+
+import jupyter_hpcllm as hpc
+from jupyter_hpcllm.errors import ConfigError, JobFailed, ModelNotFound, SubmitError
+from jupyter_hpcllm.lifecycle import Stage, submit
+from jupyter_hpcllm.slurm import JobState, parse_queue, queue_command
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_leftover_jobs")]
+
+
+def _stages(progress_list):
+    return [p.stage for p in progress_list]
+
+
+def _secrets_check(transport, server):
+    """The key is in the 0600 key file and nowhere a person or another user could read it."""
+    job_dir = f".hpcllm/jobs/{server.job_id}"
+    key = server.api_key
+    assert len(key) >= 32  # 128 bits at least, hex
+    modes = transport.run(f"stat -c '%a %n' .hpcllm {job_dir} {job_dir}/key {job_dir}/engine.log").stdout
+    assert modes.split()[0::2] == ["700", "700", "600", "600"], modes
+    exposed = transport.run(
+        f"ps -eo args; scontrol show job {server.job_id}; scontrol write batch_script {server.job_id} -; "
+        f"squeue -o '%all'; cat {job_dir}/engine.log .hpcllm/jobs/slurm-{server.job_id}.out", check=False
+    )
+    assert key not in exposed.stdout + exposed.stderr
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_up_chat_down(profile_with, transport, engine):
+    profile = profile_with(delay=1.0)
+    seen = []
+    server = hpc.up("gpt-oss-20b", profile=profile, engine=engine, gpus=2, on_progress=seen.append, timeout=120)
+    try:
+        stages = _stages(seen)
+        assert stages[0] is Stage.SUBMITTED and stages[-1] is Stage.READY
+        assert Stage.RUNNING in stages and Stage.LOADING in stages
+        assert any(p.shards and p.shards[0] == p.shards[1] == 3 for p in seen) or \
+            any(p.shards for p in seen), "no weight-loading progress was reported"
+        assert seen[-1].node in ("gpu01", "gpu02")
+        assert server.base_url.startswith("http://127.0.0.1:")
+
+        client = server.client()
+        assert [m.id for m in client.models.list()] == ["gpt-oss-20b"]
+        stream = client.chat.completions.create(
+            model=server.model, messages=[{"role": "user", "content": "hello cluster"}], stream=True
+        )
+        text, reasoning = "", ""
+        for chunk in stream:
+            if chunk.choices:
+                delta = chunk.choices[0].delta
+                text += delta.content or ""
+                reasoning += getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None) or ""
+        assert "hello cluster" in text
+        assert "hello cluster" in reasoning  # gpt-oss has a reasoning parser on both engines
+
+        # a wrong key is refused
+        import openai
+
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=server.base_url, api_key="wrong").models.list()
+
+        _secrets_check(transport, server)
+
+        # idempotent: the same up reuses the running job
+        again = hpc.up("gpt-oss-20b", profile=profile, engine=engine, gpus=2, on_progress=seen.append)
+        assert again.job_id == server.job_id and Stage.REUSED in _stages(seen)
+        again.close()
+
+        listed = {s.job_id: s for s in hpc.list_servers(profile)}
+        assert listed[server.job_id].model == "gpt-oss-20b" and listed[server.job_id].engine == engine
+        assert server.status().state is JobState.RUNNING
+        assert "gpt-oss-20b" in server.logs()
+    finally:
+        final = server.down()
+    assert not final.is_active
+    assert server.job_id not in [r.job_id for r in parse_queue(transport.run(queue_command()).stdout)]
+    server.down()  # idempotent
+
+
+def test_attach_after_restart(profile_with):
+    profile = profile_with(delay=0.5)
+    server = hpc.up("Qwen3-8B", profile=profile, timeout=120)
+    try:
+        server.close()  # as if the kernel restarted: the job keeps running
+        attached = hpc.attach(server.job_id, profile=profile)
+        reply = attached.client().chat.completions.create(
+            model="Qwen3-8B", messages=[{"role": "user", "content": "again"}])
+        assert "again" in reply.choices[0].message.content
+        attached.close()
+    finally:
+        server.down()
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"tool_call_parser": "no_such_parser"}, "invalid tool call parser: no_such_parser"),
+    ({"gpus": 3}, "must be divisible by tensor parallel size (3)"),
+])
+def test_engine_start_failures_show_the_log(profile_with, options, expected):
+    profile = profile_with(delay=0.3)
+    with pytest.raises(JobFailed) as caught:
+        hpc.up("Qwen3-8B", profile=profile, timeout=120, **options)
+    assert "exited with code 1 while starting" in str(caught.value)
+    assert expected in caught.value.log_tail
+
+
+def test_sglang_bad_parser(profile_with):
+    with pytest.raises(JobFailed) as caught:
+        hpc.up("Qwen3-8B", profile=profile_with(delay=0.3), engine="sglang", reasoning_parser="nope", timeout=120)
+    assert "invalid choice: 'nope'" in caught.value.log_tail
+
+
+def test_missing_image(profile):
+    broken = replace(profile, images={"vllm": "/nowhere/vllm.sif"})
+    with pytest.raises(JobFailed) as caught:
+        hpc.up("Qwen3-8B", profile=broken, timeout=120)
+    assert "FATAL:   could not open image /nowhere/vllm.sif" in caught.value.log_tail
+
+
+def test_engine_dies_after_loading(profile_with):
+    with pytest.raises(JobFailed) as caught:
+        hpc.up("Qwen3-8B", profile=profile_with(delay=0.3, crash_after_load=1), timeout=120)
+    assert "CUDA out of memory" in caught.value.log_tail
+
+
+def test_model_not_found_suggests_and_submits_nothing(profile, transport):
+    with pytest.raises(ModelNotFound) as caught:
+        hpc.up("gpt-oss-12b", profile=profile)
+    assert "gpt-oss-120b" in caught.value.candidates
+    assert "Closest names there" in str(caught.value)
+
+
+def test_sbatch_rejection_shows_slurms_message(profile):
+    with pytest.raises(SubmitError, match="invalid partition specified: nope"):
+        hpc.up("Qwen3-8B", profile=profile, partition="nope")
+
+
+def test_too_much_memory_is_rejected_by_slurm(profile):
+    with pytest.raises(SubmitError, match="Requested node configuration is not available"):
+        hpc.up("Qwen3-8B", profile=profile, mem="900G")
+
+
+def test_shell_syntax_never_runs(profile_with, transport):
+    marker = f"/tmp/hpcllm-pwned-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ConfigError):
+        hpc.up(f"x; touch {marker}", profile=profile_with())
+    with pytest.raises(JobFailed) as caught:
+        hpc.up("Qwen3-8B", profile=profile_with(delay=0.2), engine_args=["--seed", f"1; touch {marker}",
+               "--dtype", f"$(touch {marker})`touch {marker}`"], timeout=120)
+    assert "exited with code" in str(caught.value)
+    assert transport.run(f"test -e {marker}", check=False).exit_status == 1
+
+
+def test_cancelled_from_outside(profile_with, transport):
+    profile = profile_with(delay=30)
+    errors = []
+
+    def cancel_when_running(progress):
+        if progress.stage is Stage.LOADING:
+            transport.run(f"scancel {progress.job_id}")
+
+    def run():
+        try:
+            hpc.up("Qwen3-8B", profile=profile, on_progress=cancel_when_running, timeout=120)
+        except Exception as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(150)
+    assert len(errors) == 1 and isinstance(errors[0], JobFailed), errors
+    assert "cancelled" in str(errors[0]) or "exited" in str(errors[0]) or "no longer known" in str(errors[0])
+
+
+def test_interrupt_cancels_the_job_it_submitted(profile_with, transport):
+    profile = profile_with(delay=30)
+    submitted = []
+
+    def interrupt(progress):
+        submitted.append(progress.job_id)
+        if progress.stage in (Stage.RUNNING, Stage.PENDING):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hpc.up("Qwen3-8B", profile=profile, on_progress=interrupt)
+    assert submitted
+    rows = parse_queue(transport.run(queue_command()).stdout)
+    assert submitted[0] not in [r.job_id for r in rows if r.state is not JobState.COMPLETING]
+
+
+def test_pending_reports_the_reason(profile_with, transport):
+    """Fill both nodes' a100s, then a third a100 job waits with Slurm's reason; cancel it while pending."""
+    profile = profile_with(delay=60)
+    blockers = [submit(transport, hpc.plan_launch(profile, "Qwen3-8B", gpus=4, mem="1G",
+                                                                 engine_args=["--seed", str(i)]))
+                for i in range(2)]
+    seen = []
+
+    def stop_when_pending(progress):
+        seen.append(progress)
+        if progress.stage is Stage.PENDING:
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            hpc.up("Qwen3-8B", profile=profile, gpus=4, gpu_type="a100", on_progress=stop_when_pending)
+    finally:
+        for job in blockers:
+            transport.run(f"scancel {job}")
+    pending = [p for p in seen if p.stage is Stage.PENDING]
+    assert pending and pending[0].reason in ("Resources", "Priority")
+
+
+def test_time_limit_from_outside(profile_with):
+    """A job that reaches its time limit while loading (Slurm kills a 1-minute job at about +72 s)."""
+    with pytest.raises(JobFailed) as caught:
+        hpc.up("Qwen3-8B", profile=profile_with(delay=600), time="1", timeout=200)
+    assert "time limit" in str(caught.value) or "exited" in str(caught.value)

@@ -1,0 +1,100 @@
+"""SSH transport against the real sshd of the local test cluster."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+
+import pytest
+
+from jupyter_hpcllm.errors import (
+    AuthenticationError,
+    CommandTimeout,
+    ConnectError,
+    HostKeyError,
+    RemoteCommandError,
+)
+from jupyter_hpcllm.transport import SSHTransport
+
+pytestmark = pytest.mark.cluster
+
+
+def test_run_and_errors(transport):
+    result = transport.run("whoami; echo err >&2")
+    assert result.stdout == "hpcuser\n" and result.stderr == "err\n"
+    assert transport.run("cat", stdin="through stdin").stdout == "through stdin"
+    with pytest.raises(RemoteCommandError) as caught:
+        transport.run("echo so far; echo failing >&2; exit 7")
+    assert (caught.value.exit_status, caught.value.stdout, caught.value.stderr) == (7, "so far\n", "failing\n")
+    with pytest.raises(CommandTimeout):
+        transport.run("sleep 10", timeout=0.5)
+    # the connection survives a timed-out command
+    assert transport.run("echo still here").stdout == "still here\n"
+
+
+def test_large_output_on_both_streams(transport):
+    result = transport.run("head -c 3000000 /dev/zero | tr '\\0' a; head -c 3000000 /dev/zero | tr '\\0' b >&2")
+    assert len(result.stdout) == 3_000_000 and len(result.stderr) == 3_000_000
+
+
+def test_slurm_is_reachable(transport):
+    assert "gpu01" in transport.run("sinfo -h -N -o '%N %T'").stdout
+
+
+def test_unknown_host_key_is_rejected_with_advice(profile, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(HostKeyError) as caught:
+        SSHTransport(replace(profile, known_hosts=str(empty)))
+    assert "ssh-keyscan -p 2222 127.0.0.1 >> ~/.ssh/known_hosts" in str(caught.value)
+
+
+def test_changed_host_key_is_rejected(profile, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known = tmp_path / "known_hosts"
+    known.write_text("[127.0.0.1]:2222 " + " ".join((tmp_path / "other_key.pub").read_text().split()[:2]) + "\n")
+    with pytest.raises(HostKeyError, match="does not match known_hosts"):
+        SSHTransport(replace(profile, known_hosts=str(known)))
+
+
+def test_wrong_key_is_an_authentication_error(profile, tmp_path):
+    wrong = tmp_path / "wrong_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    with pytest.raises(AuthenticationError, match="refused our keys"):
+        SSHTransport(replace(profile, identity_file=str(wrong)))
+
+
+def test_unreachable_host(profile):
+    with pytest.raises(ConnectError, match="Cannot reach"):
+        SSHTransport(replace(profile, port=1, connect_timeout=3))
+
+
+def test_ssh_config_alias_with_all_its_settings(profile, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "Host testlogin\n  HostName 127.0.0.1\n  Port 2222\n  User hpcuser\n"
+        f"  IdentityFile {profile.identity_file}\n  UserKnownHostsFile {profile.known_hosts}\n"
+    )
+    alias = replace(profile, host="testlogin", port=None, user=None, identity_file=None, known_hosts=None,
+                    ssh_config=str(config))
+    transport = SSHTransport(alias)
+    try:
+        assert transport.run("whoami").stdout == "hpcuser\n"
+    finally:
+        transport.close()
+
+
+def test_proxy_jump(profile, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "Host jump\n  HostName 127.0.0.1\n  Port 2222\n  User hpcuser\n"
+        f"  IdentityFile {profile.identity_file}\n  UserKnownHostsFile {profile.known_hosts}\n"
+    )
+    jumped = replace(profile, proxy_jump="jump", ssh_config=str(config))
+    transport = SSHTransport(jumped)
+    try:
+        assert transport.run("echo $SSH_CONNECTION").stdout.startswith("127.0.0.1")
+        assert transport._jump is not None
+    finally:
+        transport.close()
