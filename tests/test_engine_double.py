@@ -124,6 +124,7 @@ def test_vllm_api_with_key_reasoning_and_tools(vllm):
     assert status == 200 and models["data"][0]["id"] == "Qwen3-8B"
 
     status, reply = vllm.request("/v1/chat/completions", chat("hi there"))
+    assert status == 200
     message = reply["choices"][0]["message"]
     assert message["content"] == "Echo: hi there" and message["reasoning"] == message["reasoning_content"]
     assert "hi there" in message["reasoning"]
@@ -146,6 +147,7 @@ def test_vllm_api_with_key_reasoning_and_tools(vllm):
 def test_vllm_streaming_and_metrics(vllm):
     status, raw = vllm.request("/v1/chat/completions", chat("stream me please", stream=True,
                                                             stream_options={"include_usage": True}), stream=True)
+    assert status == 200
     events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
