@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from dataclasses import replace
@@ -95,6 +96,15 @@ def test_attach_after_restart(profile_with):
         reply = attached.client().chat.completions.create(
             model="Qwen3-8B", messages=[{"role": "user", "content": "again"}])
         assert "again" in reply.choices[0].message.content
+
+        async def ask_async() -> str:
+            async with attached.async_client() as client:
+                answer = await client.chat.completions.create(
+                    model="Qwen3-8B", messages=[{"role": "user", "content": "async hello"}])
+                return answer.choices[0].message.content
+
+        assert "async hello" in asyncio.run(ask_async())
+        assert attached.api_key not in repr(attached)
         attached.close()
     finally:
         server.down()
