@@ -6,7 +6,8 @@ The engine double serves on 127.0.0.1 (no Slurm job: this measures the forward a
 reach it: a direct TCP connection; `ssh -N -L` through the test cluster's sshd; and jupyter-hpcllm's
 PortForward (paramiko direct-tcpip through the same sshd). For each: streamed chunks per second for a
 `--tokens` answer at 1 and 32 concurrent streams, the time per chunk at 1 stream (the difference to
-direct is the latency the forward adds per chunk), and MB/s on one large non-streamed response.
+direct is the latency the forward adds per chunk), and MB/s on one large non-streamed response. The
+load comes from a separate client process, the same for every path.
 Needs the local test cluster (tests/cluster/testcluster.sh up). Prints a Markdown table of medians.
 """
 
@@ -60,7 +61,7 @@ def start_double(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "HPCLLM_FAKE_IMAGE": str(image), "CUDA_VISIBLE_DEVICES": "0", "VLLM_API_KEY": KEY}
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests/engine_double/bin/vllm"), "serve", str(model), "--served-model-name",
+        [sys.executable, str(ROOT / "tests/engine_double/vllm-bin/vllm"), "serve", str(model), "--served-model-name",
          MODEL, "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -124,6 +125,26 @@ def throughput(port: int, megabytes: int) -> float:
     return size / total / 1e6
 
 
+def measure(port: int, what: str, tokens: int, megabytes: int) -> dict[str, float]:
+    """Run one measurement in a separate process, so the load generator does not share the GIL (or
+    the CPU time) of the forward under test: each path gets the same outside client."""
+    done = subprocess.run([sys.executable, __file__, "--client", str(port), "--what", what, "--tokens", str(tokens),
+                           "--megabytes", str(megabytes)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def client_main(port: int, what: str, tokens: int, megabytes: int) -> int:
+    if what == "stream1":
+        rate, per_chunk = streams(port, tokens, 1)
+        print(json.dumps({"rate1": rate, "per_chunk": per_chunk}))
+    elif what == "stream32":
+        rate, _ = streams(port, tokens, 32)
+        print(json.dumps({"rate32": rate}))
+    else:
+        print(json.dumps({"mbps": throughput(port, megabytes)}))
+    return 0
+
+
 def start_ssh_l(profile, target_port: int) -> tuple[subprocess.Popen[bytes], int]:  # type: ignore[no-untyped-def]
     port = free_port()
     process = subprocess.Popen(
@@ -141,7 +162,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=4000)
     parser.add_argument("--megabytes", type=int, default=50)
+    parser.add_argument("--client", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--what", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client:
+        return client_main(args.client, args.what, args.tokens, args.megabytes)
 
     from jupyter_hpcllm.forward import PortForward
     from jupyter_hpcllm.profiles import load_profile
@@ -158,13 +183,9 @@ def main() -> int:
         try:
             for _ in range(args.repeats):
                 for name, target in paths.items():
-                    row = results[name]
-                    rate1, per_chunk = streams(target, args.tokens, 1)
-                    rate32, _ = streams(target, args.tokens, 32)
-                    row.setdefault("rate1", []).append(rate1)
-                    row.setdefault("per_chunk", []).append(per_chunk)
-                    row.setdefault("rate32", []).append(rate32)
-                    row.setdefault("mbps", []).append(throughput(target, args.megabytes))
+                    for what in ("stream1", "stream32", "mbps"):
+                        for key, value in measure(target, what, args.tokens, args.megabytes).items():
+                            results[name].setdefault(key, []).append(value)
         finally:
             forward.close()
             ssh_l.terminate()

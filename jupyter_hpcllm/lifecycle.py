@@ -232,7 +232,7 @@ def launch(plan: LaunchPlan, *, on_progress: ProgressCallback | None = None, tim
     report(Progress(Stage.SUBMITTED, job_id, f"Submitted job {job_id} ({plan.spec.gres}, {plan.spec.time}).",
                     time.monotonic() - started))
     try:
-        return _wait_ready(plan.profile, job_id, report, timeout, started)
+        return _wait_ready(plan.profile, job_id, report, timeout, started, submitted=True)
     except BaseException:
         # Interrupted, timed out or failed: never leave an allocation behind that nobody will use.
         transport.run(cancel_command(job_id), check=False, timeout=30)
@@ -298,14 +298,22 @@ _PENDING_TICK_MAX = 10.0
 _QUEUE_EVERY_WHEN_RUNNING = 3.0
 
 
+def _tick(waited: float, cap: float) -> float:
+    """Poll fast at first (most jobs start or load within seconds), then at a tenth of the time waited,
+    so a job pending for an hour costs the Slurm controller one squeue every `cap` seconds."""
+    return min(max(_FIRST_TICK, waited / 10), cap)
+
+
 def _wait_ready(profile: Profile, job_id: str, report: ProgressCallback, timeout: float | None,
-                started: float) -> Server:
+                started: float, submitted: bool = False) -> Server:
     transport = transport_for(profile)
     forward: PortForward | None = None
     endpoint: str | None = None  # host:port where this machine reaches the engine
     api_key = ""
     last: tuple[Any, ...] = ()
     tick = _FIRST_TICK
+    phase_started = time.monotonic()  # when the job entered its current phase (pending / running)
+    pending = True
     next_queue = 0.0
     row: JobRow | None = None
     try:
@@ -315,7 +323,9 @@ def _wait_ready(profile: Profile, job_id: str, report: ProgressCallback, timeout
             if timeout is not None and elapsed > timeout:
                 raise HpcllmError(
                     f"Job {job_id} was not ready after {timeout:g} s.",
-                    "The job was cancelled; retry with a longer timeout, or start it in the background.",
+                    ("It was cancelled; retry with a longer timeout." if submitted else
+                     "It keeps running: attach to it again later, or stop it with `hpcllm down "
+                     f"{job_id}`."),
                 )
             check_queue = now >= next_queue
             probe = parse_probe(transport.run(probe_command(job_id, queue=check_queue)).stdout)
@@ -326,16 +336,20 @@ def _wait_ready(profile: Profile, job_id: str, report: ProgressCallback, timeout
                 running = row.state is JobState.RUNNING
                 next_queue = now + (_QUEUE_EVERY_WHEN_RUNNING if running else tick)
             if probe.exit_code is not None:
+                if not check_queue:  # the job's state says more than the exit code (cancelled? timed out?)
+                    probe = parse_probe(transport.run(probe_command(job_id)).stdout)
                 raise _ended(job_id, probe)
             assert row is not None
-            if row.state is JobState.PENDING:
+            if (row.state is JobState.PENDING) != pending:
+                pending, phase_started = not pending, now
+            if pending:
                 expected = row.start_time or None
                 seen: tuple[Any, ...] = (Stage.PENDING, row.reason, expected)
                 if seen != last:
                     last = seen
                     report(Progress(Stage.PENDING, job_id, _pending_message(job_id, row.reason, expected),
                                     elapsed, reason=row.reason, expected_start=expected))
-                tick = min(tick * 1.5, _PENDING_TICK_MAX)
+                tick = _tick(time.monotonic() - phase_started, _PENDING_TICK_MAX)
                 time.sleep(tick)
                 continue
             server = probe.server
@@ -368,7 +382,7 @@ def _wait_ready(profile: Profile, job_id: str, report: ProgressCallback, timeout
                     report(Progress(Stage.READY, job_id, f"Ready: {result.model} on {node} "
                                     f"({result.base_url}).", time.monotonic() - started, node=node))
                     return result
-            tick = min(tick * 1.25, _LOADING_TICK_MAX)
+            tick = _tick(time.monotonic() - phase_started, _LOADING_TICK_MAX)
             time.sleep(tick)
     except BaseException:
         if forward is not None:
@@ -419,20 +433,25 @@ def _ended(job_id: str, probe: Probe) -> JobFailed:
     """The error for a job that ended (or whose engine exited) before the server was ready."""
     state = probe.row.raw_state if probe.row else "gone from the queue"
     tail = _log_tail(probe.log) or _log_tail(probe.slurm_log)
-    if probe.exit_code is not None and probe.exit_code != 0:
+    job_state = probe.row.state if probe.row else JobState.UNKNOWN
+    if job_state is JobState.CANCELLED:
+        message = f"Job {job_id} was cancelled ({state}) before the server was ready."
+        hint = "Someone (you, another session or an admin) ran scancel on it; start it again with `hpcllm up`."
+    elif job_state is JobState.TIMEOUT:
+        message = f"Job {job_id} reached its time limit before the server was ready."
+        hint = "Ask for more time with --time."
+    elif probe.exit_code in (137, 143):
+        message = (f"The engine in job {job_id} was stopped by a signal (exit code {probe.exit_code}) while "
+                   "starting: the job was cancelled, reached its time limit, or the node killed it.")
+        hint = f"`hpcllm logs {job_id}` shows the engine log; `sacct -j {job_id}` (if your cluster has it) why."
+    elif probe.exit_code is not None and probe.exit_code != 0:
         message = f"The engine in job {job_id} exited with code {probe.exit_code} while starting."
         hint = f"The log below says why; `hpcllm logs {job_id}` shows all of it."
     elif probe.row is None:
         message = f"Job {job_id} is no longer known to Slurm: it ended before the server was ready."
         hint = "It may have been cancelled or finished long ago; `hpcllm list` shows your running servers."
-    elif probe.row.state is JobState.CANCELLED:
-        message = f"Job {job_id} was cancelled ({probe.row.raw_state}) before the server was ready."
-        hint = "Someone ran scancel on it (or an admin did); start it again with `hpcllm up`."
-    elif probe.row.state is JobState.TIMEOUT:
-        message = f"Job {job_id} reached its time limit before the server was ready."
-        hint = "Ask for more time with --time."
     else:
-        message = f"Job {job_id} ended ({probe.row.raw_state}) before the server was ready."
+        message = f"Job {job_id} ended ({state}) before the server was ready."
         hint = f"`hpcllm logs {job_id}` shows the engine log."
     return JobFailed(message, job_id=job_id, state=state, log_tail=tail, hint=hint)
 

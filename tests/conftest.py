@@ -88,9 +88,13 @@ def profile_with(profile, make_image):
 def no_leftover_jobs(transport):
     """After the test, no job of ours may hold an allocation."""
     yield
-    from jupyter_hpcllm.slurm import parse_queue, queue_command
+    from jupyter_hpcllm.lifecycle import wait_gone
+    from jupyter_hpcllm.slurm import JobState, parse_queue, queue_command
 
     rows = [r for r in parse_queue(transport.run(queue_command()).stdout) if r.is_ours]
+    # COMPLETING: cancelled, Slurm is still cleaning up. Anything else was left behind.
+    left = [r for r in rows if r.state is not JobState.COMPLETING]
     for row in rows:
         transport.run(f"scancel {row.job_id}")
-    assert not rows, f"jobs left behind: {[(r.job_id, r.raw_state) for r in rows]}"
+        wait_gone(transport, row.job_id, 15)
+    assert not left, f"jobs left behind: {[(r.job_id, r.raw_state) for r in left]}"

@@ -187,7 +187,7 @@ def test_cancelled_from_outside(profile_with, transport):
     thread.start()
     thread.join(150)
     assert len(errors) == 1 and isinstance(errors[0], JobFailed), errors
-    assert "cancelled" in str(errors[0]) or "exited" in str(errors[0]) or "no longer known" in str(errors[0])
+    assert "was cancelled (CANCELLED" in str(errors[0]), str(errors[0])
 
 
 def test_interrupt_cancels_the_job_it_submitted(profile_with, transport):
@@ -233,4 +233,14 @@ def test_time_limit_from_outside(profile_with):
     """A job that reaches its time limit while loading (Slurm kills a 1-minute job at about +72 s)."""
     with pytest.raises(JobFailed) as caught:
         hpc.up("Qwen3-8B", profile=profile_with(delay=600), time="1", timeout=200)
-    assert "time limit" in str(caught.value) or "exited" in str(caught.value)
+    assert "reached its time limit" in str(caught.value), str(caught.value)
+
+
+def test_timeout_cancels_what_it_submitted(profile_with, transport):
+    from jupyter_hpcllm.errors import HpcllmError
+
+    seen = []
+    with pytest.raises(HpcllmError, match=r"was not ready after 3 s\. It was cancelled"):
+        hpc.up("Qwen3-8B", profile=profile_with(delay=60), timeout=3, on_progress=seen.append)
+    rows = parse_queue(transport.run(queue_command()).stdout)
+    assert seen[0].job_id not in [r.job_id for r in rows if r.state is not JobState.COMPLETING]
