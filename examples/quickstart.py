@@ -38,9 +38,19 @@ def main() -> int:
             messages=[{"role": "user", "content": "Explain in one sentence what a Slurm job is."}],
             stream=True,
         )
+        thinking = False
         for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                print(chunk.choices[0].delta.content, end="", flush=True)
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            # Reasoning models stream their thinking first (vLLM: `reasoning`, SGLang: `reasoning_content`).
+            reasoning = getattr(delta, "reasoning", None) or getattr(delta, "reasoning_content", None)
+            if reasoning:
+                print(("(thinking) " if not thinking else "") + reasoning, end="", flush=True)
+                thinking = True
+            if delta.content:
+                print(("\n\n" if thinking else "") + delta.content, end="", flush=True)
+                thinking = False
         print("\n")
     print(f"Job {server.job_id} cancelled; its GPUs are free.")
     return 0
