@@ -46,8 +46,14 @@ def test_up_list_status_logs_forward_down(cluster_config):
         finally:
             forward.terminate()
             forward.wait(10)
+        follow = subprocess.Popen([sys.executable, "-m", "jupyter_hpcllm.cli", "logs", "-f", job],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "HPCLLM_CONFIG": str(cluster_config)})
     finally:
         down = hpcllm("down", job, config=cluster_config)
+    # `logs -f` printed the log and ends by itself once the job has ended
+    followed, _ = follow.communicate(timeout=30)
+    assert follow.returncode == 0 and "Application startup complete." in followed
     assert down.returncode == 0 and f"Job {job} cancelled" in down.stdout
     assert job not in hpcllm("list", config=cluster_config).stdout
 
