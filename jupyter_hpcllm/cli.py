@@ -15,6 +15,7 @@ from ._version import __version__
 from .errors import ConfigError, HpcllmError
 
 if TYPE_CHECKING:
+    from .families import Family
     from .plan import LaunchPlan
 
 DESCRIPTION = """\
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        epilog = _ENGINE_ARGS_HELP if name in ("up", "script") else None
+        epilog = _ENGINE_ARGS_HELP if name in ("up", "script", "plan") else None
         sub = commands.add_parser(name, help=help_text, description=help_text, epilog=epilog)
         sub.set_defaults(handler=handler)
         return sub
@@ -80,6 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("script", "print the sbatch script `up` would submit, without connecting", _cmd_script)
     _launch_options(sub)
+    _profile_option(sub)
+
+    sub.add_argument("--check-parsers", action="store_true",
+                     help="first ask the engine image which parser names it knows (cached per image)")
+
+    sub = command("plan", "read the model's facts on the cluster and show the parsers, the allocation and why",
+                  _cmd_plan)
+    _launch_options(sub)
+    _profile_option(sub)
+    sub.add_argument("--script", action="store_true", help="also print the sbatch script")
+    sub.add_argument("--refresh", action="store_true", help="re-read the model's facts (they are cached)")
+    sub.add_argument("--check-parsers", action="store_true", help="check the parser names against the image")
+
+    sub = command("models", "list the models under the profile's model root, with size, family, parsers and "
+                  "the suggested allocation", _cmd_models)
+    _profile_option(sub)
+
+    sub = command("parsers", "list the tool-call and reasoning parsers an engine image registers", _cmd_parsers)
+    sub.add_argument("--engine", choices=profiles.ENGINES, help="engine (default: the profile's)")
+    sub.add_argument("--refresh", action="store_true", help="ask the image again (answers are cached)")
     _profile_option(sub)
 
     sub = command("list", "list your jupyter-hpcllm jobs (pending and running)", _cmd_list)
@@ -119,15 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan_from(args: argparse.Namespace) -> LaunchPlan:
-    from .plan import plan_launch
+def _plan_from(args: argparse.Namespace, *, connect: bool = True) -> LaunchPlan:
+    """The plan for the options; with `connect`, sized and typed from the model's facts on the cluster."""
+    options = dict(gpus=args.gpus, gpu_type=args.gpu_type, engine=args.engine, time=args.time, cpus=args.cpus,
+                   mem=args.mem, partition=args.partition, account=args.account, qos=args.qos,
+                   tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
+                   engine_args=tuple(args.engine_args))
+    profile = profiles.load_profile(args.profile)
+    if not connect:
+        from .plan import plan_launch
 
-    return plan_launch(
-        profiles.load_profile(args.profile), args.model, gpus=args.gpus, gpu_type=args.gpu_type,
-        engine=args.engine, time=args.time, cpus=args.cpus, mem=args.mem, partition=args.partition,
-        account=args.account, qos=args.qos, tool_call_parser=args.tool_call_parser,
-        reasoning_parser=args.reasoning_parser, engine_args=tuple(args.engine_args),
-    )
+        return plan_launch(profile, args.model, **options)
+    from .lifecycle import plan_for
+
+    plan = plan_for(args.model, profile=profile, refresh=getattr(args, "refresh", False), **options)
+    if getattr(args, "check_parsers", False):
+        from .imageprobe import check_plan_parsers
+
+        check_plan_parsers(plan)
+    return plan
 
 
 def _print_progress(progress: object) -> None:
@@ -138,11 +169,65 @@ def _print_progress(progress: object) -> None:
 
 
 def _cmd_script(args: argparse.Namespace) -> int:
-    plan = _plan_from(args)
+    plan = _plan_from(args, connect=False)
     for note in plan.notes:
         print(f"# note: {note}", file=sys.stderr)
     sys.stdout.write(plan.script)
     return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import describe_plan
+
+    plan = _plan_from(args)
+    sys.stdout.write(describe_plan(plan))
+    if args.script:
+        sys.stdout.write("\n" + plan.script)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .facts import list_models
+    from .families import detect_family
+    from .sizing import choose_allocation
+
+    profile = profiles.load_profile(args.profile)
+    rows = [("MODEL", "SIZE", "FAMILY", "VLLM TOOL/REASONING", "SGLANG TOOL/REASONING", "SUGGESTED")]
+    for facts in list_models(profile):
+        family = detect_family(facts.model_type, facts.architectures, facts.chat_template, facts.name)
+        try:
+            allocation = choose_allocation(profile, facts)[0].describe() if facts.heads else "?"
+        except ConfigError:
+            allocation = "does not fit"
+
+        def parsers(engine: str, family: Family | None = family) -> str:
+            if family is None:
+                return "—"
+            chosen = family.parsers(engine)
+            return f"{chosen.tool or '—'}/{chosen.reasoning or '—'}"
+
+        rows.append((facts.name, f"{facts.weight_gb:.1f} GB", family.name if family else "unknown",
+                     parsers("vllm"), parsers("sglang"), allocation))
+    _print_table(rows)
+    return 0
+
+
+def _cmd_parsers(args: argparse.Namespace) -> int:
+    from .imageprobe import image_parsers
+
+    profile = profiles.load_profile(args.profile)
+    engine = args.engine or profile.default_engine
+    found = image_parsers(profile, engine, refresh=args.refresh)
+    print(f"{engine} image {profile.image(engine)}")
+    print(f"  tool-call parsers: {', '.join(found['tool']) or '(none listed)'}")
+    print(f"  reasoning parsers: {', '.join(found['reasoning']) or '(none listed)'}")
+    return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -187,9 +272,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows += [(j.job_id, j.state.value, j.model or "?", j.engine or "?", j.node or "-",
               j.time_left or f"({j.reason})" + (f" start {j.expected_start}" if j.expected_start else ""))
              for j in jobs]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _print_table(rows)
     return 0
 
 
@@ -318,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    if engine_args and args.command not in ("up", "script"):
+    if engine_args and args.command not in ("up", "script", "plan"):
         parser.error(f"`{args.command}` takes no engine arguments after `--`")
     args.engine_args = engine_args
     try:

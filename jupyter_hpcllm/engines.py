@@ -123,3 +123,19 @@ def loading_progress(log: str) -> tuple[int, int] | None:
 def says_ready(log: str) -> bool:
     """Whether the log shows the engine's ready line (information only: readiness is an HTTP answer)."""
     return bool(_READY.search(log))
+
+
+def help_argvs(engine: str) -> tuple[tuple[str, ...], ...]:
+    """Commands that print an engine's options, newest form first (vLLM ≥ 0.10 needs --help=all)."""
+    if engine == "vllm":
+        return (("vllm", "serve", "--help=all"), ("vllm", "serve", "--help"))
+    return (("python", "-m", "sglang.launch_server", "--help"),)
+
+
+def parse_parser_choices(help_text: str) -> dict[str, tuple[str, ...]]:
+    """The parser names an engine's --help lists: {"tool": (...), "reasoning": (...)} (empty if not shown)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for kind, flag in (("tool", "--tool-call-parser"), ("reasoning", "--reasoning-parser")):
+        match = re.search(re.escape(flag) + r"\s+\{([^}]*)\}", help_text)
+        found[kind] = tuple(name.strip() for name in match.group(1).split(",") if name.strip()) if match else ()
+    return found

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .diagnose import diagnose
 from .engines import loading_progress
 from .errors import HpcllmError, JobFailed, ModelNotFound, RemoteCommandError, SubmitError
+from .facts import model_facts
 from .forward import PortForward
-from .plan import LaunchPlan, plan_launch
+from .plan import LaunchPlan, model_path_for, plan_launch
 from .profiles import Profile, load_profile
 from .slurm import (
     JobRow,
@@ -205,14 +207,33 @@ def up(
     on_progress: ProgressCallback | None = None,
     timeout: float | None = None,
     reuse: bool = True,
+    check_parsers: bool = False,
 ) -> Server:
-    """Start (or reuse) a model server and return it once its OpenAI API answers."""
-    plan = plan_launch(
-        _profile(profile), model, gpus=gpus, gpu_type=gpu_type, engine=engine, time=time, cpus=cpus,
+    """Start (or reuse) a model server and return it once its OpenAI API answers.
+
+    The model's facts (config, chat template, size) are read from the cluster first: they choose the
+    parsers and, unless `gpus` / `gpu_type` say otherwise, the smallest allocation that holds the model.
+    `check_parsers` also asks the engine image which parser names it knows (cached per image).
+    """
+    plan = plan_for(
+        model, profile=profile, gpus=gpus, gpu_type=gpu_type, engine=engine, time=time, cpus=cpus,
         mem=mem, partition=partition, account=account, qos=qos, tool_call_parser=tool_call_parser,
         reasoning_parser=reasoning_parser, engine_args=engine_args,
     )
+    if check_parsers:
+        from .imageprobe import check_plan_parsers
+
+        check_plan_parsers(plan)
     return launch(plan, on_progress=on_progress, timeout=timeout, reuse=reuse)
+
+
+def plan_for(model: str, *, profile: Profile | str | None = None, refresh: bool = False,
+             **options: Any) -> LaunchPlan:
+    """The plan `up` would submit, with the model's facts read from the cluster (cached)."""
+    resolved = _profile(profile)
+    model_path_for(resolved, model)  # refuse names with shell syntax before anything touches the cluster
+    facts = model_facts(resolved, model, refresh=refresh)
+    return plan_launch(resolved, model, facts=facts, **options)
 
 
 def launch(plan: LaunchPlan, *, on_progress: ProgressCallback | None = None, timeout: float | None = None,
@@ -227,7 +248,8 @@ def launch(plan: LaunchPlan, *, on_progress: ProgressCallback | None = None, tim
             report(Progress(Stage.REUSED, job_id, f"Reusing job {job_id} ({twins[0].raw_state}) with the "
                             "same model and options.", 0.0))
             return _wait_ready(plan.profile, job_id, report, timeout, started)
-    _check_model(transport, plan)
+    if plan.facts is None:
+        _check_model(transport, plan)
     job_id = submit(transport, plan)
     report(Progress(Stage.SUBMITTED, job_id, f"Submitted job {job_id} ({plan.spec.gres}, {plan.spec.time}).",
                     time.monotonic() - started))
@@ -335,6 +357,8 @@ def _wait_ready(profile: Profile, job_id: str, report: ProgressCallback, timeout
                     raise _ended(job_id, probe)
                 running = row.state is JobState.RUNNING
                 next_queue = now + (_QUEUE_EVERY_WHEN_RUNNING if running else tick)
+            assert row is not None
+            probe = _drop_stale(probe, row)
             if probe.exit_code is not None:
                 if not check_queue:  # the job's state says more than the exit code (cancelled? timed out?)
                     probe = parse_probe(transport.run(probe_command(job_id)).stdout)
@@ -390,6 +414,24 @@ def _wait_ready(profile: Profile, job_id: str, report: ProgressCallback, timeout
         raise
 
 
+def _drop_stale(probe: Probe, row: JobRow) -> Probe:
+    """Ignore job files written before this job started: an earlier job with the same id (ids restart
+    when a Slurm controller's state is reset) may have left its directory behind."""
+    from dataclasses import replace
+    from datetime import datetime, timedelta
+
+    if row.state is JobState.PENDING:
+        return replace(probe, server=None, exit_code=None, log="")
+    started = str((probe.server or {}).get("started", ""))[:19]
+    if not started or not row.start_time:
+        return probe
+    try:
+        fresh = datetime.fromisoformat(started) >= datetime.fromisoformat(row.start_time[:19]) - timedelta(seconds=5)
+    except ValueError:
+        return probe
+    return probe if fresh else replace(probe, server=None, exit_code=None, log="")
+
+
 def _pending_message(job_id: str, reason: str, expected: str | None) -> str:
     # Slurm says "None" for a job it has not looked at yet: it is about to be scheduled.
     why = "about to be scheduled" if reason in ("", "None") else f"waiting for {reason}"
@@ -440,6 +482,13 @@ def _ended(job_id: str, probe: Probe) -> JobFailed:
     elif job_state is JobState.TIMEOUT:
         message = f"Job {job_id} reached its time limit before the server was ready."
         hint = "Ask for more time with --time."
+    elif probe.exit_code not in (None, 0, 137, 143) and (
+            found := diagnose(probe.log + probe.slurm_log, str((probe.server or {}).get("engine")
+                                                             or (probe.row.comment_field("engine") if probe.row else "")
+                                                             or "the engine"))):
+        message = (f"The engine in job {job_id} exited with code {probe.exit_code} while starting: "
+                   f"{found.cause}.")
+        hint = f"Fix: {found.fix}"
     elif probe.exit_code in (137, 143):
         message = (f"The engine in job {job_id} was stopped by a signal (exit code {probe.exit_code}) while "
                    "starting: the job was cancelled, reached its time limit, or the node killed it.")

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field, replace
 from ._version import __version__
 from .engines import EngineSpec, build_command, display_argv
 from .errors import ConfigError
-from .families import Family, family_from_name
-from .profiles import Profile
+from .facts import ModelFacts
+from .families import Family, Parsers, detect_family, family_from_name
+from .profiles import GpuType, Profile
+from .sizing import choose_allocation
 from .slurm import JOB_NAME_PREFIX, JobSpec, render_script
 
-__all__ = ["LaunchPlan", "plan_launch"]
+__all__ = ["LaunchPlan", "describe_plan", "plan_launch"]
 
 _MODEL_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -34,6 +36,8 @@ class LaunchPlan:
     reasoning_parser: str | None
     spec: JobSpec
     notes: tuple[str, ...] = field(default=())
+    reasons: tuple[str, ...] = field(default=())
+    facts: ModelFacts | None = None
 
     @property
     def job_name(self) -> str:
@@ -65,6 +69,28 @@ def model_path_for(profile: Profile, model: str) -> str:
     return f"{profile.model_root.rstrip('/')}/{model}"
 
 
+def _context_arg(engine_args: tuple[str, ...]) -> int | None:
+    """The context length the user asked the engine for, if any (it sizes the KV cache)."""
+    for flag in ("--max-model-len", "--context-length"):
+        for i, arg in enumerate(engine_args):
+            value = arg.split("=", 1)[1] if arg.startswith(flag + "=") else (
+                engine_args[i + 1] if arg == flag and i + 1 < len(engine_args) else None)
+            if value and value.isdigit():
+                return int(value)
+    return None
+
+
+def _check_count(profile: Profile, gpu: GpuType, count: int) -> None:
+    if count not in gpu.counts:
+        others = [g for g in profile.gpu_types.values() if count in g.counts and g.name != gpu.name]
+        alternative = f" or --gpu-type {others[0].name} (up to {others[0].max_count})" if others else ""
+        raise ConfigError(
+            f"{gpu.name} allows {gpu.min_count}–{gpu.max_count} GPUs per job on profile {profile.name!r}; "
+            f"you asked for {count}.",
+            f"Use --gpus {min(max(count, gpu.min_count), gpu.max_count)}{alternative}.",
+        )
+
+
 def plan_launch(
     profile: Profile,
     model: str,
@@ -81,34 +107,52 @@ def plan_launch(
     tool_call_parser: str | None = None,
     reasoning_parser: str | None = None,
     engine_args: tuple[str, ...] | list[str] = (),
+    facts: ModelFacts | None = None,
 ) -> LaunchPlan:
+    """Options (and, when known, the model's facts from the cluster) → a job. Pure: no connection."""
     engine = engine or profile.default_engine
     image = profile.image(engine)
-    model_path = model_path_for(profile, model)
-    served = model_path.rsplit("/", 1)[-1]
-    gpu = profile.gpu_type(gpu_type)
-    count = profile.default_gpus if gpus is None else gpus
-    if count not in gpu.counts:
-        others = [g for g in profile.gpu_types.values() if count in g.counts and g.name != gpu.name]
-        alternative = f" or --gpu-type {others[0].name} (up to {others[0].max_count})" if others else ""
-        raise ConfigError(
-            f"{gpu.name} allows {gpu.min_count}–{gpu.max_count} GPUs per job on profile {profile.name!r}; "
-            f"you asked for {count}.",
-            f"Use --gpus {min(max(count, gpu.min_count), gpu.max_count)}{alternative}.",
-        )
-    family = family_from_name(served)
-    defaults = family.parsers(engine) if family else None
+    engine_args = tuple(engine_args)
+    if facts is not None:
+        model_path, served = facts.path, facts.name
+    else:
+        model_path = model_path_for(profile, model)
+        served = model_path.rsplit("/", 1)[-1]
+    if gpu_type is not None:
+        profile.gpu_type(gpu_type)
+    if gpus is not None:
+        _check_count(profile, profile.gpu_type(gpu_type), gpus)
+    reasons: list[str] = []
+    if facts is not None and facts.weight_bytes and facts.heads:
+        allocation, reasons = choose_allocation(profile, facts, gpu_type=gpu_type, gpus=gpus,
+                                                context=_context_arg(engine_args))
+        gpu, count = allocation.gpu, allocation.count
+    else:
+        gpu = profile.gpu_type(gpu_type)
+        count = profile.default_gpus if gpus is None else gpus
+        _check_count(profile, gpu, count)
+    if facts is not None:
+        family = detect_family(facts.model_type, facts.architectures, facts.chat_template, served)
+        source = f"its config ({facts.model_type or 'no model_type'})"
+    else:
+        family = family_from_name(served)
+        source = "its name"
+    defaults = family.parsers(engine) if family else Parsers()
     notes = []
     if family is None:
         notes.append(
-            f"The family of {served!r} is not known from its name: launching without tool-call and "
+            f"The family of {served!r} is not known from {source}: launching without tool-call and "
             "reasoning parsers (pass --tool-call-parser / --reasoning-parser to set them)."
         )
-    tool = tool_call_parser if tool_call_parser is not None else (defaults.tool if defaults else None)
-    reasoning = reasoning_parser if reasoning_parser is not None else (defaults.reasoning if defaults else None)
-    extra = tuple(defaults.extra_args if defaults else ()) + tuple(engine_args)
+    tool = tool_call_parser if tool_call_parser is not None else defaults.tool
+    reasoning = reasoning_parser if reasoning_parser is not None else defaults.reasoning
+    extra = tuple(a for a in defaults.extra_args if a not in engine_args)
+    if (engine == "vllm" and defaults.tool_chat_template and tool == defaults.tool and tool
+            and not any(a.startswith("--chat-template") for a in engine_args)):
+        # vLLM's own tool chat template for this family, as shipped in its image's examples/.
+        extra += ("--chat-template", f"{profile.vllm_examples_dir.rstrip('/')}/{defaults.tool_chat_template}")
     command = build_command(
-        EngineSpec(engine, model_path, served, count, tool or None, reasoning or None, extra)
+        EngineSpec(engine, model_path, served, count, tool or None, reasoning or None, extra + engine_args)
     )
     spec = JobSpec(
         name=f"{JOB_NAME_PREFIX}pending",
@@ -138,4 +182,28 @@ def plan_launch(
     slug = re.sub(r"[^A-Za-z0-9._-]", "-", served)[:40]
     spec = replace(spec, name=f"{JOB_NAME_PREFIX}{slug}-{digest}")
     return LaunchPlan(profile, served, model_path, engine, gpu.name, count, family, tool, reasoning, spec,
-                      tuple(notes))
+                      tuple(notes), tuple(reasons), facts)
+
+
+def describe_plan(plan: LaunchPlan) -> str:
+    """What `hpcllm plan` prints: the facts, the choices and the reasons."""
+    lines = [f"{plan.model}  ({plan.model_path})"]
+    facts = plan.facts
+    if facts is not None:
+        arch = ", ".join(facts.architectures) or "?"
+        lines.append(f"  config      model_type {facts.model_type or '?'} ({arch}); {facts.heads} attention heads, "
+                     f"{facts.kv_heads} KV heads, {facts.layers} layers, context {facts.max_context:,}")
+        lines.append(f"  weights     {facts.weight_gb:.1f} GB in {facts.shards} files")
+    family = plan.family.name if plan.family else "unknown"
+    lines.append(f"  family      {family}")
+    if plan.family:
+        for engine in ("vllm", "sglang"):
+            parsers = plan.family.parsers(engine)
+            lines.append(f"  {engine + ':':11} tool-call parser {parsers.tool or '—'}, reasoning parser "
+                         f"{parsers.reasoning or '—'}" + (f", {' '.join(parsers.extra_args)}" if parsers.extra_args
+                                                         else ""))
+    lines.append(f"  allocation  {plan.gpus} × {plan.gpu_type} ({plan.spec.gres}), tensor-parallel {plan.gpus}")
+    lines += [f"              {reason}" for reason in plan.reasons]
+    lines.append(f"  command     {plan.engine_command}")
+    lines += [f"  note        {note}" for note in plan.notes]
+    return "\n".join(lines) + "\n"

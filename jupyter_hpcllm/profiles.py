@@ -77,6 +77,8 @@ class Profile:
     binds: tuple[str, ...] = ()
     images: Mapping[str, str] = field(default_factory=dict)
     default_engine: str = "vllm"
+    # Where the vLLM image keeps its examples/ (tool chat templates for Llama 3/4 and Gemma 3).
+    vllm_examples_dir: str = "/vllm-workspace/examples"
 
     @property
     def is_local(self) -> bool:

@@ -254,6 +254,7 @@ umask 077
 
 # Everything about this job lives here (mode 0700): address, API key, engine log, exit code.
 JOB_DIR="$HOME/.hpcllm/jobs/$SLURM_JOB_ID"
+rm -rf "$JOB_DIR"  # left by an earlier job with this id (ids restart after a controller reset)
 mkdir -p "$JOB_DIR"
 chmod 700 "$HOME/.hpcllm" "$JOB_DIR"
 cd "$JOB_DIR"
@@ -344,6 +345,17 @@ def log_command(job_id: str, *, lines: int | None = None, from_byte: int | None 
     if from_byte is not None:
         return f"cd; tail -c +{from_byte + 1} {path} 2>/dev/null; true"
     return f"cd; tail -n {int(lines or 100)} {path}"
+
+
+def image_mtime_command(image: str) -> str:
+    return f"stat -L -c %Y {shlex.quote(image)}"
+
+
+def image_help_command(runtime: str, runtime_command: str, image: str, argvs: tuple[tuple[str, ...], ...]) -> str:
+    """The first of the engine's help commands that works, run in its image."""
+    runs = [" ".join([shlex.quote(runtime_command), "exec", shlex.quote(image), *map(shlex.quote, argv)])
+            if runtime != "none" else " ".join(map(shlex.quote, argv)) for argv in argvs]
+    return " || ".join(f"{run} 2>&1" for run in runs) + "; true"
 
 
 def model_check_command(model_path: str, model_root: str) -> str:

@@ -163,6 +163,8 @@ class SSHTransport:
         self.target = _SSHTarget.resolve(profile)
         self.description = self.target.display
         self._jump: SSHTransport | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._sftp_lock = threading.Lock()
         self._client = self._connect()
 
     def _connect(self) -> paramiko.SSHClient:
@@ -276,6 +278,20 @@ class SSHTransport:
             "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout
         )
         return channel
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """The connection's SFTP session, opened once (sessions count against sshd's MaxSessions)."""
+        with self._sftp_lock:
+            channel = self._sftp.get_channel() if self._sftp is not None else None
+            if self._sftp is None or channel is None or channel.closed:
+                try:
+                    self._sftp = self._client.open_sftp()
+                    channel = self._sftp.get_channel()
+                except Exception as error:
+                    raise TransportError(f"Cannot open SFTP on {self.description}: {error}.", _REACH_HINT) from None
+                if channel is not None:
+                    channel.settimeout(self.profile.command_timeout)
+            return self._sftp
 
     def close(self) -> None:
         self._client.close()

@@ -66,4 +66,4 @@ def test_cluster_errors_are_one_paragraph(cluster_config, tmp_path):
     assert done.returncode == 1 and "Cannot reach hpcuser@127.0.0.1 port 1" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     done = hpcllm("up", "no-such-model", config=cluster_config)
-    assert done.returncode == 1 and "is not on the cluster" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "is not under /srv/hpcllm/models" in done.stderr and "Traceback" not in done.stderr

@@ -12,7 +12,7 @@ import pytest
 import jupyter_hpcllm as hpc
 from jupyter_hpcllm.errors import ConfigError, JobFailed, ModelNotFound, SubmitError
 from jupyter_hpcllm.lifecycle import Stage, submit
-from jupyter_hpcllm.slurm import JobState, parse_queue, queue_command
+from jupyter_hpcllm.slurm import JobState, parse_probe, parse_queue, probe_command, queue_command
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_leftover_jobs")]
 
@@ -110,16 +110,45 @@ def test_attach_after_restart(profile_with):
         server.down()
 
 
-@pytest.mark.parametrize("options, expected", [
-    ({"tool_call_parser": "no_such_parser"}, "invalid tool call parser: no_such_parser"),
-    ({"gpus": 3}, "must be divisible by tensor parallel size (3)"),
-])
-def test_engine_start_failures_show_the_log(profile_with, options, expected):
-    profile = profile_with(delay=0.3)
+def test_unknown_parser_fails_in_the_engine_and_is_explained(profile_with):
     with pytest.raises(JobFailed) as caught:
-        hpc.up("Qwen3-8B", profile=profile, timeout=120, **options)
-    assert "exited with code 1 while starting" in str(caught.value)
-    assert expected in caught.value.log_tail
+        hpc.up("Qwen3-8B", profile=profile_with(delay=0.3), timeout=120, tool_call_parser="no_such_parser")
+    assert "invalid tool call parser: no_such_parser" in caught.value.log_tail
+    assert "does not know the tool call parser 'no_such_parser'" in str(caught.value)
+    assert "Fix: pick a name the image knows (`hpcllm parsers --engine vllm`" in str(caught.value)
+
+
+def test_a_tp_that_does_not_divide_the_heads_is_refused_before_submitting(profile, transport):
+    with pytest.raises(ConfigError, match=r"32 attention heads and 8 KV heads: 3 GPUs cannot split them"):
+        hpc.up("Qwen3-8B", profile=profile, gpus=3)
+
+
+def test_the_engines_own_tp_failure_is_explained(profile_with):
+    """Past our check (a plan made without the model's facts, as `hpcllm script` makes), the engine fails
+    with its own message, and the error says what it means."""
+    from jupyter_hpcllm.lifecycle import launch
+
+    plan = hpc.plan_launch(profile_with(delay=0.3), "Qwen3-8B", gpus=3)
+    with pytest.raises(JobFailed) as caught:
+        launch(plan, timeout=120)
+    assert "must be divisible by tensor parallel size (3)" in caught.value.log_tail
+    assert "the tensor-parallel size 3 does not divide the model's 32 attention heads" in str(caught.value)
+
+
+def test_too_long_context_suggests_the_length_that_fits(profile_with):
+    with pytest.raises(JobFailed) as caught:
+        hpc.up("Qwen3-8B", profile=profile_with(delay=0.3, max_model_len_fits=16384), timeout=120)
+    assert "Fix: retry with -- --max-model-len 16384" in str(caught.value)
+
+
+def test_up_chooses_the_smallest_allocation_that_fits(profile_with, transport):
+    server = hpc.up("gpt-oss-120b", profile=profile_with(delay=0.3), timeout=120)
+    try:
+        row = parse_probe(transport.run(probe_command(server.job_id, log_bytes=0)).stdout).row
+        assert row.gres.endswith("gpu:h200:1"), row.gres  # 82 GB: one H200, not 2 × A100
+        assert "--tensor-parallel-size 1" in server.logs(50) or "'tensor_parallel_size': 1" in server.logs(50)
+    finally:
+        server.down()
 
 
 def test_sglang_bad_parser(profile_with):

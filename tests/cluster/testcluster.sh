@@ -173,8 +173,10 @@ start_slurm() {
         return 0
     fi
     stop_slurm
-    # Fresh state every start: a DRAIN/INVAL state would otherwise survive restarts.
+    # Fresh state every start: a DRAIN/INVAL state would otherwise survive restarts. Job ids restart at 1,
+    # so the job directories of the previous run go too.
     rm -rf /var/lib/slurm/slurmctld/* /var/lib/slurm/slurmd/*
+    rm -rf "$(getent passwd "$USER_NAME" | cut -d: -f6)/.hpcllm/jobs"
     slurmctld -i || die "slurmctld did not start: $(tail -5 /var/log/slurm/slurmctld.log)"
     slurmd -N gpu01 || die "slurmd gpu01 did not start: $(tail -5 /var/log/slurm/slurmd-gpu01.log)"
     slurmd -N gpu02 || die "slurmd gpu02 did not start: $(tail -5 /var/log/slurm/slurmd-gpu02.log)"

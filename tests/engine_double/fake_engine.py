@@ -91,8 +91,10 @@ def vllm_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enable-expert-parallel", action="store_true")
     parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--enable-auto-tool-choice", action="store_true")
-    parser.add_argument("--tool-call-parser")
-    parser.add_argument("--reasoning-parser")
+    # Like vLLM: the names are listed in --help, but checked only at start-up (a plugin may add more).
+    parser.add_argument("--tool-call-parser", metavar="{" + ",".join(VLLM_TOOL_PARSERS) + "} or name registered in "
+                        "--tool-parser-plugin")
+    parser.add_argument("--reasoning-parser", metavar="{" + ",".join(VLLM_REASONING_PARSERS) + "}")
     parser.add_argument("--max-model-len", type=int)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--trust-remote-code", action="store_true")

@@ -1,0 +1,326 @@
+"""Model facts read from the cluster: config.json, the chat template and the weight files' total size.
+
+A model is a directory name under the profile's model root, an absolute path, or a Hugging Face cache
+entry (``models--Org--Name`` under the root, given as ``Org/Name``, as the directory name or as
+``Name``). Facts are cached per profile and model directory, in memory and on disk, so a second ``up``
+costs no round trip; ``list_models`` revalidates them against the directory's modification time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelNotFound
+from .files import FileInfo, Files, files_for
+from .profiles import Profile
+from .transport import transport_for
+
+__all__ = ["ModelFacts", "list_models", "model_facts"]
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+_HF_PREFIX = "models--"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str  # the served name
+    path: str  # the directory the engine loads (an HF cache snapshot for cache entries)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    chat_template: str = ""
+    weight_bytes: int = 0
+    shards: int = 0
+    mtime: float = 0.0
+
+    def _get(self, key: str, default: Any = None) -> Any:
+        text = self.config.get("text_config") or {}
+        value = self.config.get(key)
+        return value if value is not None else text.get(key, default)
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type") or "")
+
+    @property
+    def architectures(self) -> tuple[str, ...]:
+        return tuple(self.config.get("architectures") or ())
+
+    @property
+    def heads(self) -> int | None:
+        value = self._get("num_attention_heads")
+        return int(value) if value else None
+
+    @property
+    def kv_heads(self) -> int | None:
+        value = self._get("num_key_value_heads")
+        return int(value) if value else self.heads
+
+    @property
+    def layers(self) -> int:
+        return int(self._get("num_hidden_layers") or 0)
+
+    @property
+    def head_dim(self) -> int:
+        value = self._get("head_dim")
+        if value:
+            return int(value)
+        hidden = self._get("hidden_size")
+        return int(hidden) // self.heads if hidden and self.heads else 128
+
+    @property
+    def max_context(self) -> int:
+        return int(self._get("max_position_embeddings") or 4096)
+
+    @property
+    def is_mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek, Kimi): a compressed KV cache, not split by TP."""
+        return bool(self._get("kv_lora_rank"))
+
+    @property
+    def weight_gb(self) -> float:
+        return self.weight_bytes / 1e9
+
+
+# --- locating ---------------------------------------------------------------------------------------
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _hf_snapshot(files: Files, entry: str) -> str | None:
+    """The snapshot directory of a Hugging Face cache entry (refs/main, else the only snapshot)."""
+    try:
+        revision = files.read(_join(entry, "refs/main"), 200).decode().strip()
+        return _join(entry, f"snapshots/{revision}")
+    except FileNotFoundError:
+        pass
+    try:
+        snapshots = [i.name for i in files.list(_join(entry, "snapshots")) if i.is_dir]
+    except FileNotFoundError:
+        return None
+    return _join(entry, f"snapshots/{sorted(snapshots)[-1]}") if snapshots else None
+
+
+def _cache_names(name: str) -> list[str]:
+    if name.startswith(_HF_PREFIX):
+        return [name]
+    if "/" in name:
+        return [_HF_PREFIX + name.replace("/", "--")]
+    return []
+
+
+def locate(files: Files, profile: Profile, model: str, listing: list[FileInfo] | None = None) -> tuple[str, str]:
+    """(directory to load, served name) for a model name, or ModelNotFound with the closest names."""
+    model = model.strip().rstrip("/")
+    if model.startswith("/") or model.startswith("~/"):
+        last = model.rsplit("/", 1)[-1]
+        _must_exist(files, model)
+        if last.startswith(_HF_PREFIX):
+            snapshot = _hf_snapshot(files, model)
+            if snapshot:
+                return snapshot, last.split("--")[-1]
+        return model, last
+    root = profile.model_root
+    if listing is None:
+        try:
+            listing = files.list(root)
+        except FileNotFoundError:
+            raise ModelNotFound(
+                f"The model root {root} of profile {profile.name!r} does not exist on the cluster.",
+                "Set model_root in the profile (`hpcllm config show` prints it), or give an absolute path.",
+            ) from None
+    names = {entry.name for entry in listing if entry.is_dir or entry.is_link}
+    served = model.rsplit("/", 1)[-1].removeprefix(_HF_PREFIX).split("--")[-1]
+    if model in names and not model.startswith(_HF_PREFIX):
+        return _join(root, model), served
+    for cache_name in _cache_names(model) + [n for n in names if n.startswith(_HF_PREFIX) and n.endswith("--" + model)]:
+        if cache_name in names:
+            snapshot = _hf_snapshot(files, _join(root, cache_name))
+            if snapshot:
+                return snapshot, served
+    visible = sorted(_display_name(n) for n in names)
+    close = difflib.get_close_matches(model, visible, n=3, cutoff=0.4)
+    raise ModelNotFound(
+        f"Model {model!r} is not under {root} on the cluster.",
+        (f"Closest names there: {', '.join(close)}. " if close else "")
+        + "`hpcllm models` lists what is there; an absolute path works too.",
+        candidates=close,
+    )
+
+
+def _must_exist(files: Files, path: str) -> None:
+    try:
+        files.list(path)
+    except FileNotFoundError:
+        raise ModelNotFound(f"Model directory {path} does not exist on the cluster.",
+                            "Check the path, or give a name under the profile's model root.") from None
+
+
+def _display_name(entry: str) -> str:
+    return entry.removeprefix(_HF_PREFIX).replace("--", "/") if entry.startswith(_HF_PREFIX) else entry
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def read_facts(files: Files, path: str, name: str, mtime: float = 0.0) -> ModelFacts:
+    entries = files.list(path)
+    by_name = {entry.name: entry for entry in entries}
+    config = _json(files, _join(path, "config.json")) if "config.json" in by_name else {}
+    template = _chat_template(files, path, by_name)
+    weights = [e for e in entries if e.name.endswith(_WEIGHT_SUFFIXES)]
+    # Repositories that ship both formats (Mistral: consolidated.safetensors + model-*.safetensors): count
+    # what vLLM loads, the sharded Hugging Face files.
+    if any(e.name.startswith("model") for e in weights):
+        weights = [e for e in weights if not e.name.startswith("consolidated")]
+    if any(e.name.endswith(".safetensors") for e in weights):
+        weights = [e for e in weights if e.name.endswith(".safetensors")]
+    total = sum(e.size for e in weights if not e.is_link)
+    if any(e.is_link for e in weights):
+        total += _cache_blob_bytes(files, path)
+    return ModelFacts(name, path, config, template, total, len(weights), mtime)
+
+
+def _cache_blob_bytes(files: Files, snapshot: str) -> int:
+    """Weights of an HF cache snapshot live in ../../blobs: sum the large blobs (one listing, no
+    per-file round trips); configs and tokenizers are small."""
+    entry = snapshot.rsplit("/snapshots/", 1)[0]
+    try:
+        blobs = files.list(_join(entry, "blobs"))
+    except FileNotFoundError:
+        return 0
+    return sum(b.size for b in blobs if b.size >= 10_000_000)
+
+
+def _json(files: Files, path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(files.read(path))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _chat_template(files: Files, path: str, by_name: Mapping[str, FileInfo]) -> str:
+    if "chat_template.jinja" in by_name:
+        return files.read(_join(path, "chat_template.jinja")).decode(errors="replace")
+    if "chat_template.json" in by_name:
+        return str(_json(files, _join(path, "chat_template.json")).get("chat_template") or "")
+    template = _json(files, _join(path, "tokenizer_config.json")).get("chat_template") if \
+        "tokenizer_config.json" in by_name else None
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": "..."}, ...]
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None) or \
+            (template[0].get("template") if template else "")
+    return str(template or "")
+
+
+# --- caching ----------------------------------------------------------------------------------------
+
+_memory: dict[tuple[str, str, str], ModelFacts] = {}
+_lock = threading.Lock()
+
+
+def _cache_file() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("jupyter-hpcllm")) / "model-facts.json"
+
+
+def _cache_key(profile: Profile, path: str) -> tuple[str, str, str]:
+    return (profile.name, profile.host, path)
+
+
+def _load_disk() -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(_cache_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _cached(profile: Profile, path: str) -> ModelFacts | None:
+    key = _cache_key(profile, path)
+    with _lock:
+        if key in _memory:
+            return _memory[key]
+        stored = _load_disk().get("|".join(key))
+        if stored:
+            try:
+                _memory[key] = ModelFacts(**stored)
+            except TypeError:
+                return None
+            return _memory[key]
+    return None
+
+
+def _remember(profile: Profile, facts: ModelFacts) -> None:
+    key = _cache_key(profile, facts.path)
+    with _lock:
+        _memory[key] = facts
+        data = _load_disk()
+        data["|".join(key)] = asdict(facts)
+        target = _cache_file()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_suffix(".tmp")
+            temporary.write_text(json.dumps(data))
+            temporary.replace(target)  # atomic: a reader never sees half a file
+        except OSError:
+            pass  # a read-only home only costs the next call a round trip
+
+
+def model_facts(profile: Profile, model: str, *, refresh: bool = False) -> ModelFacts:
+    """The facts of one model, from the cache unless `refresh`."""
+    files = files_for(transport_for(profile))
+    if not refresh and not model.startswith(("/", "~/")) and "/" not in model:
+        cached = _cached(profile, _join(profile.model_root, model))
+        if cached:
+            return cached
+    path, name = locate(files, profile, model)
+    if not refresh:
+        cached = _cached(profile, path)
+        if cached:
+            return cached
+    facts = read_facts(files, path, name)
+    _remember(profile, facts)
+    return facts
+
+
+def list_models(profile: Profile) -> list[ModelFacts]:
+    """Every model under the profile's model root: one listing, plus reads only for new or changed ones."""
+    files = files_for(transport_for(profile))
+    try:
+        listing = files.list(profile.model_root)
+    except FileNotFoundError:
+        raise ModelNotFound(
+            f"The model root {profile.model_root} of profile {profile.name!r} does not exist on the cluster.",
+            "Set model_root in the profile (`hpcllm config show` prints it).",
+        ) from None
+    result = []
+    for entry in sorted(listing, key=lambda e: e.name.lower()):
+        if not (entry.is_dir or entry.is_link) or entry.name.startswith("."):
+            continue
+        path = _join(profile.model_root, entry.name)
+        name = _display_name(entry.name).rsplit("/", 1)[-1]
+        if entry.name.startswith(_HF_PREFIX):
+            snapshot = _hf_snapshot(files, path)
+            if snapshot is None:
+                continue
+            path = snapshot
+        cached = _cached(profile, path)
+        if cached is not None and cached.mtime == entry.mtime:
+            result.append(cached)
+            continue
+        try:
+            facts = read_facts(files, path, name, entry.mtime)
+        except FileNotFoundError:
+            continue
+        if facts.config or facts.shards:
+            _remember(profile, facts)
+            result.append(facts)
+    return result
