@@ -78,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--forward", action="store_true",
                      help="once ready, keep a local port forward open (Ctrl-C ends it)")
     sub.add_argument("--port", type=int, default=0, help="local port for --forward (default: any free one)")
+    sub.add_argument("--check-parsers", action="store_true",
+                     help="first ask the engine image which parser names it knows (cached per image)")
 
     sub = command("script", "print the sbatch script `up` would submit, without connecting", _cmd_script)
     _launch_options(sub)
     _profile_option(sub)
 
-    sub.add_argument("--check-parsers", action="store_true",
-                     help="first ask the engine image which parser names it knows (cached per image)")
 
     sub = command("plan", "read the model's facts on the cluster and show the parsers, the allocation and why",
                   _cmd_plan)

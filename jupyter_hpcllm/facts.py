@@ -276,11 +276,11 @@ def _remember(profile: Profile, facts: ModelFacts) -> None:
 
 def model_facts(profile: Profile, model: str, *, refresh: bool = False) -> ModelFacts:
     """The facts of one model, from the cache unless `refresh`."""
-    files = files_for(transport_for(profile))
     if not refresh and not model.startswith(("/", "~/")) and "/" not in model:
         cached = _cached(profile, _join(profile.model_root, model))
         if cached:
             return cached
+    files = files_for(transport_for(profile))
     path, name = locate(files, profile, model)
     if not refresh:
         cached = _cached(profile, path)

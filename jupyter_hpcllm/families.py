@@ -43,6 +43,8 @@ def _family(name: str, vllm: tuple[str | None, str | None], sglang: tuple[str | 
 # Order matters: the first pattern that matches the lower-cased name wins (Coder before Qwen3, ...).
 FAMILIES: tuple[tuple[str, Family], ...] = (
     (r"gpt-oss", _family("gpt-oss", ("openai", "openai_gptoss"), ("gpt-oss", "gpt-oss"))),
+    # Hermes fine-tunes of Llama or Qwen speak Hermes' tool format, whatever their base.
+    (r"hermes", _family("hermes", ("hermes", None), ("hermes", None))),
     (r"qwen3-coder", _family("qwen3-coder", ("qwen3_coder", None), ("qwen3_coder", None))),
     (r"qwen3-next.*thinking", _family("qwen3-next-thinking", ("hermes", "qwen3"), ("qwen", "qwen3"))),
     (r"qwen3-next", _family("qwen3-next", ("hermes", None), ("qwen", "qwen3"))),
@@ -71,7 +73,7 @@ FAMILIES: tuple[tuple[str, Family], ...] = (
                           vllm_template="tool_chat_template_gemma3_pythonic.jinja")),
     (r"phi-?4-mini", _family("phi4-mini", ("phi4_mini_json", None), (None, None))),
     (r"phi-?4", _family("phi4", (None, None), (None, None))),
-    (r"hermes", _family("hermes", ("hermes", None), ("hermes", None))),
+    (r"granite-4", _family("granite4", ("granite4", "granite"), (None, None))),
     (r"granite", _family("granite", ("granite", "granite"), (None, None))),
 )
 
@@ -106,8 +108,7 @@ def detect_family(model_type: str, architectures: tuple[str, ...], template: str
     # One model_type, several families: the name (and the template) decide between them.
     if base == "qwen3" and ("<function=" in template and "<parameter=" in template):
         return BY_NAME["qwen3-coder"]
-    if base in ("qwen3", "qwen3-next", "qwen2.5", "deepseek-v3", "kimi-k2", "llama3", "mistral", "glm-4.5",
-                "phi4") and by_name is not None and _compatible(base, by_name.name):
+    if base in _REFINEMENTS and by_name is not None and _compatible(base, by_name.name):
         return by_name
     if base == "deepseek-v3" and "kimi" in lowered:
         return BY_NAME["kimi-k2"]
@@ -115,9 +116,10 @@ def detect_family(model_type: str, architectures: tuple[str, ...], template: str
 
 
 _REFINEMENTS = {
-    "qwen3": ("qwen3", "qwen3-coder", "qwen3-thinking-2507"),
     "qwen3-next": ("qwen3-next", "qwen3-next-thinking"),
     "qwen2.5": ("qwen2.5", "qwq", "hermes"),
+    "qwen3": ("qwen3", "qwen3-coder", "qwen3-thinking-2507", "hermes"),
+    "granite": ("granite", "granite4"),
     "deepseek-v3": ("deepseek-v3", "deepseek-r1", "deepseek-v3.1", "deepseek-v3.2", "kimi-k2", "kimi-k2-thinking"),
     "kimi-k2": ("kimi-k2", "kimi-k2-thinking"),
     "llama3": ("llama3", "hermes"),
