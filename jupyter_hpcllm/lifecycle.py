@@ -12,12 +12,13 @@ import enum
 import http.client
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .diagnose import diagnose
 from .engines import loading_progress
-from .errors import HpcllmError, JobFailed, ModelNotFound, RemoteCommandError, SubmitError
+from .errors import HpcllmError, JobFailed, RemoteCommandError, SubmitError
 from .facts import model_facts
 from .forward import PortForward
 from .plan import LaunchPlan, model_path_for, plan_launch
@@ -29,7 +30,6 @@ from .slurm import (
     cancel_command,
     key_command,
     log_command,
-    model_check_command,
     parse_probe,
     parse_queue,
     parse_sbatch,
@@ -248,8 +248,8 @@ def launch(plan: LaunchPlan, *, on_progress: ProgressCallback | None = None, tim
             report(Progress(Stage.REUSED, job_id, f"Reusing job {job_id} ({twins[0].raw_state}) with the "
                             "same model and options.", 0.0))
             return _wait_ready(plan.profile, job_id, report, timeout, started)
-    if plan.facts is None:
-        _check_model(transport, plan)
+    if plan.facts is None:  # a plan made offline: at least make sure the model is there
+        model_facts(plan.profile, plan.model_path)
     job_id = submit(transport, plan)
     report(Progress(Stage.SUBMITTED, job_id, f"Submitted job {job_id} ({plan.spec.gres}, {plan.spec.time}).",
                     time.monotonic() - started))
@@ -294,22 +294,6 @@ def submit(transport: Transport, plan: LaunchPlan) -> str:
             "(`sinfo -o '%P %G %l'` on the login node); `hpcllm script` shows what was submitted.",
         ) from None
     return parse_sbatch(result.stdout)
-
-
-def _check_model(transport: Transport, plan: LaunchPlan) -> None:
-    import difflib
-
-    lines = transport.run(model_check_command(plan.model_path, plan.profile.model_root)).stdout.split()
-    if lines and lines[0] == "found":
-        return
-    names = lines[1:]
-    close = difflib.get_close_matches(plan.model, names, n=3, cutoff=0.4)
-    suggestion = f"Closest names there: {', '.join(close)}. " if close else ""
-    raise ModelNotFound(
-        f"Model {plan.model!r} is not on the cluster: {plan.model_path} does not exist.",
-        f"{suggestion}Use a directory name under {plan.profile.model_root}, or an absolute path.",
-        candidates=close,
-    )
 
 
 # --- waiting --------------------------------------------------------------------------------------------
@@ -417,9 +401,6 @@ def _wait_ready(profile: Profile, job_id: str, report: ProgressCallback, timeout
 def _drop_stale(probe: Probe, row: JobRow) -> Probe:
     """Ignore job files written before this job started: an earlier job with the same id (ids restart
     when a Slurm controller's state is reset) may have left its directory behind."""
-    from dataclasses import replace
-    from datetime import datetime, timedelta
-
     if row.state is JobState.PENDING:
         return replace(probe, server=None, exit_code=None, log="")
     started = str((probe.server or {}).get("started", ""))[:19]

@@ -358,12 +358,6 @@ def image_help_command(runtime: str, runtime_command: str, image: str, argvs: tu
     return " || ".join(f"{run} 2>&1" for run in runs) + "; true"
 
 
-def model_check_command(model_path: str, model_root: str) -> str:
-    """Prints `found`, or `missing` and the names under the model root (for suggestions)."""
-    return (f"if test -d {shell_path(model_path)}; then echo found; "
-            f"else echo missing; ls -1 {shell_path(model_root)} 2>/dev/null; fi; true")
-
-
 # --- parsers ------------------------------------------------------------------------------------------
 
 

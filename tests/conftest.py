@@ -36,7 +36,7 @@ def cluster_config() -> Path:
         message = f"the local test cluster is not up: {problem}; run `bash tests/cluster/testcluster.sh up`"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(reason=message)
     return CLUSTER_CONFIG
 
 
