@@ -33,6 +33,7 @@ __all__ = [
     "cancel",
     "errors",
     "list_servers",
+    "load_ipython_extension",
     "load_profile",
     "plan_launch",
     "up",
@@ -43,6 +44,13 @@ _LAZY = {
     "attach": "lifecycle", "cancel": "lifecycle", "list_servers": "lifecycle", "up": "lifecycle",
     "LaunchPlan": "plan", "plan_launch": "plan", "Profile": "profiles", "load_profile": "profiles",
 }
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext jupyter_hpcllm`: register `%hpcllm` and `%%llm`."""
+    from .magics import HpcllmMagics
+
+    ipython.register_magics(HpcllmMagics)
 
 
 def __getattr__(name: str) -> Any:

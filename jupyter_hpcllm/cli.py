@@ -38,7 +38,8 @@ Arguments after `--` go to the engine verbatim, e.g.
 """
 
 
-def _launch_options(parser: argparse.ArgumentParser) -> None:
+def add_launch_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `up`, `script` and `plan` (shared with the `%hpcllm` magic)."""
     parser.add_argument("model", help="a directory name under the profile's model root, or an absolute path")
     parser.add_argument("--gpus", type=int, help="number of GPUs (= tensor-parallel size); default: profile")
     parser.add_argument("--gpu-type", help="GPU type, as the profile lists it (e.g. a100, h200)")
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("up", "start a model server (or reuse the same pending/running one) and wait until it answers",
                   _cmd_up)
-    _launch_options(sub)
+    add_launch_options(sub)
     _profile_option(sub)
     sub.add_argument("--timeout", type=float, help="give up (and cancel the job) after this many seconds")
     sub.add_argument("--no-reuse", action="store_true", help="submit a new job even if the same one is running")
@@ -82,13 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="first ask the engine image which parser names it knows (cached per image)")
 
     sub = command("script", "print the sbatch script `up` would submit, without connecting", _cmd_script)
-    _launch_options(sub)
+    add_launch_options(sub)
     _profile_option(sub)
 
 
     sub = command("plan", "read the model's facts on the cluster and show the parsers, the allocation and why",
                   _cmd_plan)
-    _launch_options(sub)
+    add_launch_options(sub)
     _profile_option(sub)
     sub.add_argument("--script", action="store_true", help="also print the sbatch script")
     sub.add_argument("--refresh", action="store_true", help="re-read the model's facts (they are cached)")
@@ -186,13 +187,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
+def models_rows(profile: profiles.Profile) -> list[tuple[str, ...]]:
+    """The table of `hpcllm models` (and `%hpcllm models`): a header row, then one row per model."""
     from .facts import list_models
     from .families import detect_family
     from .sizing import choose_allocation
 
-    profile = profiles.load_profile(args.profile)
-    rows = [("MODEL", "SIZE", "FAMILY", "VLLM TOOL/REASONING", "SGLANG TOOL/REASONING", "SUGGESTED")]
+    rows: list[tuple[str, ...]] = [("MODEL", "SIZE", "FAMILY", "VLLM TOOL/REASONING", "SGLANG TOOL/REASONING",
+                                    "SUGGESTED")]
     for facts in list_models(profile):
         family = detect_family(facts.model_type, facts.architectures, facts.chat_template, facts.name)
         try:
@@ -208,7 +210,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
         rows.append((facts.name, f"{facts.weight_gb:.1f} GB", family.name if family else "unknown",
                      parsers("vllm"), parsers("sglang"), allocation))
-    _print_table(rows)
+    return rows
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    print_table(models_rows(profiles.load_profile(args.profile)))
     return 0
 
 
@@ -224,10 +230,17 @@ def _cmd_parsers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def split_engine_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(our arguments, the engine's): everything after the first `--` belongs to the engine."""
+    if "--" in argv:
+        return argv[: argv.index("--")], argv[argv.index("--") + 1:]
+    return argv, []
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -272,7 +285,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows += [(j.job_id, j.state.value, j.model or "?", j.engine or "?", j.node or "-",
               j.time_left or f"({j.reason})" + (f" start {j.expected_start}" if j.expected_start else ""))
              for j in jobs]
-    _print_table(rows)
+    print_table(rows)
     return 0
 
 
@@ -395,10 +408,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # Everything after the first `--` belongs to the engine, not to us.
-    engine_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, engine_args = split_engine_args(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if engine_args and args.command not in ("up", "script", "plan"):

@@ -21,7 +21,7 @@ from .engines import loading_progress
 from .errors import HpcllmError, JobFailed, RemoteCommandError, SubmitError
 from .facts import model_facts
 from .forward import PortForward
-from .plan import LaunchPlan, model_path_for, plan_launch
+from .plan import LaunchPlan, plan_launch
 from .profiles import Profile, load_profile
 from .slurm import (
     JobRow,
@@ -231,7 +231,9 @@ def plan_for(model: str, *, profile: Profile | str | None = None, refresh: bool 
              **options: Any) -> LaunchPlan:
     """The plan `up` would submit, with the model's facts read from the cluster (cached)."""
     resolved = _profile(profile)
-    model_path_for(resolved, model)  # refuse names with shell syntax before anything touches the cluster
+    # Options that are wrong whatever the model (names with shell syntax, GPU counts, times) are refused
+    # before anything touches the cluster.
+    plan_launch(resolved, model, **options)
     facts = model_facts(resolved, model, refresh=refresh)
     return plan_launch(resolved, model, facts=facts, **options)
 

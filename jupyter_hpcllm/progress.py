@@ -1,0 +1,87 @@
+"""Showing `up`'s stages: one live, updating display in a notebook; plain lines in a terminal."""
+
+from __future__ import annotations
+
+import html
+import sys
+from typing import Any
+
+from .lifecycle import Progress, ServerInfo, Stage
+
+__all__ = ["ProgressView", "StatusView"]
+
+_LABELS = {Stage.SUBMITTED: "Submitted", Stage.REUSED: "Reusing", Stage.PENDING: "Pending",
+           Stage.RUNNING: "Running", Stage.LOADING: "Loading", Stage.READY: "Ready"}
+
+
+class ProgressView:
+    """Call it with each Progress. `rich`: an HTML display updated in place (display_id)."""
+
+    def __init__(self, rich: bool, title: str) -> None:
+        self.rich = rich
+        self.title = title
+        self.last: Progress | None = None
+        self._handle: Any = None
+
+    def __call__(self, progress: Progress) -> None:
+        self.last = progress
+        if not self.rich:
+            print(f"[{progress.elapsed:6.1f}s] {progress.message}", flush=True)
+            return
+        from IPython.display import HTML, display
+
+        if self._handle is None:
+            self._handle = display(HTML(self.html(progress)), display_id=True)
+        else:
+            self._handle.update(HTML(self.html(progress)))
+
+    def error(self, message: str) -> None:
+        if not self.rich or self._handle is None:
+            print(message, file=sys.stderr)
+            return
+        from IPython.display import HTML
+
+        self._handle.update(HTML(f"<div style='color:#b00'><b>{html.escape(self.title)}</b>: "
+                                 f"{html.escape(message)}</div>"))
+
+    def html(self, progress: Progress) -> str:
+        rows = [("stage", _LABELS[progress.stage]), ("job", progress.job_id)]
+        if progress.reason:
+            rows.append(("waiting for", progress.reason))
+        if progress.expected_start:
+            rows.append(("expected start", progress.expected_start.replace("T", " ")))
+        if progress.node:
+            rows.append(("node", progress.node))
+        rows.append(("elapsed", f"{progress.elapsed:.0f} s"))
+        bar = ""
+        if progress.shards:
+            done, total = progress.shards
+            bar = (f"<div>weights {done}/{total} <progress value='{done}' max='{total}' "
+                   "style='width:12em'></progress></div>")
+        cells = "".join(f"<tr><td style='text-align:left;padding-right:1em'>{html.escape(k)}</td>"
+                        f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return (f"<div><b>{html.escape(self.title)}</b> — {html.escape(progress.message)}"
+                f"<table>{cells}</table>{bar}</div>")
+
+
+class StatusView:
+    """`%hpcllm status`: a table in a notebook, lines in a terminal."""
+
+    def __init__(self, info: ServerInfo) -> None:
+        self.info = info
+
+    def rows(self) -> list[tuple[str, str]]:
+        info = self.info
+        rows = [("job", info.job_id), ("state", info.state.value), ("model", info.model or "?"),
+                ("engine", info.engine or "?")]
+        rows += [(k, v) for k, v in (("node", info.node), ("time left", info.time_left), ("reason", info.reason),
+                                     ("expected start", info.expected_start), ("url", info.url)) if v]
+        return rows
+
+    def __repr__(self) -> str:
+        return "\n".join(f"{k:15} {v}" for k, v in self.rows())
+
+    def _repr_html_(self) -> str:
+        cells = "".join(f"<tr><td style='text-align:left'>{html.escape(k)}</td>"
+                        f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in self.rows())
+        return f"<table>{cells}</table>"
