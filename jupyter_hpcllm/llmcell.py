@@ -147,11 +147,28 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_REASONING_FIELDS = ("reasoning", "reasoning_content")
+_declared: dict[type, tuple[str, ...]] = {}
+
+
 def _delta_reasoning(delta: Any) -> str:
-    # vLLM: `reasoning` (older `reasoning_content`); SGLang: `reasoning_content`. Read both.
-    extra = getattr(delta, "model_extra", None) or {}
-    return (getattr(delta, "reasoning", None) or getattr(delta, "reasoning_content", None)
-            or extra.get("reasoning") or extra.get("reasoning_content") or "")
+    """vLLM sends `reasoning` (older: `reasoning_content`), SGLang `reasoning_content`: read both. The
+    openai client keeps fields it does not declare in `model_extra`; a plain dict lookup there costs far
+    less per chunk than getattr on a missing pydantic attribute (an exception each time)."""
+    extra = getattr(delta, "model_extra", None)
+    if extra:
+        found = extra.get("reasoning") or extra.get("reasoning_content")
+        if found:
+            return str(found)
+    kind = type(delta)
+    if kind not in _declared:
+        fields = getattr(kind, "model_fields", {})
+        _declared[kind] = tuple(name for name in _REASONING_FIELDS if name in fields)
+    for name in _declared[kind]:
+        value = getattr(delta, name, None)
+        if value:
+            return str(value)
+    return ""
 
 
 def run_prompt(endpoint: Endpoint, messages: list[dict[str, Any]], renderer: Renderer, *,
