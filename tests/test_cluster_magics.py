@@ -68,6 +68,9 @@ def test_up_llm_tools_chat_status_down(shell, capsys, transport):
     shell.run_cell_magic("llm", "-f code --no-stream", "print(1)")
     assert shell.rl_next_input == "Echo: print(1)"
 
+    value = shell.run_cell_magic("llm", "-f json --out data", 'Reply with {"answer": 42, "items": [1, 2]}')
+    assert value == {"answer": 42, "items": [1, 2]} == shell.user_ns["data"]
+
     shell.run_line_magic("hpcllm", "status")
     out = capsys.readouterr().out
     assert "RUNNING" in out and "Qwen3-8B" in out and "http://127.0.0.1:" in out
@@ -164,3 +167,19 @@ def test_the_example_notebook_runs(cluster_config, tmp_path):
     assert "<details><summary>Reasoning</summary>" in joined  # rich Markdown in a real kernel
     assert "Result: " in joined and "Heidelberg" in joined
     assert "cancelled" in joined
+
+
+def test_a_server_gone_from_outside_is_explained(shell, capsys, transport):
+    shell.run_line_magic("hpcllm", "up gpt-oss-20b")
+    magics = shell.magics_manager.registry["HpcllmMagics"]
+    transport.run(f"scancel {magics.server.job_id}")
+    from jupyter_hpcllm.lifecycle import wait_gone
+
+    wait_gone(transport, magics.server.job_id, 15)
+    capsys.readouterr()
+    shell.run_cell_magic("llm", "", "still there?")
+    err = capsys.readouterr().err
+    assert "%%llm cannot reach the server" in err and "`%hpcllm status` shows it" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    magics.server.close()
+    magics.server = None
