@@ -82,7 +82,7 @@ def bench_llm(port: int, tokens: int, repeats: int) -> dict[str, list[float]]:
     import openai
     from IPython.core.interactiveshell import InteractiveShell
 
-    from jupyter_hpcllm import llmcell, magics
+    from jupyter_hpcllm import llmcell
 
     url = f"http://127.0.0.1:{port}/v1"
     os.environ["BENCH_KEY"] = bench_forward.KEY
@@ -134,7 +134,6 @@ def bench_llm(port: int, tokens: int, repeats: int) -> dict[str, list[float]]:
             results.setdefault("renders", []).append(display.renders)
         finally:
             llmcell.Renderer.__init__ = original  # type: ignore[method-assign]
-    del magics
     return results
 
 

@@ -233,8 +233,11 @@ class HpcllmMagics(Magics):
         return str(self.server.job_id)
 
     def _profile(self, args: argparse.Namespace) -> Any:
+        """The profile named by --profile, else the attached server's, else the default one."""
+        from .profiles import load_profile
+
         if getattr(args, "profile", None) or self.server is None:
-            return args.profile
+            return load_profile(getattr(args, "profile", None))
         return self.server.profile
 
     def _status(self, args: argparse.Namespace) -> Any:
@@ -270,13 +273,11 @@ class HpcllmMagics(Magics):
 
     def _logs(self, args: argparse.Namespace) -> None:
         from .lifecycle import follow_logs
-        from .profiles import load_profile
         from .slurm import log_command
         from .transport import transport_for
 
         job = self._job_or_current(args)
-        profile = self._profile(args)
-        transport = transport_for(profile if not isinstance(profile, (str, type(None))) else load_profile(profile))
+        transport = transport_for(self._profile(args))
         if not args.follow:
             return print(transport.run(log_command(job, lines=args.lines), check=False).stdout, end="")
         try:
@@ -307,9 +308,8 @@ class HpcllmMagics(Magics):
 
     def _models(self, args: argparse.Namespace) -> None:
         from .cli import models_rows
-        from .profiles import load_profile
 
-        print_table(models_rows(load_profile(args.profile)))
+        print_table(models_rows(self._profile(args)))
 
     def _plan(self, args: argparse.Namespace) -> None:
         from .lifecycle import plan_for
