@@ -80,6 +80,14 @@ def _context_arg(engine_args: tuple[str, ...]) -> int | None:
     return None
 
 
+def _type_for_count(profile: Profile, gpu_type: str | None, count: int) -> GpuType:
+    """The GPU type asked for; else the default type, or the first type that allows `count` GPUs."""
+    default = profile.gpu_type(gpu_type)
+    if gpu_type is not None or count in default.counts:
+        return default
+    return next((g for g in profile.gpu_types.values() if count in g.counts), default)
+
+
 def _check_count(profile: Profile, gpu: GpuType, count: int) -> None:
     if count not in gpu.counts:
         others = [g for g in profile.gpu_types.values() if count in g.counts and g.name != gpu.name]
@@ -121,15 +129,15 @@ def plan_launch(
     if gpu_type is not None:
         profile.gpu_type(gpu_type)
     if gpus is not None:
-        _check_count(profile, profile.gpu_type(gpu_type), gpus)
+        _check_count(profile, _type_for_count(profile, gpu_type, gpus), gpus)
     reasons: list[str] = []
     if facts is not None and facts.weight_bytes and facts.heads:
         allocation, reasons = choose_allocation(profile, facts, gpu_type=gpu_type, gpus=gpus,
                                                 context=_context_arg(engine_args))
         gpu, count = allocation.gpu, allocation.count
     else:
-        gpu = profile.gpu_type(gpu_type)
         count = profile.default_gpus if gpus is None else gpus
+        gpu = _type_for_count(profile, gpu_type, count)
         _check_count(profile, gpu, count)
     if facts is not None:
         family = detect_family(facts.model_type, facts.architectures, facts.chat_template, served)

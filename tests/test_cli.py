@@ -86,3 +86,8 @@ def test_import_is_cheap():
     code = "import sys, jupyter_hpcllm; print(sorted(m for m in ('paramiko', 'openai') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_count_only_one_gpu_type_allows_picks_that_type(capsys):
+    assert main(["script", "gpt-oss-120b", "--gpus", "8", "--profile", "ebi"]) == 0
+    assert "#SBATCH --gres=gpu:h200:8\n" in capsys.readouterr().out
