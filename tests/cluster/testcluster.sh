@@ -1,145 +1,303 @@
 #!/usr/bin/env bash
-# The local test cluster: a Slurm controller, two slurmd nodes with fake GPUs (gpu01: 4×a100 + 8×h200,
-# gpu02: 4×a100), munge, and OpenSSH on 127.0.0.1:2222 with key-only login for `hpcuser`. All from
-# Debian packages, started by hand (no systemd), as root. See shared notes "test-cluster.md".
+# The local test cluster: a Slurm controller and two slurmd nodes with fake GPUs (gpu01: 4×a100 +
+# 8×h200, gpu02: 4×a100), munge, and OpenSSH on 127.0.0.1:2222 with key-only login for `hpcuser`.
+# All from Debian packages, started by hand (no systemd), as root. Settings and pitfalls:
+# shared/notes/test-cluster.md (the "pitfall N" comments below refer to its section 5).
 #
-#   bash tests/cluster/testcluster.sh up       install (if needed), configure, start; idempotent
-#   bash tests/cluster/testcluster.sh down     cancel jobs, stop the daemons
-#   bash tests/cluster/testcluster.sh status
+#   bash tests/cluster/testcluster.sh up       install if needed, configure, start (idempotent)
+#   bash tests/cluster/testcluster.sh down     cancel jobs, stop the daemons (fine when nothing runs)
+#   bash tests/cluster/testcluster.sh status   which daemons run, sinfo (exit 0 only when all run)
 #
-# Clients use $STATE/config.toml (export HPCLLM_CONFIG=$STATE/config.toml); STATE defaults to
-# /tmp/hpcllm-testcluster (HPCLLM_TESTCLUSTER_DIR overrides).
+# Clients: export HPCLLM_CONFIG=$STATE/config.toml. STATE is /tmp/hpcllm-testcluster unless
+# HPCLLM_TESTCLUSTER_DIR says otherwise.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STATE=${HPCLLM_TESTCLUSTER_DIR:-/tmp/hpcllm-testcluster}
-OPT=/opt/hpcllm-testcluster
-MODELS=/srv/hpcllm/models
-USER_NAME=hpcuser
+STATE=${STATE%/}
+OPT=/opt/hpcllm-testcluster               # what jobs run (hpcuser cannot read a checkout under /root)
+MODEL_ROOT=/srv/hpcllm/models
+HPC_USER=hpcuser
 SSH_PORT=2222
-PACKAGES=(slurmctld slurmd slurm-client munge openssh-server openssh-client python3 ca-certificates procps)
+NODES=(gpu01 gpu02)
+PACKAGES=(slurmctld slurmd slurm-client munge openssh-server openssh-client python3 ca-certificates)
+SLURM_LOGS=/var/log/slurm
+SSHD_CONFIG=$STATE/sshd/sshd_config
+SSHD_PID=$STATE/pids/sshd
+SSHD_LOG=$STATE/logs/sshd.log
+MUNGED_PID=/run/munge/munged.pid
+MUNGED_LOG=/var/log/munge/munged.log
+CTLD_PID=/run/slurmctld.pid
+
+# --- output and timing --------------------------------------------------------------------------------
 
 log() { printf '[testcluster] %s\n' "$*"; }
+warn() { printf '[testcluster] WARNING: %s\n' "$*" >&2; }
 die() { printf '[testcluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
-need_root() { [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and starts daemons)"; }
+now_ms() { local t=${EPOCHREALTIME//[^0-9]/}; echo $((10#$t / 1000)); }
+secs() { local ms=$1; printf '%d.%03d s' $((ms / 1000)) $((ms % 1000)); }
+
+step() {  # step DESCRIPTION FUNCTION [ARGS...]: run one step and log how long it took
+    local what=$1 started; shift
+    started=$(now_ms)
+    "$@"
+    log "$what: $(secs $(($(now_ms) - started)))"
+}
+
+tail_logs() {  # tail_logs FILE...: the end of each daemon log, for error messages
+    local file
+    for file in "$@"; do
+        if [ -r "$file" ]; then
+            printf -- '----- last lines of %s -----\n' "$file" >&2
+            tail -n 25 "$file" >&2
+        else
+            printf -- '----- %s: no such log -----\n' "$file" >&2
+        fi
+    done
+}
+
+need_root() { [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages, edits /etc and starts daemons)"; }
+
+# One up/down at a time on this machine (the daemons and ports are global, whatever STATE is). The
+# daemons are started with fd 9 closed, or they would hold the lock for as long as they run.
+take_lock() {
+    exec 9>/run/hpcllm-testcluster.lock
+    if ! flock -n 9; then
+        log "waiting for another testcluster.sh up/down to finish"
+        flock -w 120 9 || die "another testcluster.sh still holds /run/hpcllm-testcluster.lock after 120 s"
+    fi
+}
 
 # --- processes ----------------------------------------------------------------------------------------
 
-# A daemon that died lingers as a zombie for a while and `kill -0` still succeeds: read its state.
+# Pitfall 13: a dead daemon lingers as a zombie and `kill -0` still succeeds on it: read its state.
 alive() {
-    local pid=$1
-    [ -n "$pid" ] && [ -r "/proc/$pid/status" ] && ! grep -q '^State:.*Z' "/proc/$pid/status"
+    local pid=${1:-} state
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
 }
 
-pid_of() { [ -s "$1" ] && cat "$1" || true; }
+pid_of() { [ -s "$1" ] && tr -dc '0-9' <"$1" || true; }
 
-stop_pidfile() {
-    local file=$1 pid
-    pid=$(pid_of "$file")
-    if alive "$pid"; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
-        alive "$pid" && kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$file"
-}
-
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-    local seconds=$1 what=$2; shift 2
-    local deadline=$((SECONDS + seconds))
+wait_until() {  # wait_until SECONDS COMMAND...: poll every 0.1 s
+    local deadline=$(($(now_ms) + $1 * 1000)); shift
     until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $deadline ] || return 1
+        [ "$(now_ms)" -lt "$deadline" ] || return 1
         sleep 0.1
     done
 }
 
-# --- install ------------------------------------------------------------------------------------------
+gone() { ! alive "$1"; }
+
+port_in_use() {  # port_in_use PORT: something listens on it (IPv4 or IPv6), from /proc/net/tcp*
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v port=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == port { found = 1 } END { exit !found }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+ports_free() {  # ports_free WHAT PORT...: die when another program holds one of our ports
+    local what=$1 port; shift
+    for port in "$@"; do
+        ! port_in_use "$port" || die "port $port is taken by another program, $what cannot start (see: ss -ltnp)"
+    done
+}
+
+stop_pidfile() {  # stop_pidfile NAME FILE: TERM, wait until really gone (KILL after 5 s), drop the pid file
+    local name=$1 file=$2 pid
+    pid=$(pid_of "$file")
+    if alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        if ! wait_until 5 gone "$pid"; then
+            warn "$name ($pid) ignored SIGTERM for 5 s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            wait_until 3 gone "$pid" || die "$name ($pid) does not die"
+        fi
+        log "stopped $name ($pid)"
+    fi
+    rm -f "$file"  # pitfall 14: slurmctld leaves its pid file behind on SIGTERM
+}
+
+# --- install and configure ----------------------------------------------------------------------------
+
+missing_packages() {  # the PACKAGES dpkg does not have fully installed, one dpkg-query for all
+    local present
+    present=$(dpkg-query -W -f='${db:Status-Status} ${Package}\n' "${PACKAGES[@]}" 2>/dev/null | sed -n 's/^installed //p')
+    local package
+    for package in "${PACKAGES[@]}"; do
+        grep -qxF "$package" <<<"$present" || echo "$package"
+    done
+}
+
+apt_install() { apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"; }
 
 install_packages() {
-    local missing=()
-    for package in "${PACKAGES[@]}"; do
-        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
+    local missing added_policy=0
+    mapfile -t missing < <(missing_packages)
+    if [ ${#missing[@]} -eq 0 ]; then
+        log "packages already installed"
+        return 0
+    fi
     log "installing ${missing[*]}"
+    # Without systemd the postinst scripts would try to start the services: forbid it (pitfall 1).
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    local apt_log=$STATE/logs/apt.log
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+    # The package lists may be missing (fresh image) or stale (404s): then update and try again.
+    if ! apt_install >"$apt_log" 2>&1 && ! { log "apt-get update"; { apt-get update -q && apt_install; } >>"$apt_log" 2>&1; }; then
+        [ "$added_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+        tail_logs "$apt_log"
+        die "apt-get failed (full log: $apt_log)"
+    fi
+    [ "$added_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+    mapfile -t missing < <(missing_packages)
+    [ ${#missing[@]} -eq 0 ] || die "still not installed after apt-get: ${missing[*]}"
 }
 
 setup_user() {
-    id "$USER_NAME" >/dev/null 2>&1 || useradd -m -s /bin/bash "$USER_NAME"
-    # useradd locks the account ('!'), and a locked account cannot log in with a key when UsePAM is off.
-    usermod -p '*' "$USER_NAME"
+    if ! id "$HPC_USER" >/dev/null 2>&1; then
+        useradd --create-home --home-dir "/home/$HPC_USER" --shell /bin/bash "$HPC_USER"
+        log "created user $HPC_USER"
+    fi
+    # Pitfall 7: useradd locks the account ('!'), which blocks key login when UsePAM is off.
+    usermod -p '*' "$HPC_USER"
 }
+
+user_home() { getent passwd "$HPC_USER" | cut -d: -f6; }
 
 setup_keys() {
     install -d -m 755 "$STATE" "$STATE/pids" "$STATE/logs" "$STATE/sshd"
-    [ -f "$STATE/sshd/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$STATE/sshd/ssh_host_ed25519_key"
-    [ -f "$STATE/client_key" ] || ssh-keygen -q -t ed25519 -N '' -C hpcllm-test -f "$STATE/client_key"
-    chmod 600 "$STATE/client_key"
+    [ -s "$STATE/sshd/ssh_host_ed25519_key" ] ||
+        ssh-keygen -q -t ed25519 -N '' -C testcluster-host -f "$STATE/sshd/ssh_host_ed25519_key"
+    [ -s "$STATE/client_key" ] || ssh-keygen -q -t ed25519 -N '' -C hpcllm-testcluster -f "$STATE/client_key"
+    chown root:root "$STATE/client_key" "$STATE/client_key.pub"
+    chmod 600 "$STATE/client_key" "$STATE/sshd/ssh_host_ed25519_key"
+    chmod 644 "$STATE/client_key.pub"
     local home
-    home=$(getent passwd "$USER_NAME" | cut -d: -f6)
-    install -d -m 700 -o "$USER_NAME" -g "$USER_NAME" "$home/.ssh"
-    install -m 600 -o "$USER_NAME" -g "$USER_NAME" "$STATE/client_key.pub" "$home/.ssh/authorized_keys"
+    home=$(user_home)
+    [ -d "$home" ] || install -d -m 755 -o "$HPC_USER" -g "$HPC_USER" "$home"
+    install -d -m 700 -o "$HPC_USER" -g "$HPC_USER" "$home/.ssh"
+    install -m 600 -o "$HPC_USER" -g "$HPC_USER" "$STATE/client_key.pub" "$home/.ssh/authorized_keys"
     printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$STATE/sshd/ssh_host_ed25519_key.pub")" \
-        > "$STATE/known_hosts"
+        >"$STATE/known_hosts.tmp"
+    chmod 644 "$STATE/known_hosts.tmp"
+    mv -f "$STATE/known_hosts.tmp" "$STATE/known_hosts"
 }
 
 setup_hosts() {
-    # Slurm's node names are not the host name; sshd on the "login node" resolves them for the forward.
-    grep -qE '^127\.0\.0\.1[[:space:]].*\bgpu01\b' /etc/hosts || echo "127.0.0.1 gpu01 gpu02" >> /etc/hosts
+    # Pitfall 16: Slurm's node names are not the host name; sshd on the "login node" resolves them
+    # when a client forwards to (node, port).
+    if ! grep -qE '^127\.0\.0\.1[[:space:]](.*[[:space:]])?gpu01([[:space:]]|$)' /etc/hosts ||
+        ! grep -qE '^127\.0\.0\.1[[:space:]](.*[[:space:]])?gpu02([[:space:]]|$)' /etc/hosts; then
+        echo "127.0.0.1 gpu01 gpu02" >>/etc/hosts
+        log "added '127.0.0.1 gpu01 gpu02' to /etc/hosts"
+    fi
+}
+
+SLURM_CONFIG_CHANGED=0
+
+install_if_changed() {  # install_if_changed SRC DEST: copy when different; sets SLURM_CONFIG_CHANGED
+    [ -r "$1" ] || die "$1 is missing"
+    if ! cmp -s "$1" "$2"; then
+        install -m 644 "$1" "$2"
+        SLURM_CONFIG_CHANGED=1
+    fi
 }
 
 setup_slurm_config() {
-    install -d -m 755 /etc/slurm /var/lib/slurm/fakegpu
-    install -d -o slurm -g slurm /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
-    # Slurm 22.05 drops GPUs without File= (the node goes INVAL): fake devices, symlinks to /dev/null.
+    # slurm.conf = section 7 of the notes with AccountingStorageType=accounting_storage/none and
+    # SchedulerParameters=bf_interval=5 (pitfall 21); gres.conf = section 7 verbatim.
+    install -d -m 755 /etc/slurm /var/lib/slurm /var/lib/slurm/fakegpu
+    install -d -o slurm -g slurm -m 755 /var/lib/slurm/slurmctld /var/lib/slurm/slurmd "$SLURM_LOGS"
+    install_if_changed "$HERE/slurm.conf" /etc/slurm/slurm.conf
+    install_if_changed "$HERE/gres.conf" /etc/slurm/gres.conf
+    # Pitfall 2: GPUs need File=; symlinks to /dev/null pass the device check (nothing opens them).
+    local i
     for i in $(seq 0 11); do ln -sfn /dev/null "/var/lib/slurm/fakegpu/gpu01-nvidia$i"; done
     for i in $(seq 0 3); do ln -sfn /dev/null "/var/lib/slurm/fakegpu/gpu02-nvidia$i"; done
-    cp "$HERE/slurm.conf" /etc/slurm/slurm.conf
-    cp "$HERE/gres.conf" /etc/slurm/gres.conf
+}
+
+make_world_readable() {  # dirs and executables 755, other files 644
+    find "$1" -type d -exec chmod 755 {} +
+    find "$1" -type f -perm /111 -exec chmod 755 {} +
+    find "$1" -type f ! -perm /111 -exec chmod 644 {} +
 }
 
 install_runtime() {
-    # Jobs run as hpcuser, who cannot read a checkout under /root: install the stand-ins where it can.
     install -d -m 755 "$OPT" "$OPT/bin" "$OPT/images"
-    install -m 755 "$HERE/singularity" "$OPT/bin/singularity"
-    rm -rf "$OPT/engine_double"
-    cp -r "$HERE/../engine_double" "$OPT/engine_double"
-    find "$OPT/engine_double" -name __pycache__ -prune -exec rm -rf {} +
-    chmod -R a+rX "$OPT/engine_double"
-    printf 'engine=vllm\nversion=0.11.0\ndelay=1.0\n' > "$OPT/images/vllm.sif"
-    printf 'engine=sglang\nversion=0.5.4\ndelay=1.0\n' > "$OPT/images/sglang.sif"
-    chmod 644 "$OPT/images/"*.sif
-    python3 "$HERE/make_models.py" "$MODELS"
+    if [ -f "$HERE/singularity" ]; then
+        install -m 755 "$HERE/singularity" "$OPT/bin/singularity.tmp"
+        mv -f "$OPT/bin/singularity.tmp" "$OPT/bin/singularity"
+    else
+        warn "$HERE/singularity does not exist yet: no runtime stand-in installed"
+    fi
+    local source=$HERE/../engine_double
+    if [ -d "$source" ]; then
+        # Copy beside, then swap: a job starting meanwhile sees the old or the new tree, never half of one.
+        rm -rf "$OPT/engine_double.new" "$OPT/engine_double.old"
+        cp -a "$source" "$OPT/engine_double.new"
+        find "$OPT/engine_double.new" -name __pycache__ -prune -exec rm -rf {} +
+        chown -R root:root "$OPT/engine_double.new"
+        make_world_readable "$OPT/engine_double.new"
+        [ ! -e "$OPT/engine_double" ] || mv "$OPT/engine_double" "$OPT/engine_double.old"
+        mv "$OPT/engine_double.new" "$OPT/engine_double"
+        rm -rf "$OPT/engine_double.old"
+    else
+        warn "$source does not exist yet: no engine double installed"
+    fi
+    # Fake engine images: key=value text files the singularity stand-in reads.
+    write_file 644 "$OPT/images/vllm.sif" $'engine=vllm\nversion=0.11.0\ndelay=1.0\n'
+    write_file 644 "$OPT/images/sglang.sif" $'engine=sglang\nversion=0.5.4\ndelay=1.0\n'
+}
+
+write_file() {  # write_file MODE PATH TEXT: atomically, and only when the content differs
+    local mode=$1 path=$2 text=$3
+    if [ "$(cat "$path" 2>/dev/null; echo x)" != "${text}x" ]; then
+        printf '%s' "$text" >"$path.tmp"
+        chmod "$mode" "$path.tmp"
+        mv -f "$path.tmp" "$path"
+    else
+        chmod "$mode" "$path"
+    fi
+}
+
+make_models() {
+    install -d -m 755 "$(dirname "$MODEL_ROOT")"
+    # Debian's python3 (a pyenv shim or venv earlier on root's PATH may be anything).
+    local python=/usr/bin/python3
+    [ -x "$python" ] || python=python3
+    "$python" "$HERE/make_models.py" "$MODEL_ROOT" | sed 's/^/[testcluster]   /'
 }
 
 write_client_config() {
-    cat > "$STATE/config.toml" <<TOML
-# Written by tests/cluster/testcluster.sh: the local test cluster
-default_profile = "testcluster"
+    write_file 644 "$STATE/config.toml" "# Written by tests/cluster/testcluster.sh: the local test cluster
+default_profile = \"testcluster\"
 
 [profiles.testcluster]
-host = "127.0.0.1"
+host = \"127.0.0.1\"
 port = $SSH_PORT
-user = "$USER_NAME"
-identity_file = "$STATE/client_key"
-known_hosts = "$STATE/known_hosts"
-partition = "gpu"
-time = "1:00:00"
+user = \"$HPC_USER\"
+identity_file = \"$STATE/client_key\"
+known_hosts = \"$STATE/known_hosts\"
+partition = \"gpu\"
+time = \"1:00:00\"
 cpus = 4
-mem = "8G"
-model_root = "$MODELS"
-runtime = "singularity"
-runtime_path = "$OPT/bin/singularity"
-default_engine = "vllm"
-default_gpu_type = "a100"
+mem = \"8G\"
+model_root = \"$MODEL_ROOT\"
+runtime = \"singularity\"
+runtime_path = \"$OPT/bin/singularity\"
+default_engine = \"vllm\"
+default_gpu_type = \"a100\"
 
 [profiles.testcluster.images]
-vllm = "$OPT/images/vllm.sif"
-sglang = "$OPT/images/sglang.sif"
+vllm = \"$OPT/images/vllm.sif\"
+sglang = \"$OPT/images/sglang.sif\"
 
 [profiles.testcluster.gpu_types.a100]
 max_count = 4
@@ -148,121 +306,240 @@ memory_gb = 80
 [profiles.testcluster.gpu_types.h200]
 max_count = 8
 memory_gb = 141
-TOML
-    chmod 644 "$STATE/config.toml"
+"
 }
 
 # --- daemons ------------------------------------------------------------------------------------------
 
+munge_works() { munge -n | unmunge; }
+
 start_munge() {
-    if ! alive "$(pid_of /run/munge/munged.pid)"; then
-        install -d -o munge -g munge -m 755 /run/munge
-        runuser -u munge -- /usr/sbin/munged
+    if alive "$(pid_of "$MUNGED_PID")" && munge_works >/dev/null 2>&1; then
+        log "munged already running ($(pid_of "$MUNGED_PID"))"
+        return 0
     fi
-    wait_for 10 munge bash -c 'munge -n | unmunge' || die "munged did not start"
+    stop_pidfile munged "$MUNGED_PID"
+    [ -s /etc/munge/munge.key ] || runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
+    install -d -o munge -g munge -m 755 /run/munge
+    runuser -u munge -- /usr/sbin/munged 9>&- || { tail_logs "$MUNGED_LOG"; die "munged did not start"; }
+    wait_until 10 munge_works || { tail_logs "$MUNGED_LOG"; die "munged started but 'munge -n | unmunge' fails"; }
+    log "munged started ($(pid_of "$MUNGED_PID"))"
 }
+
+# "NODE STATE" once per node (sinfo -N prints gpu01 once per partition).
+# Pitfall 19: with the controller unreachable sinfo blocks 9-18 s before failing: bound it.
+node_states() { timeout 3 sinfo -h -N -o '%N %T' 2>/dev/null | sort -u; }
 
 all_idle() {
     local states
-    states=$(sinfo -h -N -o '%T' 2>/dev/null) || return 1
-    [ -n "$states" ] && ! grep -qv '^idle$' <<<"$states"
+    states=$(node_states) || return 1
+    [ "$(grep -c ' idle$' <<<"$states")" -eq ${#NODES[@]} ]
 }
+
+slurm_healthy() {  # every daemon alive and every node usable (running jobs are fine)
+    local node states
+    alive "$(pid_of "$CTLD_PID")" || return 1
+    for node in "${NODES[@]}"; do alive "$(pid_of "/run/slurmd-$node.pid")" || return 1; done
+    states=$(node_states) || return 1
+    [ "$(grep -cE ' (idle|mixed|allocated|completing)$' <<<"$states")" -eq ${#NODES[@]} ]
+}
+
+start_daemon() {  # start_daemon NAME PIDFILE LOGFILE COMMAND...: it forks; check that it stays up
+    local name=$1 pidfile=$2 logfile=$3; shift 3
+    rm -f "$pidfile"
+    if ! "$@" 9>&-; then  # 9>&-: the daemon must not inherit (and so hold) the lock
+        tail_logs "$logfile"
+        die "$name did not start ($*)"
+    fi
+    # (A later death shows up in the next check: nodes not idle, sshd not listening.)
+    if ! wait_until 5 alive_from "$pidfile"; then
+        tail_logs "$logfile"
+        die "$name exited right after starting ($*)"
+    fi
+}
+
+alive_from() { alive "$(pid_of "$1")"; }
 
 start_slurm() {
-    if alive "$(pid_of /run/slurmctld.pid)" && all_idle; then
+    if [ "$SLURM_CONFIG_CHANGED" = 0 ] && slurm_healthy; then
+        log "slurmctld and slurmd ${NODES[*]} already running: $(node_states | paste -sd, -)"
         return 0
     fi
+    [ "$SLURM_CONFIG_CHANGED" = 0 ] || log "the Slurm configuration changed: restarting Slurm"
     stop_slurm
-    # Fresh state every start: a DRAIN/INVAL state would otherwise survive restarts. Job ids restart at 1,
-    # so the job directories of the previous run go too.
+    # Pitfall 4: a DRAIN/INVAL node state survives restarts, so start from wiped state with -i. Job ids
+    # restart at 1 then, so the previous run's job directories go too.
+    ports_free Slurm 6817 6818 6820
     rm -rf /var/lib/slurm/slurmctld/* /var/lib/slurm/slurmd/*
-    rm -rf "$(getent passwd "$USER_NAME" | cut -d: -f6)/.hpcllm/jobs"
-    slurmctld -i || die "slurmctld did not start: $(tail -5 /var/log/slurm/slurmctld.log)"
-    slurmd -N gpu01 || die "slurmd gpu01 did not start: $(tail -5 /var/log/slurm/slurmd-gpu01.log)"
-    slurmd -N gpu02 || die "slurmd gpu02 did not start: $(tail -5 /var/log/slurm/slurmd-gpu02.log)"
-    if ! wait_for 30 "idle nodes" all_idle; then
-        sinfo -N -l >&2 || true
-        tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd-gpu0*.log >&2 || true
-        die "the Slurm nodes did not become idle"
-    fi
+    rm -rf "$(user_home)/.hpcllm/jobs"
+    local file
+    for file in "$SLURM_LOGS/slurmctld.log" "$SLURM_LOGS"/slurmd-*.log; do
+        [ ! -f "$file" ] || mv -f "$file" "$file.prev"  # logs of this start only (the last one stays)
+    done
+    start_daemon slurmctld "$CTLD_PID" "$SLURM_LOGS/slurmctld.log" slurmctld -i
+    local node
+    for node in "${NODES[@]}"; do
+        start_daemon "slurmd $node" "/run/slurmd-$node.pid" "$SLURM_LOGS/slurmd-$node.log" slurmd -N "$node"
+    done
+    local deadline=$(($(now_ms) + 30000)) problem=""
+    until all_idle; do
+        alive_from "$CTLD_PID" || problem="slurmctld died after starting"
+        for node in "${NODES[@]}"; do
+            alive_from "/run/slurmd-$node.pid" || problem="slurmd $node died after starting"
+        done
+        [ "$(now_ms)" -lt "$deadline" ] || problem="the Slurm nodes are not all idle after 30 s"
+        [ -z "$problem" ] || slurm_failed "$problem"
+        sleep 0.1
+    done
+    # SchedulerParameters from slurm.conf took (an unknown one would only be logged).
+    log "slurm up: $(sinfo -h -o '%P=%D×%T' | tr '\n' ' ')($(scontrol show config | sed -n 's/^SchedulerParameters *= *//p'))"
 }
 
-start_sshd() {
-    if alive "$(pid_of "$STATE/pids/sshd")"; then
-        return 0
+slurm_failed() {  # node states and the daemons' log tails, then exit
+    local node logs=("$SLURM_LOGS/slurmctld.log")
+    for node in "${NODES[@]}"; do logs+=("$SLURM_LOGS/slurmd-$node.log"); done
+    if alive_from "$CTLD_PID"; then
+        timeout 5 sinfo -N -l >&2 || true
+        timeout 5 scontrol show node 2>/dev/null | grep -E 'NodeName|State=|Reason' >&2 || true
     fi
-    cat > "$STATE/sshd/sshd_config" <<CONF
+    tail_logs "${logs[@]}"
+    die "$1 (node states and daemon logs above)"
+}
+
+write_sshd_config() {
+    local text
+    text="# Written by tests/cluster/testcluster.sh: the login node of the local test cluster
 Port $SSH_PORT
 ListenAddress 127.0.0.1
 HostKey $STATE/sshd/ssh_host_ed25519_key
-PidFile $STATE/pids/sshd
+PidFile $SSHD_PID
 AuthenticationMethods publickey
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
-AllowUsers $USER_NAME
+AllowUsers $HPC_USER
 AuthorizedKeysFile .ssh/authorized_keys
 UsePAM no
 AllowTcpForwarding yes
 X11Forwarding no
 PrintMotd no
 LogLevel VERBOSE
+# The default, kept on purpose so tests see a real login node's limit (pitfall 23)
+MaxSessions 10
 Subsystem sftp internal-sftp
-CONF
-    install -d -m 755 /run/sshd
-    /usr/sbin/sshd -t -f "$STATE/sshd/sshd_config" || die "sshd config is invalid"
-    /usr/sbin/sshd -f "$STATE/sshd/sshd_config" -E "$STATE/logs/sshd.log"
-    wait_for 10 sshd bash -c "exec 3<>/dev/tcp/127.0.0.1/$SSH_PORT" || die "sshd did not listen: $(tail -5 "$STATE/logs/sshd.log")"
+"
+    SSHD_CONFIG_CHANGED=0
+    if [ "$(cat "$SSHD_CONFIG" 2>/dev/null; echo x)" != "${text}x" ]; then
+        SSHD_CONFIG_CHANGED=1
+        write_file 644 "$SSHD_CONFIG" "$text"
+    fi
 }
 
-stop_slurm() {
-    if alive "$(pid_of /run/slurmctld.pid)"; then
-        # Killing slurmd does not kill jobs: cancel them first and wait for the queue to empty.
-        scancel -u "$USER_NAME" 2>/dev/null || true
-        wait_for 15 "empty queue" bash -c '[ -z "$(squeue -h 2>/dev/null)" ]' || log "jobs still in the queue"
+sshd_listens() { exec 3<>"/dev/tcp/127.0.0.1/$SSH_PORT"; }
+
+start_sshd() {
+    write_sshd_config
+    install -d -m 755 /run/sshd
+    if ! /usr/sbin/sshd -t -f "$SSHD_CONFIG" 2>"$STATE/logs/sshd-t.log"; then
+        cat "$STATE/logs/sshd-t.log" >&2
+        die "sshd -t rejects $SSHD_CONFIG"
     fi
-    stop_pidfile /run/slurmd-gpu01.pid
-    stop_pidfile /run/slurmd-gpu02.pid
-    stop_pidfile /run/slurmctld.pid
-    pkill -u "$USER_NAME" -f hpcllm 2>/dev/null || true
+    local pid
+    pid=$(pid_of "$SSHD_PID")
+    if alive "$pid" && [ "$SSHD_CONFIG_CHANGED" = 0 ] && (sshd_listens) 2>/dev/null; then
+        log "sshd already running ($pid)"
+        return 0
+    fi
+    stop_pidfile sshd "$SSHD_PID"
+    ports_free sshd "$SSH_PORT"
+    start_daemon sshd "$SSHD_PID" "$SSHD_LOG" /usr/sbin/sshd -f "$SSHD_CONFIG" -E "$SSHD_LOG"
+    wait_until 10 sshd_listens || { tail_logs "$SSHD_LOG"; die "sshd does not listen on 127.0.0.1:$SSH_PORT"; }
+    log "sshd listening on 127.0.0.1:$SSH_PORT ($(pid_of "$SSHD_PID"))"
+}
+
+queue_empty() { [ -z "$(squeue -h -o %i 2>/dev/null)" ]; }
+
+stop_slurm() {
+    # Pitfall 12: killing slurmd leaves running jobs behind as orphans: cancel them and wait first.
+    if alive "$(pid_of "$CTLD_PID")" && ! queue_empty; then
+        log "cancelling the jobs of $HPC_USER"
+        scancel -u "$HPC_USER" 2>/dev/null || true
+        wait_until 15 queue_empty || warn "jobs still in the queue after 15 s: $(squeue -h -o '%i:%T' | tr '\n' ' ')"
+    fi
+    local node
+    for node in "${NODES[@]}"; do stop_pidfile "slurmd $node" "/run/slurmd-$node.pid"; done
+    stop_pidfile slurmctld "$CTLD_PID"
+}
+
+leftover_processes() {  # processes of the cluster's user still running (orphaned job steps)
+    local dir
+    id -u "$HPC_USER" >/dev/null 2>&1 || return 0
+    while read -r dir; do
+        alive "${dir#/proc/}" || continue
+        printf '%s:%s ' "${dir#/proc/}" "$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null | cut -c1-60)"
+    done < <(find /proc -mindepth 1 -maxdepth 1 -user "$HPC_USER" -regex '/proc/[0-9]+' 2>/dev/null)
 }
 
 # --- commands -----------------------------------------------------------------------------------------
 
 up() {
     need_root
-    local started=$SECONDS
-    install_packages
-    setup_user
-    setup_keys
-    setup_hosts
-    setup_slurm_config
-    install_runtime
-    write_client_config
-    start_munge
-    start_slurm
-    start_sshd
-    log "up in $((SECONDS - started)) s: $(sinfo -h -o '%P %D %T' | tr '\n' ' ')"
-    log "ssh: ssh -i $STATE/client_key -o UserKnownHostsFile=$STATE/known_hosts -p $SSH_PORT $USER_NAME@127.0.0.1"
-    log "client config: export HPCLLM_CONFIG=$STATE/config.toml"
+    take_lock
+    local started
+    started=$(now_ms)
+    install -d -m 755 "$STATE" "$STATE/pids" "$STATE/logs" "$STATE/sshd"
+    step "packages" install_packages
+    step "user $HPC_USER" setup_user
+    step "keys, known_hosts" setup_keys
+    step "/etc/hosts" setup_hosts
+    step "slurm.conf, gres.conf, fake GPUs" setup_slurm_config
+    step "runtime in $OPT" install_runtime
+    step "fixture models" make_models
+    step "config.toml" write_client_config
+    step "munged" start_munge
+    step "slurm" start_slurm
+    step "sshd" start_sshd
+    log "up in $(secs $(($(now_ms) - started)))"
+    cat <<EOF
+[testcluster] ssh in:  ssh -i $STATE/client_key -o UserKnownHostsFile=$STATE/known_hosts -p $SSH_PORT $HPC_USER@127.0.0.1
+[testcluster] clients: export HPCLLM_CONFIG=$STATE/config.toml
+[testcluster] logs:    $SLURM_LOGS/slurm{ctld,d-gpu01,d-gpu02}.log $MUNGED_LOG $SSHD_LOG
+EOF
 }
 
 down() {
     need_root
+    take_lock
+    local started leftover
+    started=$(now_ms)
+    stop_pidfile sshd "$SSHD_PID"
     stop_slurm
-    stop_pidfile "$STATE/pids/sshd"
-    stop_pidfile /run/munge/munged.pid
-    log "down"
+    stop_pidfile munged "$MUNGED_PID"
+    leftover=$(leftover_processes)
+    [ -z "$leftover" ] || warn "processes of $HPC_USER still running (not killed): $leftover"
+    log "down in $(secs $(($(now_ms) - started)))"
 }
 
 status() {
-    for pair in "munged:/run/munge/munged.pid" "slurmctld:/run/slurmctld.pid" "slurmd gpu01:/run/slurmd-gpu01.pid" \
-                "slurmd gpu02:/run/slurmd-gpu02.pid" "sshd:$STATE/pids/sshd"; do
-        local name=${pair%%:*} file=${pair#*:}
-        if alive "$(pid_of "$file")"; then log "$name: running"; else log "$name: stopped"; fi
+    local all=0 pair name file pid
+    for pair in "munged:$MUNGED_PID" "slurmctld:$CTLD_PID" "slurmd gpu01:/run/slurmd-gpu01.pid" \
+        "slurmd gpu02:/run/slurmd-gpu02.pid" "sshd:$SSHD_PID"; do
+        name=${pair%%:*} file=${pair#*:}
+        pid=$(pid_of "$file")
+        if alive "$pid"; then
+            log "$name: running ($pid)"
+        else
+            log "$name: stopped"
+            all=1
+        fi
     done
-    sinfo 2>/dev/null || true
+    if alive "$(pid_of "$CTLD_PID")"; then
+        timeout 10 sinfo || true
+        timeout 10 squeue || true
+    fi
+    [ -f "$STATE/config.toml" ] && log "client config: $STATE/config.toml"
+    return $all
 }
 
 case "${1:-}" in
