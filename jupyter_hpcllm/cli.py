@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import profiles
 from ._version import __version__
@@ -52,6 +52,14 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qos", help="Slurm QOS")
     parser.add_argument("--tool-call-parser", help="override the tool-call parser chosen for the model ('' for none)")
     parser.add_argument("--reasoning-parser", help="override the reasoning parser chosen for the model ('' for none)")
+
+
+def launch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `up` / `plan_launch` from what add_launch_options parsed."""
+    return dict(gpus=args.gpus, gpu_type=args.gpu_type, engine=args.engine, time=args.time, cpus=args.cpus,
+                mem=args.mem, partition=args.partition, account=args.account, qos=args.qos,
+                tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
+                engine_args=tuple(args.engine_args))
 
 
 def _profile_option(parser: argparse.ArgumentParser) -> None:
@@ -143,10 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plan_from(args: argparse.Namespace, *, connect: bool = True) -> LaunchPlan:
     """The plan for the options; with `connect`, sized and typed from the model's facts on the cluster."""
-    options = dict(gpus=args.gpus, gpu_type=args.gpu_type, engine=args.engine, time=args.time, cpus=args.cpus,
-                   mem=args.mem, partition=args.partition, account=args.account, qos=args.qos,
-                   tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
-                   engine_args=tuple(args.engine_args))
+    options = launch_options(args)
     profile = profiles.load_profile(args.profile)
     if not connect:
         from .plan import plan_launch

@@ -17,7 +17,7 @@ from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from .cli import add_launch_options, print_table, split_engine_args
+from .cli import add_launch_options, launch_options, print_table, split_engine_args
 from .errors import HpcllmError
 from .llmcell import Endpoint, Renderer, code_of, interpolate, parse_json_answer, run_prompt
 
@@ -175,10 +175,7 @@ class HpcllmMagics(Magics):
     hpcllm.__doc__ = HPCLLM_HELP
 
     def _launch_kwargs(self, args: argparse.Namespace) -> dict[str, Any]:
-        return dict(profile=args.profile, gpus=args.gpus, gpu_type=args.gpu_type, engine=args.engine, time=args.time,
-                    cpus=args.cpus, mem=args.mem, partition=args.partition, account=args.account, qos=args.qos,
-                    tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
-                    engine_args=tuple(args.engine_args))
+        return {"profile": args.profile, **launch_options(args)}
 
     def _up(self, args: argparse.Namespace) -> None:
         from .lifecycle import Stage, up
