@@ -198,6 +198,8 @@ class HpcllmMagics(Magics):
                     self._adopt(launch(), args.as_name)
                 except HpcllmError as error:
                     view.error(str(error))
+                finally:
+                    view.stop()
 
             self.background = threading.Thread(target=run, name="hpcllm-up", daemon=True)
             self.background.start()
@@ -211,6 +213,8 @@ class HpcllmMagics(Magics):
             return _error("Interrupted.")
         except HpcllmError as error:
             return view.error(str(error))
+        finally:
+            view.stop()
         self._adopt(server, args.as_name)
 
     def _adopt(self, server: Any, as_name: str) -> None:
@@ -301,7 +305,11 @@ class HpcllmMagics(Magics):
         from .progress import ProgressView
 
         view = ProgressView(self.rich, f"job {args.job}")
-        self._adopt(attach(args.job, profile=args.profile, on_progress=view), args.as_name)
+        try:
+            server = attach(args.job, profile=args.profile, on_progress=view)
+        finally:
+            view.stop()
+        self._adopt(server, args.as_name)
 
     def _models(self, args: argparse.Namespace) -> None:
         from .cli import models_rows

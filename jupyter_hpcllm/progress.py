@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import html
 import sys
+import threading
+import time
+from dataclasses import replace
 from typing import Any
 
 from .lifecycle import Progress, ServerInfo, Stage
@@ -15,27 +18,55 @@ _LABELS = {Stage.SUBMITTED: "Submitted", Stage.REUSED: "Reusing", Stage.PENDING:
 
 
 class ProgressView:
-    """Call it with each Progress. `rich`: an HTML display updated in place (display_id)."""
+    """Call it with each Progress. `rich`: an HTML display updated in place (display_id), whose elapsed
+    time keeps ticking between stages (a job can wait in the queue for an hour without a new stage)."""
 
-    def __init__(self, rich: bool, title: str) -> None:
+    def __init__(self, rich: bool, title: str, *, tick: float = 1.0, display: Any = None) -> None:
         self.rich = rich
         self.title = title
         self.last: Progress | None = None
         self._handle: Any = None
+        self._display = display
+        self._tick = tick
+        self._seen_at = 0.0
+        self._stopped = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, progress: Progress) -> None:
         self.last = progress
+        self._seen_at = time.monotonic()
         if not self.rich:
             print(f"[{progress.elapsed:6.1f}s] {progress.message}", flush=True)
             return
+        self._show(progress)
+        if progress.stage is Stage.READY:
+            self.stop()
+        elif self._ticker is None:
+            self._ticker = threading.Thread(target=self._run_ticker, name="hpcllm-progress", daemon=True)
+            self._ticker.start()
+
+    def _show(self, progress: Progress) -> None:
         from IPython.display import HTML, display
 
-        if self._handle is None:
-            self._handle = display(HTML(self.html(progress)), display_id=True)
-        else:
-            self._handle.update(HTML(self.html(progress)))
+        with self._lock:
+            if self._handle is None:
+                self._handle = (self._display or display)(HTML(self.html(progress)), display_id=True)
+            else:
+                self._handle.update(HTML(self.html(progress)))
+
+    def _run_ticker(self) -> None:
+        while not self._stopped.wait(self._tick):
+            last = self.last
+            if last is not None:
+                self._show(replace(last, elapsed=last.elapsed + time.monotonic() - self._seen_at))
+
+    def stop(self) -> None:
+        """Stop the ticking (on ready, failure or interrupt)."""
+        self._stopped.set()
 
     def error(self, message: str) -> None:
+        self.stop()
         if not self.rich or self._handle is None:
             print(message, file=sys.stderr)
             return

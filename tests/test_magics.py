@@ -141,3 +141,29 @@ def test_script_in_a_notebook(shell, capsys, tmp_path, monkeypatch):
     shell.run_line_magic("hpcllm", "script gpt-oss-120b --gpus 4 --profile ebi --engine sglang")
     out = capsys.readouterr().out
     assert "#SBATCH --gres=gpu:a100:4" in out and "--tool-call-parser gpt-oss" in out
+
+
+def test_the_notebook_progress_keeps_ticking_while_a_job_waits():
+    import time as clock
+
+    from jupyter_hpcllm.lifecycle import Progress, Stage
+    from jupyter_hpcllm.progress import ProgressView
+
+    handle = FakeHandle()
+
+    def display(obj, display_id):
+        handle.updates.append(obj.data)
+        return handle
+
+    view = ProgressView(True, "gpt-oss-120b", tick=0.05, display=display)
+    view(Progress(Stage.PENDING, "7", "Job 7 is pending (waiting for Resources).", 3.0, reason="Resources"))
+    clock.sleep(1.2)
+    view.stop()
+    shown = len(handle.updates)
+    assert shown >= 3 and "waiting for" in handle.updates[-1] and "<td" in handle.updates[-1]
+    elapsed = [float(text.split("elapsed</td><td style='text-align:left'>")[1].split(" s")[0])
+               for text in handle.updates]
+    assert elapsed[0] == 3 and elapsed[-1] >= 4  # it moved on without a new stage, and never back
+    assert elapsed == sorted(elapsed)
+    clock.sleep(0.2)
+    assert len(handle.updates) == shown  # stopped means stopped
