@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 DESCRIPTION = """\
 Run a large open LLM (vLLM or SGLang) on a Slurm GPU cluster and talk to it with any OpenAI client.
 
+  hpcllm models                                the models on the cluster: size, family, parsers, GPUs
+  hpcllm plan gpt-oss-120b                     what `up` would choose (parsers, GPUs) and why
   hpcllm script gpt-oss-120b --gpus 4          show the sbatch script, without connecting
-  hpcllm up gpt-oss-120b --gpus 4 --forward    start it (or reuse the same running job), then forward it
+  hpcllm up gpt-oss-120b --forward             start it (or reuse the same running job), then forward it
   hpcllm list                                  your servers on the cluster
   hpcllm logs -f                               follow the engine log
   hpcllm down                                  cancel the job and free the GPUs
