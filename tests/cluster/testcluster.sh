@@ -7,9 +7,16 @@
 #   bash tests/cluster/testcluster.sh up       install if needed, configure, start (idempotent)
 #   bash tests/cluster/testcluster.sh down     cancel jobs, stop the daemons (fine when nothing runs)
 #   bash tests/cluster/testcluster.sh status   which daemons run, sinfo (exit 0 only when all run)
+#   bash tests/cluster/testcluster.sh packages [PACKAGE...]
+#                                              only install what dpkg lacks (default: the cluster's
+#                                              packages; scripts/test and scripts/demo: python3-venv)
 #
 # Clients: export HPCLLM_CONFIG=$STATE/config.toml. STATE is /tmp/hpcllm-testcluster unless
 # HPCLLM_TESTCLUSTER_DIR says otherwise.
+#
+# Sourced (`source testcluster.sh`), it only defines the functions and settings below: that is how
+# tests/test_setup_from_nothing.py runs single steps without root, with stub commands early on PATH and
+# the paths below pointed into a temporary directory.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +35,10 @@ SSHD_LOG=$STATE/logs/sshd.log
 MUNGED_PID=/run/munge/munged.pid
 MUNGED_LOG=/var/log/munge/munged.log
 CTLD_PID=/run/slurmctld.pid
+POLICY_RC_D=/usr/sbin/policy-rc.d
+# Marks the policy-rc.d this script writes: one that a killed run left behind is ours to remove.
+POLICY_MARK="# written by hpcllm testcluster.sh while it runs apt-get (pitfall 1)"
+ETC_HOSTS=/etc/hosts
 
 # --- output and timing --------------------------------------------------------------------------------
 
@@ -79,7 +90,26 @@ alive() {
     [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
 }
 
-pid_of() { [ -s "$1" ] && tr -dc '0-9' <"$1" || true; }
+daemon_name() {  # daemon_name PIDFILE: the process name (/proc/PID/comm) of the daemon that writes it
+    case "${1##*/}" in
+        munged.pid) echo munged ;;
+        slurmctld.pid) echo slurmctld ;;
+        slurmd-*.pid) echo slurmd ;;
+        sshd) echo sshd ;;
+    esac
+}
+
+# A pid file from before a reboot (or from a killed run: /run may outlive both) can hold a pid that now
+# belongs to another program: it counts only while /proc names the daemon, or we would signal a stranger.
+pid_of() {  # pid_of PIDFILE: the daemon's pid, or nothing
+    local pid name
+    pid=$({ [ -s "$1" ] && tr -dc '0-9' <"$1"; } || true)
+    name=$(daemon_name "$1")
+    if [ -n "$pid" ] && [ -n "$name" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != "$name" ]; then
+        pid=""
+    fi
+    echo "$pid"
+}
 
 wait_until() {  # wait_until SECONDS COMMAND...: poll every 0.1 s
     local deadline=$(($(now_ms) + $1 * 1000)); shift
@@ -122,42 +152,80 @@ stop_pidfile() {  # stop_pidfile NAME FILE: TERM, wait until really gone (KILL a
 
 # --- install and configure ----------------------------------------------------------------------------
 
-missing_packages() {  # the PACKAGES dpkg does not have fully installed, one dpkg-query for all
-    local present
-    present=$(dpkg-query -W -f='${db:Status-Status} ${Package}\n' "${PACKAGES[@]}" 2>/dev/null | sed -n 's/^installed //p')
-    local package
-    for package in "${PACKAGES[@]}"; do
+missing_packages() {  # missing_packages PACKAGE...: those dpkg does not have fully installed, one query
+    # dpkg-query exits 1 as soon as one name is unknown to it (never installed: "no packages found
+    # matching X" on stderr), after printing the known ones: its exit status cannot decide, only its
+    # output can. A name it prints no "installed" line for is missing.
+    local present package
+    present=$(dpkg-query -W -f='${db:Status-Status} ${Package}\n' "$@" 2>/dev/null | sed -n 's/^installed //p' || true)
+    for package in "$@"; do
         grep -qxF "$package" <<<"$present" || echo "$package"
     done
 }
 
-apt_install() { apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"; }
+apt_install() {  # apt_install PACKAGE...: unattended
+    # DPkg::Lock::Timeout: a fresh VM's unattended-upgrades may hold the dpkg lock for a while.
+    # --force-confold: keep a config file an earlier install left changed instead of asking.
+    apt-get -y -q --no-install-recommends -o DPkg::Lock::Timeout=120 \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold install "$@"
+}
 
-install_packages() {
-    local missing added_policy=0
-    mapfile -t missing < <(missing_packages)
+drop_policy() { [ ! -e "$POLICY_RC_D" ] || ! grep -qxF "$POLICY_MARK" "$POLICY_RC_D" || rm -f "$POLICY_RC_D"; }
+
+install_packages() {  # install_packages PACKAGE...: apt-get installs those dpkg lacks, and only those
+    local missing
+    # Our policy-rc.d (below) that a killed run left behind would keep blocking the machine's services.
+    drop_policy
+    mapfile -t missing < <(missing_packages "$@")
     if [ ${#missing[@]} -eq 0 ]; then
         log "packages already installed"
         return 0
     fi
     log "installing ${missing[*]}"
-    # Without systemd the postinst scripts would try to start the services: forbid it (pitfall 1).
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        added_policy=1
+    # Without systemd the postinst scripts would try to start the services: forbid it (pitfall 1). It
+    # carries our mark and goes afterwards, also on an interrupt; someone else's stays as it is.
+    if [ ! -e "$POLICY_RC_D" ]; then
+        printf '#!/bin/sh\n%s\nexit 101\n' "$POLICY_MARK" >"$POLICY_RC_D"
+        chmod 755 "$POLICY_RC_D"
+        trap drop_policy EXIT
     fi
+    install -d -m 755 "$STATE/logs"
     local apt_log=$STATE/logs/apt.log
     export DEBIAN_FRONTEND=noninteractive
-    # The package lists may be missing (fresh image) or stale (404s): then update and try again.
-    if ! apt_install >"$apt_log" 2>&1 && ! { log "apt-get update"; { apt-get update -q && apt_install; } >>"$apt_log" 2>&1; }; then
-        [ "$added_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+    # The package lists may be missing (fresh image) or stale (404s), and a run killed inside apt-get
+    # leaves dpkg half done ("dpkg was interrupted"): then finish dpkg's work, update and try again.
+    if ! apt_install "${missing[@]}" >"$apt_log" 2>&1 &&
+        ! {
+            log "apt-get update"
+            {
+                dpkg --force-confdef --force-confold --configure -a || true  # (its failure shows in apt-get's)
+                apt-get -q -o DPkg::Lock::Timeout=120 update && apt_install "${missing[@]}"
+            } >>"$apt_log" 2>&1
+        }; then
+        drop_policy
+        trap - EXIT
         tail_logs "$apt_log"
         die "apt-get failed (full log: $apt_log)"
     fi
-    [ "$added_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
-    mapfile -t missing < <(missing_packages)
-    [ ${#missing[@]} -eq 0 ] || die "still not installed after apt-get: ${missing[*]}"
+    drop_policy
+    trap - EXIT
+    mapfile -t missing < <(missing_packages "$@")
+    [ ${#missing[@]} -eq 0 ] || die "still not installed after apt-get: ${missing[*]} (apt log: $apt_log)"
+}
+
+setup_system_users() {
+    # The packages make their system users, but slurm-wlm-basic-plugins only on its first install
+    # (preinst): make it again as that does. It owns nothing but the directories setup_slurm_config
+    # chowns on every run. munge's and openssh-server's postinst make theirs again when configured.
+    if ! id slurm >/dev/null 2>&1; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin slurm
+        log "created system user slurm"
+    fi
+    local user
+    for user in munge sshd; do
+        id "$user" >/dev/null 2>&1 ||
+            die "system user $user is missing although its package is installed: dpkg-reconfigure munge openssh-server"
+    done
 }
 
 setup_user() {
@@ -171,17 +239,33 @@ setup_user() {
 
 user_home() { getent passwd "$HPC_USER" | cut -d: -f6; }
 
+make_key() {  # make_key FILE COMMENT: an ed25519 key pair, kept when both halves are there and match
+    # A half (a run killed inside ssh-keygen, a hand-deleted .pub) is made anew: ssh-keygen would stop
+    # at its "Overwrite (y/n)?" and the steps below read both halves. Clients get the new keys anyway:
+    # known_hosts and authorized_keys are written on every run.
+    local file=$1 comment=$2
+    if [ -s "$file" ] && [ -s "$file.pub" ] &&
+        [ "$(ssh-keygen -y -f "$file" 2>/dev/null | cut -d' ' -f2)" = "$(cut -d' ' -f2 "$file.pub")" ]; then
+        return 0
+    fi
+    rm -f "$file" "$file.pub"
+    ssh-keygen -q -t ed25519 -N '' -C "$comment" -f "$file"
+}
+
 setup_keys() {
     install -d -m 755 "$STATE" "$STATE/pids" "$STATE/logs" "$STATE/sshd"
-    [ -s "$STATE/sshd/ssh_host_ed25519_key" ] ||
-        ssh-keygen -q -t ed25519 -N '' -C testcluster-host -f "$STATE/sshd/ssh_host_ed25519_key"
-    [ -s "$STATE/client_key" ] || ssh-keygen -q -t ed25519 -N '' -C hpcllm-testcluster -f "$STATE/client_key"
+    make_key "$STATE/sshd/ssh_host_ed25519_key" testcluster-host
+    make_key "$STATE/client_key" hpcllm-testcluster
     chown root:root "$STATE/client_key" "$STATE/client_key.pub"
     chmod 600 "$STATE/client_key" "$STATE/sshd/ssh_host_ed25519_key"
     chmod 644 "$STATE/client_key.pub"
     local home
     home=$(user_home)
     [ -d "$home" ] || install -d -m 755 -o "$HPC_USER" -g "$HPC_USER" "$home"
+    # A home left by an earlier, deleted hpcuser keeps that uid: sshd's StrictModes then refuses the key
+    # and jobs cannot write their output there (pitfall 15). Only the directory itself, not recursively.
+    chown "$HPC_USER:$HPC_USER" "$home"
+    chmod go-w "$home"
     install -d -m 700 -o "$HPC_USER" -g "$HPC_USER" "$home/.ssh"
     install -m 600 -o "$HPC_USER" -g "$HPC_USER" "$STATE/client_key.pub" "$home/.ssh/authorized_keys"
     printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$STATE/sshd/ssh_host_ed25519_key.pub")" \
@@ -193,10 +277,12 @@ setup_keys() {
 setup_hosts() {
     # Pitfall 16: Slurm's node names are not the host name; sshd on the "login node" resolves them
     # when a client forwards to (node, port).
-    if ! grep -qE '^127\.0\.0\.1[[:space:]](.*[[:space:]])?gpu01([[:space:]]|$)' /etc/hosts ||
-        ! grep -qE '^127\.0\.0\.1[[:space:]](.*[[:space:]])?gpu02([[:space:]]|$)' /etc/hosts; then
-        echo "127.0.0.1 gpu01 gpu02" >>/etc/hosts
-        log "added '127.0.0.1 gpu01 gpu02' to /etc/hosts"
+    if ! grep -qsE '^127\.0\.0\.1[[:space:]](.*[[:space:]])?gpu01([[:space:]]|$)' "$ETC_HOSTS" ||
+        ! grep -qsE '^127\.0\.0\.1[[:space:]](.*[[:space:]])?gpu02([[:space:]]|$)' "$ETC_HOSTS"; then
+        # A last line without its newline (hand-edited, some images) would swallow ours.
+        [ ! -s "$ETC_HOSTS" ] || [ -z "$(tail -c 1 "$ETC_HOSTS")" ] || echo >>"$ETC_HOSTS"
+        echo "127.0.0.1 gpu01 gpu02" >>"$ETC_HOSTS"
+        log "added '127.0.0.1 gpu01 gpu02' to $ETC_HOSTS"
     fi
 }
 
@@ -320,7 +406,11 @@ start_munge() {
     fi
     stop_pidfile munged "$MUNGED_PID"
     [ -s /etc/munge/munge.key ] || runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
+    # /run is a fresh tmpfs after a reboot, and containers may mount /var/log empty: the package's
+    # directories are not a given. Modes as munge's postinst sets them.
     install -d -o munge -g munge -m 755 /run/munge
+    install -d -o munge -g munge -m 700 /var/log/munge
+    install -d -o munge -g munge -m 711 /var/lib/munge
     runuser -u munge -- /usr/sbin/munged 9>&- || { tail_logs "$MUNGED_LOG"; die "munged did not start"; }
     wait_until 10 munge_works || { tail_logs "$MUNGED_LOG"; die "munged started but 'munge -n | unmunge' fails"; }
     log "munged started ($(pid_of "$MUNGED_PID"))"
@@ -489,7 +579,8 @@ up() {
     local started
     started=$(now_ms)
     install -d -m 755 "$STATE" "$STATE/pids" "$STATE/logs" "$STATE/sshd"
-    step "packages" install_packages
+    step "packages" install_packages "${PACKAGES[@]}"
+    step "system users slurm, munge, sshd" setup_system_users
     step "user $HPC_USER" setup_user
     step "keys, known_hosts" setup_keys
     step "/etc/hosts" setup_hosts
@@ -521,6 +612,13 @@ down() {
     log "down in $(secs $(($(now_ms) - started)))"
 }
 
+packages() {  # packages [PACKAGE...]: install only (default: the cluster's PACKAGES)
+    need_root
+    take_lock
+    [ $# -gt 0 ] || set -- "${PACKAGES[@]}"
+    step "packages" install_packages "$@"
+}
+
 status() {
     local all=0 pair name file pid
     for pair in "munged:$MUNGED_PID" "slurmctld:$CTLD_PID" "slurmd gpu01:/run/slurmd-gpu01.pid" \
@@ -542,9 +640,13 @@ status() {
     return $all
 }
 
+# Sourced: the functions only (see the top).
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+
 case "${1:-}" in
     up) up ;;
     down) down ;;
     status) status ;;
-    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    packages) shift; packages "$@" ;;
+    *) echo "usage: $0 up|down|status|packages [PACKAGE...]" >&2; exit 2 ;;
 esac
