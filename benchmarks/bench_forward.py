@@ -168,12 +168,12 @@ def main() -> int:
     if args.client:
         return client_main(args.client, args.what, args.tokens, args.megabytes)
 
-    from jupyter_hpcllm.forward import PortForward
-    from jupyter_hpcllm.profiles import load_profile
-    from jupyter_hpcllm.transport import transport_for
+    from jupyter_hpcllm.config.profiles import load_profile
+    from jupyter_hpcllm.edge.forward import PortForward
+    from jupyter_hpcllm.edge.transport import connect
 
     profile = load_profile("testcluster")
-    transport = transport_for(profile)
+    transport = connect(profile)
     with tempfile.TemporaryDirectory() as workdir:
         double, port = start_double(Path(workdir))
         ssh_l, ssh_port = start_ssh_l(profile, port)

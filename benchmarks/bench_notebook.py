@@ -82,7 +82,7 @@ def bench_llm(port: int, tokens: int, repeats: int) -> dict[str, list[float]]:
     import openai
     from IPython.core.interactiveshell import InteractiveShell
 
-    from jupyter_hpcllm import llmcell
+    from jupyter_hpcllm.notebook import render as llmcell
 
     url = f"http://127.0.0.1:{port}/v1"
     os.environ["BENCH_KEY"] = bench_forward.KEY

@@ -5,8 +5,13 @@
     client = server.client()           # an openai.OpenAI pointed at the job, key set
     server.down()
 
+    cluster = hpc.Cluster("ebi")       # the same, with the transport in your hands
+    handle = cluster.launch("gpt-oss-120b", gpus=4)   # at once: handle.progress, handle.cancel()
+    server = handle.result()
+
 The public names are loaded on first use, so ``import jupyter_hpcllm`` does not import paramiko or
-openai (a notebook pays for them only when it connects).
+openai (a notebook pays for them only when it connects). Everything not listed in ``__all__`` is
+internal and may change.
 """
 
 from __future__ import annotations
@@ -17,11 +22,31 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .lifecycle import Progress, Server, ServerInfo, Stage, attach, cancel, list_servers, up
-    from .plan import LaunchPlan, plan_launch
-    from .profiles import Profile, load_profile
+    from .config.options import LaunchOptions
+    from .config.profiles import Profile, load_profile
+    from .edge.fake import FakeTransport
+    from .lifecycle import (
+        Cluster,
+        JobState,
+        LaunchHandle,
+        Progress,
+        Server,
+        ServerInfo,
+        Stage,
+        attach,
+        cancel,
+        launch,
+        list_servers,
+        up,
+    )
+    from .planning.plan import LaunchPlan
 
 __all__ = [
+    "Cluster",
+    "FakeTransport",
+    "JobState",
+    "LaunchHandle",
+    "LaunchOptions",
     "LaunchPlan",
     "Profile",
     "Progress",
@@ -32,23 +57,27 @@ __all__ = [
     "attach",
     "cancel",
     "errors",
+    "launch",
     "list_servers",
     "load_ipython_extension",
     "load_profile",
-    "plan_launch",
     "up",
 ]
 
 _LAZY = {
-    "Progress": "lifecycle", "Server": "lifecycle", "ServerInfo": "lifecycle", "Stage": "lifecycle",
-    "attach": "lifecycle", "cancel": "lifecycle", "list_servers": "lifecycle", "up": "lifecycle",
-    "LaunchPlan": "plan", "plan_launch": "plan", "Profile": "profiles", "load_profile": "profiles",
+    **dict.fromkeys(["Cluster", "JobState", "LaunchHandle", "Progress", "Server", "ServerInfo", "Stage", "attach",
+                     "cancel", "launch", "list_servers", "up"], "lifecycle"),
+    "LaunchOptions": "config.options",
+    "Profile": "config.profiles",
+    "load_profile": "config.profiles",
+    "FakeTransport": "edge.fake",
+    "LaunchPlan": "planning.plan",
 }
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext jupyter_hpcllm`: register `%hpcllm` and `%%llm`."""
-    from .magics import HpcllmMagics
+    from .notebook.magics import HpcllmMagics
 
     ipython.register_magics(HpcllmMagics)
 

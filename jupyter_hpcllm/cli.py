@@ -8,15 +8,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from . import profiles
+from . import views
 from ._version import __version__
+from .config import profiles
+from .config.options import ENGINES, LaunchOptions, add_arguments, split_engine_args
 from .errors import ConfigError, HpcllmError
-
-if TYPE_CHECKING:
-    from .families import Family
-    from .plan import LaunchPlan
+from .lifecycle import Cluster, Progress, Server
 
 DESCRIPTION = """\
 Run a large open LLM (vLLM or SGLang) on a Slurm GPU cluster and talk to it with any OpenAI client.
@@ -40,30 +38,6 @@ Arguments after `--` go to the engine verbatim, e.g.
 """
 
 
-def add_launch_options(parser: argparse.ArgumentParser) -> None:
-    """The options of `up`, `script` and `plan` (shared with the `%hpcllm` magic)."""
-    parser.add_argument("model", help="a directory name under the profile's model root, or an absolute path")
-    parser.add_argument("--gpus", type=int, help="number of GPUs (= tensor-parallel size); default: profile")
-    parser.add_argument("--gpu-type", help="GPU type, as the profile lists it (e.g. a100, h200)")
-    parser.add_argument("--engine", choices=profiles.ENGINES, help="inference engine; default: profile")
-    parser.add_argument("--time", help="Slurm time limit, e.g. 4:00:00 or 1-00:00:00")
-    parser.add_argument("--cpus", type=int, help="CPUs per task")
-    parser.add_argument("--mem", help="memory per node, e.g. 32G")
-    parser.add_argument("--partition", help="Slurm partition")
-    parser.add_argument("--account", help="Slurm account")
-    parser.add_argument("--qos", help="Slurm QOS")
-    parser.add_argument("--tool-call-parser", help="override the tool-call parser chosen for the model ('' for none)")
-    parser.add_argument("--reasoning-parser", help="override the reasoning parser chosen for the model ('' for none)")
-
-
-def launch_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of `up` / `plan_launch` from what add_launch_options parsed."""
-    return dict(gpus=args.gpus, gpu_type=args.gpu_type, engine=args.engine, time=args.time, cpus=args.cpus,
-                mem=args.mem, partition=args.partition, account=args.account, qos=args.qos,
-                tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
-                engine_args=tuple(args.engine_args))
-
-
 def _profile_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", "-p", help="cluster profile (default: $HPCLLM_PROFILE or the config's)")
 
@@ -82,35 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("up", "start a model server (or reuse the same pending/running one) and wait until it answers",
                   _cmd_up)
-    add_launch_options(sub)
+    add_arguments(sub, groups=("job", "check", "launch"))
     _profile_option(sub)
-    sub.add_argument("--timeout", type=float, help="give up (and cancel the job) after this many seconds")
-    sub.add_argument("--no-reuse", action="store_true", help="submit a new job even if the same one is running")
     sub.add_argument("--forward", action="store_true",
                      help="once ready, keep a local port forward open (Ctrl-C ends it)")
     sub.add_argument("--port", type=int, default=0, help="local port for --forward (default: any free one)")
-    sub.add_argument("--check-parsers", action="store_true",
-                     help="first ask the engine image which parser names it knows (cached per image)")
 
     sub = command("script", "print the sbatch script `up` would submit, without connecting", _cmd_script)
-    add_launch_options(sub)
+    add_arguments(sub)
     _profile_option(sub)
-
 
     sub = command("plan", "read the model's facts on the cluster and show the parsers, the allocation and why",
                   _cmd_plan)
-    add_launch_options(sub)
+    add_arguments(sub, groups=("job", "check"))
     _profile_option(sub)
     sub.add_argument("--script", action="store_true", help="also print the sbatch script")
     sub.add_argument("--refresh", action="store_true", help="re-read the model's facts (they are cached)")
-    sub.add_argument("--check-parsers", action="store_true", help="check the parser names against the image")
 
     sub = command("models", "list the models under the profile's model root, with size, family, parsers and "
                   "the suggested allocation", _cmd_models)
     _profile_option(sub)
 
     sub = command("parsers", "list the tool-call and reasoning parsers an engine image registers", _cmd_parsers)
-    sub.add_argument("--engine", choices=profiles.ENGINES, help="engine (default: the profile's)")
+    sub.add_argument("--engine", choices=ENGINES, help="engine (default: the profile's)")
     sub.add_argument("--refresh", action="store_true", help="ask the image again (answers are cached)")
     _profile_option(sub)
 
@@ -151,33 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan_from(args: argparse.Namespace, *, connect: bool = True) -> LaunchPlan:
-    """The plan for the options; with `connect`, sized and typed from the model's facts on the cluster."""
-    options = launch_options(args)
-    profile = profiles.load_profile(args.profile)
-    if not connect:
-        from .plan import plan_launch
-
-        return plan_launch(profile, args.model, **options)
-    from .lifecycle import plan_for
-
-    plan = plan_for(args.model, profile=profile, refresh=getattr(args, "refresh", False), **options)
-    if getattr(args, "check_parsers", False):
-        from .imageprobe import check_plan_parsers
-
-        check_plan_parsers(plan)
-    return plan
+def _cluster(args: argparse.Namespace) -> Cluster:
+    return Cluster(args.profile)
 
 
-def _print_progress(progress: object) -> None:
-    from .lifecycle import Progress
-
-    assert isinstance(progress, Progress)
+def _print_progress(progress: Progress) -> None:
     print(f"[{progress.elapsed:6.1f}s] {progress.message}", file=sys.stderr, flush=True)
 
 
 def _cmd_script(args: argparse.Namespace) -> int:
-    plan = _plan_from(args, connect=False)
+    plan = _cluster(args).plan(LaunchOptions.from_namespace(args), offline=True)  # connects to nothing
     for note in plan.notes:
         print(f"# note: {note}", file=sys.stderr)
     sys.stdout.write(plan.script)
@@ -185,94 +136,59 @@ def _cmd_script(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import describe_plan
-
-    plan = _plan_from(args)
-    sys.stdout.write(describe_plan(plan))
+    plan = _cluster(args).plan(LaunchOptions.from_namespace(args), refresh=args.refresh)
+    sys.stdout.write(views.plan_text(plan))
     if args.script:
         sys.stdout.write("\n" + plan.script)
     return 0
 
 
-def models_rows(profile: profiles.Profile) -> list[tuple[str, ...]]:
-    """The table of `hpcllm models` (and `%hpcllm models`): a header row, then one row per model."""
-    from .facts import list_models
-    from .families import detect_family
-    from .sizing import choose_allocation
-
-    rows: list[tuple[str, ...]] = [("MODEL", "SIZE", "FAMILY", "VLLM TOOL/REASONING", "SGLANG TOOL/REASONING",
-                                    "SUGGESTED")]
-    for facts in list_models(profile):
-        family = detect_family(facts.model_type, facts.architectures, facts.chat_template, facts.name)
-        try:
-            allocation = choose_allocation(profile, facts)[0].describe() if facts.heads else "?"
-        except ConfigError:
-            allocation = "does not fit"
-
-        def parsers(engine: str, family: Family | None = family) -> str:
-            if family is None:
-                return "—"
-            chosen = family.parsers(engine)
-            return f"{chosen.tool or '—'}/{chosen.reasoning or '—'}"
-
-        rows.append((facts.name, f"{facts.weight_gb:.1f} GB", family.name if family else "unknown",
-                     parsers("vllm"), parsers("sglang"), allocation))
-    return rows
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
-    print_table(models_rows(profiles.load_profile(args.profile)))
+    sys.stdout.write(views.format_table(views.models_rows(_cluster(args).models())))
     return 0
 
 
 def _cmd_parsers(args: argparse.Namespace) -> int:
-    from .imageprobe import image_parsers
-
-    profile = profiles.load_profile(args.profile)
-    engine = args.engine or profile.default_engine
-    found = image_parsers(profile, engine, refresh=args.refresh)
-    print(f"{engine} image {profile.image(engine)}")
+    cluster = _cluster(args)
+    engine = args.engine or cluster.profile.default_engine
+    found = cluster.parsers(engine, refresh=args.refresh)
+    print(f"{engine} image {cluster.profile.image(engine)}")
     print(f"  tool-call parsers: {', '.join(found['tool']) or '(none listed)'}")
     print(f"  reasoning parsers: {', '.join(found['reasoning']) or '(none listed)'}")
     return 0
 
 
-def print_table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def split_engine_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(our arguments, the engine's): everything after the first `--` belongs to the engine."""
-    if "--" in argv:
-        return argv[: argv.index("--")], argv[argv.index("--") + 1:]
-    return argv, []
-
-
 def _cmd_up(args: argparse.Namespace) -> int:
-    from .lifecycle import launch
+    cluster = _cluster(args)
+    noted: list[bool] = []
 
-    plan = _plan_from(args)
-    for note in plan.notes:
-        print(f"note: {note}", file=sys.stderr)
-    server = launch(plan, on_progress=_print_progress, timeout=args.timeout, reuse=not args.no_reuse)
+    def progress(item: Progress) -> None:
+        if not noted and handle.plan is not None:  # the plan exists before the first stage
+            noted.append(True)
+            for note in handle.plan.notes:
+                print(f"note: {note}", file=sys.stderr)
+        _print_progress(item)
+
+    handle = cluster.launch(LaunchOptions.from_namespace(args))
+    handle.add_callback(progress)
+    try:
+        server = handle.result()
+    except KeyboardInterrupt:
+        handle.stop()  # the job it submitted is cancelled before we exit
+        raise
     print(f"Job {server.job_id} serves {server.model!r} ({server.engine}) on {server.node}:{server.port}.")
-    if args.forward:
-        server.close()
-        return _serve_forward(server.profile, server.job_id, args.port, show_key=False)
     server.close()
+    if args.forward:
+        return _serve_forward(cluster, server, args.port, show_key=False)
     print(f"Reach it with `hpcllm forward {server.job_id}`, or in Python: "
           f"`jupyter_hpcllm.attach({server.job_id!r}).client()`. Stop it with `hpcllm down {server.job_id}`.")
     return 0
 
 
-def _only_job(args: argparse.Namespace) -> str:
+def _only_job(args: argparse.Namespace, cluster: Cluster) -> str:
     if args.job:
         return str(args.job)
-    from .lifecycle import list_servers
-
-    jobs = list_servers(args.profile)
+    jobs = cluster.list()
     if len(jobs) == 1:
         return jobs[0].job_id
     if not jobs:
@@ -282,78 +198,48 @@ def _only_job(args: argparse.Namespace) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .lifecycle import list_servers
-
-    jobs = list_servers(args.profile)
+    jobs = _cluster(args).list()
     if not jobs:
         print("No jupyter-hpcllm jobs. Start one with `hpcllm up MODEL`.")
         return 0
-    rows = [("JOB", "STATE", "MODEL", "ENGINE", "NODE", "LEFT/REASON")]
-    rows += [(j.job_id, j.state.value, j.model or "?", j.engine or "?", j.node or "-",
-              j.time_left or f"({j.reason})" + (f" start {j.expected_start}" if j.expected_start else ""))
-             for j in jobs]
-    print_table(rows)
+    sys.stdout.write(views.format_table(views.servers_rows(jobs)))
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .slurm import parse_probe, probe_command
-    from .transport import transport_for
-
-    job = _only_job(args)
-    probe = parse_probe(transport_for(profiles.load_profile(args.profile)).run(probe_command(job, log_bytes=0)).stdout)
-    if probe.row is None:
-        print(f"Job {job}: not in the queue (ended, or never existed).")
-        return 1
-    row = probe.row
-    print(f"Job {job}: {row.raw_state}")
-    for label, value in (("model", row.comment_field("model")), ("engine", row.comment_field("engine")),
-                         ("node", row.node), ("time left", row.time_left if row.node else None),
-                         ("reason", None if row.node else row.reason),
-                         ("started" if row.node else "expected start", row.start_time),
-                         ("port", str(probe.server["port"]) if probe.server else None)):
-        if value:
-            print(f"  {label:15} {value}")
+    cluster = _cluster(args)
+    job = _only_job(args, cluster)
+    info = cluster.status(job)
+    print(f"Job {job}: {info.state.value}")
+    sys.stdout.write(views.status_text(info, indent="  "))
     return 0
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from .lifecycle import follow_logs
-    from .slurm import log_command
-    from .transport import transport_for
-
-    job = _only_job(args)
-    transport = transport_for(profiles.load_profile(args.profile))
+    cluster = _cluster(args)
+    job = _only_job(args, cluster)
     if args.follow:
-        for chunk in follow_logs(transport, job):
+        for chunk in cluster.follow_logs(job):
             sys.stdout.write(chunk)
             sys.stdout.flush()
         return 0
-    result = transport.run(log_command(job, lines=args.lines), check=False)
-    if result.exit_status != 0:
-        raise ConfigError(f"Job {job} has no engine log on the cluster.",
-                          "The job may not have started yet (`hpcllm status`), or the id is wrong.")
-    sys.stdout.write(result.stdout)
+    sys.stdout.write(cluster.logs(job, lines=args.lines))
     return 0
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from .lifecycle import cancel, list_servers
-
-    jobs = [j.job_id for j in list_servers(args.profile)] if args.all else [_only_job(args)]
+    cluster = _cluster(args)
+    jobs = [j.job_id for j in cluster.list()] if args.all else [_only_job(args, cluster)]
     for job in jobs:
-        state = cancel(job, profile=args.profile)
-        now = "gone from the queue" if state.value == "UNKNOWN" else f"now {state.value}"
-        print(f"Job {job} cancelled ({now}); its GPUs are free.")
+        print(views.stopped_message(job, cluster.cancel(job).value))
     if not jobs:
         print("No jupyter-hpcllm jobs to cancel.")
     return 0
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
-    from .lifecycle import attach
-
-    server = attach(_only_job(args), profile=args.profile, on_progress=_print_progress)
+    cluster = _cluster(args)
+    server = cluster.attach(_only_job(args, cluster), on_progress=_print_progress)
     print(f"Job {server.job_id} serves {server.model!r} ({server.engine}) on {server.node}:{server.port}.")
     server.close()
     print(f"Forward it with `hpcllm forward {server.job_id}`.")
@@ -361,18 +247,16 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 
 
 def _cmd_forward(args: argparse.Namespace) -> int:
-    return _serve_forward(profiles.load_profile(args.profile), _only_job(args), args.port, args.show_key)
-
-
-def _serve_forward(profile: profiles.Profile, job: str, port: int, show_key: bool) -> int:
-    from .forward import PortForward
-    from .lifecycle import attach
-    from .transport import transport_for
-
-    server = attach(job, profile=profile)
+    cluster = _cluster(args)
+    server = cluster.attach(_only_job(args, cluster))
     server.close()
-    with PortForward(lambda: transport_for(profile).open_channel(server.node, server.port),
-                     f"{server.node}:{server.port}", local_port=port) as forward:
+    return _serve_forward(cluster, server, args.port, args.show_key)
+
+
+def _serve_forward(cluster: Cluster, server: Server, port: int, show_key: bool) -> int:
+    job = server.job_id
+    forward = cluster.open_forward(server, local_port=port)
+    try:
         print(f"export OPENAI_BASE_URL=http://{forward.address}/v1")
         if show_key:
             print(f"export OPENAI_API_KEY={server.api_key}")
@@ -380,12 +264,13 @@ def _serve_forward(profile: profiles.Profile, job: str, port: int, show_key: boo
             print(f"# the API key: `hpcllm forward {job} --show-key`, or ~/.hpcllm/jobs/{job}/key on the cluster")
         print(f"# model: {server.model}. Forwarding until Ctrl-C (the job keeps running; "
               f"`hpcllm down {job}` stops it).", flush=True)
-        try:
-            while True:
-                time.sleep(1)
-                forward.raise_if_failed()
-        except KeyboardInterrupt:
-            print("\nForward closed; the job is still running.", file=sys.stderr)
+        while True:
+            time.sleep(1)
+            forward.raise_if_failed()
+    except KeyboardInterrupt:
+        print("\nForward closed; the job is still running.", file=sys.stderr)
+    finally:
+        forward.close()
     return 0
 
 

@@ -2,18 +2,24 @@
 
     HpcllmError                 base: a one-paragraph message that says what to do
     ├── ConfigError             a profile, config file or option is wrong
+    │   ├── InvalidOption       one launch option is wrong (``field`` names it, for a form or a JSON body)
     │   └── ModelNotFound       the model is not under the profile's model root
     ├── TransportError          the cluster cannot be reached or a command on it failed
     │   ├── ConnectError        host unreachable, DNS, refused, timed out while connecting
     │   ├── AuthenticationError the SSH server refused our keys
     │   ├── HostKeyError        the host key is unknown or changed (we never trust silently)
     │   ├── CommandTimeout      a remote command ran past its timeout
-    │   └── RemoteCommandError  a remote command exited non-zero (command, exit code, stdout, stderr)
+    │   ├── RemoteCommandError  a remote command exited non-zero (command, exit code, stdout, stderr)
+    │   └── SlurmOutputError    Slurm printed something we cannot read (never a bare ValueError)
     ├── SubmitError             sbatch refused the job (Slurm's own message attached)
+    ├── JobNotFound             no such job of ours in the queue (ended, or a wrong id)
     ├── JobFailed               the job or the engine in it ended before the server was ready
+    ├── ServerNotReady          the server did not answer within the time allowed
+    ├── LaunchCancelled         the launch was cancelled (its job, if submitted, too)
     └── ForwardError            the local port forward to the server failed
 
 Faces (CLI, magics, panel) catch ``HpcllmError`` and print ``str(error)``: never a traceback.
+``http_status(error)`` is the one mapping from error class to HTTP status, for the server extension.
 """
 
 from __future__ import annotations
@@ -26,11 +32,17 @@ __all__ = [
     "ForwardError",
     "HostKeyError",
     "HpcllmError",
+    "InvalidOption",
     "JobFailed",
+    "JobNotFound",
+    "LaunchCancelled",
     "ModelNotFound",
     "RemoteCommandError",
+    "ServerNotReady",
+    "SlurmOutputError",
     "SubmitError",
     "TransportError",
+    "http_status",
 ]
 
 
@@ -48,6 +60,14 @@ class HpcllmError(Exception):
 
 class ConfigError(HpcllmError):
     """A profile, the config file or an option value is wrong."""
+
+
+class InvalidOption(ConfigError):
+    """One launch option is wrong; ``field`` is its name (``gpus``, ``time``...), for a form to mark."""
+
+    def __init__(self, field: str, message: str, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.field = field
 
 
 class ModelNotFound(ConfigError):
@@ -98,6 +118,19 @@ class RemoteCommandError(TransportError):
         self.stderr = stderr
 
 
+class SlurmOutputError(TransportError):
+    """A Slurm command printed something we cannot read."""
+
+    def __init__(self, command: str, output: str) -> None:
+        super().__init__(
+            f"Cannot read the output of {command} on the cluster: {_short(output) or '(nothing)'}.",
+            "Slurm may be misconfigured or a login script may print text; check that the command works in an "
+            "ssh session, and report this if it does.",
+        )
+        self.command = command
+        self.output = output
+
+
 class SubmitError(HpcllmError):
     """sbatch rejected the job."""
 
@@ -122,8 +155,55 @@ class JobFailed(HpcllmError):
         return text
 
 
+class JobNotFound(HpcllmError):
+    """No job of ours with that id is pending or running."""
+
+    def __init__(self, job_id: str, hint: str = "") -> None:
+        super().__init__(f"Job {job_id} is not one of your pending or running servers.",
+                         hint or "`hpcllm list` shows them.")
+        self.job_id = job_id
+
+
+class ServerNotReady(HpcllmError):
+    """The server did not answer within the time allowed."""
+
+    def __init__(self, message: str, hint: str = "", *, job_id: str = "") -> None:
+        super().__init__(message, hint)
+        self.job_id = job_id
+
+
+class LaunchCancelled(HpcllmError):
+    """The launch was cancelled; a job it had submitted was cancelled too."""
+
+
 class ForwardError(HpcllmError):
     """The local port forward to the server failed."""
+
+
+# The HTTP status a server extension answers with, most specific class first.
+_HTTP_STATUS: tuple[tuple[type[HpcllmError], int], ...] = (
+    (InvalidOption, 422),
+    (ModelNotFound, 404),
+    (ConfigError, 400),
+    (JobNotFound, 404),
+    (AuthenticationError, 502),
+    (HostKeyError, 502),
+    (CommandTimeout, 504),
+    (TransportError, 502),
+    (SubmitError, 422),
+    (JobFailed, 409),
+    (ServerNotReady, 504),
+    (LaunchCancelled, 409),
+    (ForwardError, 502),
+)
+
+
+def http_status(error: BaseException) -> int:
+    """The HTTP status for an error: 4xx for what the request got wrong, 5xx for the cluster's side."""
+    for kind, status in _HTTP_STATUS:
+        if isinstance(error, kind):
+            return status
+    return 500
 
 
 def _short(command: str, limit: int = 120) -> str:

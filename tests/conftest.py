@@ -43,7 +43,7 @@ def cluster_config() -> Path:
 @pytest.fixture
 def profile(cluster_config, monkeypatch):
     """The test cluster's profile, with HPCLLM_CONFIG pointing at its config."""
-    from jupyter_hpcllm.profiles import load_profile
+    from jupyter_hpcllm.config.profiles import load_profile
 
     monkeypatch.setenv("HPCLLM_CONFIG", str(cluster_config))
     monkeypatch.delenv("HPCLLM_PROFILE", raising=False)
@@ -51,10 +51,17 @@ def profile(cluster_config, monkeypatch):
 
 
 @pytest.fixture
-def transport(profile):
-    from jupyter_hpcllm.transport import transport_for
+def cluster(profile):
+    """A Cluster on the test cluster's profile (its own SSH connection, closed after the test)."""
+    from jupyter_hpcllm.lifecycle import Cluster
 
-    return transport_for(profile)
+    with Cluster(profile) as made:
+        yield made
+
+
+@pytest.fixture
+def transport(cluster):
+    return cluster.transport
 
 
 @pytest.fixture
@@ -84,17 +91,28 @@ def profile_with(profile, make_image):
     return build
 
 
+@pytest.fixture(autouse=True)
+def _close_shared_clusters():
+    """`hpc.up(profile=...)` keeps one Cluster (one SSH connection) per profile: close them after each test."""
+    yield
+    from jupyter_hpcllm.lifecycle import cluster as module
+
+    with module._shared_lock:
+        clusters = list(module._shared.values())
+        module._shared.clear()
+    for made in clusters:
+        made.close()
+
+
 @pytest.fixture
-def no_leftover_jobs(transport):
+def no_leftover_jobs(cluster):
     """After the test, no job of ours may hold an allocation."""
     yield
-    from jupyter_hpcllm.lifecycle import wait_gone
-    from jupyter_hpcllm.slurm import JobState, parse_queue, queue_command
+    from jupyter_hpcllm.edge.slurm import JobState, parse_queue, queue_command
 
-    rows = [r for r in parse_queue(transport.run(queue_command()).stdout) if r.is_ours]
+    rows = [r for r in parse_queue(cluster.transport.run(queue_command()).stdout) if r.is_ours]
     # COMPLETING: cancelled, Slurm is still cleaning up. Anything else was left behind.
     left = [r for r in rows if r.state is not JobState.COMPLETING]
     for row in rows:
-        transport.run(f"scancel {row.job_id}")
-        wait_gone(transport, row.job_id, 15)
+        cluster.cancel(row.job_id)
     assert not left, f"jobs left behind: {[(r.job_id, r.raw_state) for r in left]}"

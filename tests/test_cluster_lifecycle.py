@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import threading
 import uuid
@@ -10,9 +11,9 @@ from dataclasses import replace
 import pytest
 
 import jupyter_hpcllm as hpc
+from jupyter_hpcllm.edge.slurm import JobState, parse_probe, parse_queue, probe_command, queue_command
 from jupyter_hpcllm.errors import ConfigError, JobFailed, ModelNotFound, SubmitError
-from jupyter_hpcllm.lifecycle import Stage, submit
-from jupyter_hpcllm.slurm import JobState, parse_probe, parse_queue, probe_command, queue_command
+from jupyter_hpcllm.lifecycle import Cluster, Stage
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_leftover_jobs")]
 
@@ -44,8 +45,10 @@ def test_up_chat_down(profile_with, transport, engine):
         stages = _stages(seen)
         assert stages[0] is Stage.SUBMITTED and stages[-1] is Stage.READY
         assert Stage.RUNNING in stages and Stage.LOADING in stages
-        assert any(p.shards and p.shards[0] == p.shards[1] == 3 for p in seen) or \
-            any(p.shards for p in seen), "no weight-loading progress was reported"
+        shards = [p.shards for p in seen if p.shards]
+        assert shards, "no weight-loading progress was reported"
+        assert all(total == 3 for _, total in shards) and [done for done, _ in shards] == sorted(
+            done for done, _ in shards), shards
         assert seen[-1].node in ("gpu01", "gpu02")
         assert server.base_url.startswith("http://127.0.0.1:")
 
@@ -126,11 +129,10 @@ def test_a_tp_that_does_not_divide_the_heads_is_refused_before_submitting(profil
 def test_the_engines_own_tp_failure_is_explained(profile_with):
     """Past our check (a plan made without the model's facts, as `hpcllm script` makes), the engine fails
     with its own message, and the error says what it means."""
-    from jupyter_hpcllm.lifecycle import launch
-
-    plan = hpc.plan_launch(profile_with(delay=0.3), "Qwen3-8B", gpus=3)
-    with pytest.raises(JobFailed) as caught:
-        launch(plan, timeout=120)
+    with Cluster(profile_with(delay=0.3)) as cluster:
+        job = cluster.submit(cluster.plan("Qwen3-8B", offline=True, gpus=3))
+        with pytest.raises(JobFailed) as caught:
+            cluster.attach(job, timeout=120)
     assert "must be divisible by tensor parallel size (3)" in caught.value.log_tail
     assert "the tensor-parallel size 3 does not divide the model's 32 attention heads" in str(caught.value)
 
@@ -220,13 +222,14 @@ def test_cancelled_from_outside(profile_with, transport):
 
 
 def test_interrupt_cancels_the_job_it_submitted(profile_with, transport):
+    """Ctrl-C reaches the main thread, which waits in up(): the launch is cancelled, its job too."""
     profile = profile_with(delay=30)
     submitted = []
 
     def interrupt(progress):
         submitted.append(progress.job_id)
-        if progress.stage in (Stage.RUNNING, Stage.PENDING):
-            raise KeyboardInterrupt
+        if progress.stage in (Stage.RUNNING, Stage.PENDING) and len(submitted) < 10:
+            _thread.interrupt_main()
 
     with pytest.raises(KeyboardInterrupt):
         hpc.up("Qwen3-8B", profile=profile, on_progress=interrupt)
@@ -238,8 +241,9 @@ def test_interrupt_cancels_the_job_it_submitted(profile_with, transport):
 def test_pending_reports_the_reason(profile_with, transport):
     """Fill both nodes' a100s, then a third a100 job waits with Slurm's reason; cancel it while pending."""
     profile = profile_with(delay=60)
-    blockers = [submit(transport, hpc.plan_launch(profile, "Qwen3-8B", gpus=4, mem="1G",
-                                                                 engine_args=["--seed", str(i)]))
+    cluster = Cluster(profile, transport=transport)
+    blockers = [cluster.submit(cluster.plan("Qwen3-8B", offline=True, gpus=4, mem="1G",
+                                            engine_args=["--seed", str(i)]))
                 for i in range(2)]
     seen = []
 

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
+from jupyter_hpcllm.edge.slurm import JobState, parse_queue, queue_command
 from jupyter_hpcllm.lifecycle import Stage
-from jupyter_hpcllm.slurm import JobState, parse_queue, queue_command
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_leftover_jobs")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +80,8 @@ def test_up_llm_tools_chat_status_down(shell, capsys, transport):
     assert f"Job {job} cancelled" in capsys.readouterr().out
     assert job not in [r.job_id for r in parse_queue(transport.run(queue_command()).stdout)
                        if r.state is not JobState.COMPLETING]
-    shell.run_cell_magic("llm", "", "anyone there?")
-    assert "%%llm has no server yet" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="%%llm has no server yet"):
+        shell.run_cell_magic("llm", "", "anyone there?")
 
 
 def test_a_restarted_kernel_reattaches_without_a_new_job(shell, capsys):
@@ -99,18 +100,25 @@ def test_a_restarted_kernel_reattaches_without_a_new_job(shell, capsys):
 
 
 def test_interrupting_up_cancels_the_job(shell, capsys, transport, monkeypatch):
-    from jupyter_hpcllm import progress
+    """Ctrl-C in the kernel (a KeyboardInterrupt in the main thread): the job is cancelled, the cell fails."""
+    import _thread
+
+    from jupyter_hpcllm.notebook import progress
+
+    interrupted = []
 
     def interrupt(self, event):
         print(event.message)
-        if event.stage in (Stage.PENDING, Stage.RUNNING):
-            raise KeyboardInterrupt
+        if event.stage in (Stage.PENDING, Stage.RUNNING) and not interrupted:
+            interrupted.append(event.job_id)
+            _thread.interrupt_main()
 
     monkeypatch.setattr(progress.ProgressView, "__call__", interrupt)
-    shell.run_line_magic("hpcllm", "up Qwen3-8B")
-    captured = capsys.readouterr()
-    job = captured.out.split("Submitted job ")[1].split(" ")[0]
-    assert f"Interrupted: job {job} was cancelled" in captured.err
+    with pytest.raises(UsageError) as caught:
+        shell.run_line_magic("hpcllm", "up Qwen3-8B")
+    job = capsys.readouterr().out.split("Submitted job ")[1].split(" ")[0]
+    assert job == interrupted[0]
+    assert f"Interrupted: job {job} was cancelled" in str(caught.value)
     assert job not in [r.job_id for r in parse_queue(transport.run(queue_command()).stdout)
                        if r.state is not JobState.COMPLETING]
 
@@ -119,8 +127,36 @@ def test_background_up(shell, capsys):
     shell.run_line_magic("hpcllm", "up Qwen2.5-7B-Instruct --background --as bg")
     assert "in the background" in capsys.readouterr().out
     magics = shell.magics_manager.registry["HpcllmMagics"]
-    magics.background.join(120)
+    magics.launching.result(120)
+    assert magics.launching.join(10)  # the done callbacks (the client put in place) ran
     assert "bg" in shell.user_ns and magics.server.model == "Qwen2.5-7B-Instruct"
+
+
+def test_background_up_can_be_stopped(shell, capsys, make_image, transport, monkeypatch, tmp_path):
+    slow = make_image("vllm", delay=60)
+    config = tmp_path / "slow.toml"
+    config.write_text(Path(os.environ["HPCLLM_CONFIG"]).read_text().replace(
+        next(line.split('"')[1] for line in Path(os.environ["HPCLLM_CONFIG"]).read_text().splitlines()
+             if line.startswith("vllm = ")), slow))
+    monkeypatch.setenv("HPCLLM_CONFIG", str(config))
+    shell.run_line_magic("hpcllm", "up Qwen3-8B --background")
+    magics = shell.magics_manager.registry["HpcllmMagics"]
+    handle = magics.launching
+    deadline = 60
+    import time
+
+    while handle.job_id is None or not handle.submitted:
+        time.sleep(0.1)
+        deadline -= 0.1
+        assert deadline > 0, "the background launch never submitted"
+    shell.run_line_magic("hpcllm", "status")
+    assert "Launching Qwen3-8B" in capsys.readouterr().out
+    shell.run_line_magic("hpcllm", "down")
+    out = capsys.readouterr().out
+    assert f"Stopped the launch of Qwen3-8B: job {handle.job_id} was cancelled" in out
+    assert handle.cancelled() and magics.server is None
+    assert handle.job_id not in [r.job_id for r in parse_queue(transport.run(queue_command()).stdout)
+                                 if r.state is not JobState.COMPLETING]
 
 
 def test_use_any_endpoint(shell, capsys, monkeypatch):
@@ -134,8 +170,8 @@ def test_use_any_endpoint(shell, capsys, monkeypatch):
     assert "Echo: via use" in capsys.readouterr().out
     monkeypatch.setenv("MY_KEY", "wrong")
     shell.run_line_magic("hpcllm", f"use {server.base_url} --key-env MY_KEY --model gpt-oss-20b")
-    shell.run_cell_magic("llm", "", "refused")
-    assert "refused the API key" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="refused the API key"):
+        shell.run_cell_magic("llm", "", "refused")
     server.down()
 
 
@@ -172,14 +208,14 @@ def test_the_example_notebook_runs(cluster_config, tmp_path):
 def test_a_server_gone_from_outside_is_explained(shell, capsys, transport):
     shell.run_line_magic("hpcllm", "up gpt-oss-20b")
     magics = shell.magics_manager.registry["HpcllmMagics"]
-    transport.run(f"scancel {magics.server.job_id}")
-    from jupyter_hpcllm.lifecycle import wait_gone
-
-    wait_gone(transport, magics.server.job_id, 15)
+    magics.server.cluster.cancel(magics.server.job_id)
     capsys.readouterr()
-    shell.run_cell_magic("llm", "", "still there?")
+    result = shell.run_cell("%%llm\nstill there?")
+    assert isinstance(result.error_in_exec, UsageError)  # the cell fails: "Run All" stops here
+    message = str(result.error_in_exec)
+    assert "%%llm cannot reach the server" in message and "`%hpcllm status` shows it" in message
+    assert len(message.strip().splitlines()) == 1
     err = capsys.readouterr().err
-    assert "%%llm cannot reach the server" in err and "`%hpcllm status` shows it" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
     magics.server.close()
     magics.server = None

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from jupyter_hpcllm import facts as facts_module
+from jupyter_hpcllm.discovery import models as facts_module
+from jupyter_hpcllm.discovery.imageprobe import check_plan_parsers, image_parsers
+from jupyter_hpcllm.discovery.models import list_models, model_facts
 from jupyter_hpcllm.errors import ConfigError, ModelNotFound
-from jupyter_hpcllm.facts import list_models, model_facts
-from jupyter_hpcllm.imageprobe import check_plan_parsers, image_parsers
-from jupyter_hpcllm.lifecycle import plan_for
+from jupyter_hpcllm.lifecycle import Cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -25,40 +25,56 @@ def private_cache(tmp_path, monkeypatch):
     facts_module._memory.clear()
 
 
-def test_facts_over_sftp(profile):
-    facts = model_facts(profile, "gpt-oss-120b")
+@pytest.fixture
+def files(transport):
+    return transport.files()
+
+
+def plan_for(model, *, profile, **options):
+    with Cluster(profile) as cluster:
+        return cluster.plan(model, **options)
+
+
+def test_facts_over_sftp(profile, files):
+    facts = model_facts(profile, files, "gpt-oss-120b")
     assert facts.path == "/srv/hpcllm/models/gpt-oss-120b" and facts.name == "gpt-oss-120b"
     assert facts.shards == 15 and round(facts.weight_gb, 1) == 65.3
     assert (facts.model_type, facts.heads, facts.kv_heads, facts.layers) == ("gpt_oss", 64, 8, 36)
     assert "<|channel|>" in facts.chat_template
 
 
-def test_hugging_face_cache_layout(profile):
-    absolute = model_facts(profile, "/srv/hpcllm/hf_cache/models--Qwen--Qwen3-8B")
+def test_hugging_face_cache_layout(profile, files):
+    absolute = model_facts(profile, files, "/srv/hpcllm/hf_cache/models--Qwen--Qwen3-8B")
     assert "/snapshots/" in absolute.path and absolute.name == "Qwen3-8B"
     assert absolute.shards == 5 and round(absolute.weight_gb, 1) == 16.4 and absolute.model_type == "qwen3"
     cache_root = replace(profile, model_root="/srv/hpcllm/hf_cache")
     for name in ("Qwen/Qwen3-8B", "Qwen3-8B", "models--Qwen--Qwen3-8B"):
-        assert model_facts(cache_root, name).path == absolute.path
+        assert model_facts(cache_root, files, name).path == absolute.path
 
 
-def test_missing_model_lists_the_closest(profile):
+def test_missing_model_lists_the_closest(profile, files):
     with pytest.raises(ModelNotFound) as caught:
-        model_facts(profile, "qwen3-8b")
+        model_facts(profile, files, "qwen3-8b")
     assert caught.value.candidates[0] == "Qwen3-8B"
 
 
-def test_a_second_lookup_costs_no_round_trip(profile, monkeypatch):
-    model_facts(profile, "Phi-4")
-    calls = []
-    monkeypatch.setattr(facts_module, "files_for", lambda transport: calls.append(transport))
+def test_a_second_lookup_costs_no_round_trip(profile, files):
+    model_facts(profile, files, "Phi-4")
+
+    class NoFiles:
+        def list(self, path):
+            raise AssertionError(f"listed {path}")
+
+        def read(self, path, limit=0):
+            raise AssertionError(f"read {path}")
+
     facts_module._memory.clear()  # the disk cache alone must answer (a new kernel, same machine)
-    again = model_facts(profile, "Phi-4")
-    assert again.heads == 40 and calls == []
+    again = model_facts(profile, NoFiles(), "Phi-4")
+    assert again.heads == 40
 
 
-def test_listing(profile):
-    models = {m.name: m for m in list_models(profile)}
+def test_listing(profile, files):
+    models = {m.name: m for m in list_models(profile, files)}
     assert len(models) == 15 and models["DeepSeek-R1"].is_mla
     assert models["Mistral-7B-Instruct-v0.3"].shards == 3
 
@@ -97,9 +113,9 @@ def test_the_users_choice_wins(profile):
 
 
 def test_image_parsers_are_asked_once(profile, transport, monkeypatch):
-    found = image_parsers(profile, "vllm")
+    found = image_parsers(profile, transport, "vllm")
     assert "openai" in found["tool"] and "openai_gptoss" in found["reasoning"]
-    assert "qwen3-thinking" in image_parsers(profile, "sglang")["reasoning"]
+    assert "qwen3-thinking" in image_parsers(profile, transport, "sglang")["reasoning"]
     commands = []
     original = type(transport).run
 
@@ -108,14 +124,14 @@ def test_image_parsers_are_asked_once(profile, transport, monkeypatch):
         return original(self, command, **kwargs)
 
     monkeypatch.setattr(type(transport), "run", spy)
-    image_parsers(profile, "vllm")
+    image_parsers(profile, transport, "vllm")
     assert len(commands) == 1 and commands[0].startswith("stat ")  # only the image's mtime
 
 
-def test_a_parser_the_image_does_not_know_is_caught_before_submitting(profile):
+def test_a_parser_the_image_does_not_know_is_caught_before_submitting(profile, transport):
     plan = plan_for("Qwen3-8B", profile=profile, tool_call_parser="hermes3")
     with pytest.raises(ConfigError) as caught:
-        check_plan_parsers(plan)
+        check_plan_parsers(plan, transport)
     assert "does not know the tool parser 'hermes3'" in str(caught.value)
     assert "Nearest names it knows: hermes" in str(caught.value)
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from jupyter_hpcllm.edge.ssh import SSHTransport
 from jupyter_hpcllm.errors import (
     AuthenticationError,
     CommandTimeout,
@@ -14,7 +15,6 @@ from jupyter_hpcllm.errors import (
     HostKeyError,
     RemoteCommandError,
 )
-from jupyter_hpcllm.transport import SSHTransport
 
 pytestmark = pytest.mark.cluster
 
@@ -45,7 +45,7 @@ def test_unknown_host_key_is_rejected_with_advice(profile, tmp_path):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     with pytest.raises(HostKeyError) as caught:
-        SSHTransport(replace(profile, known_hosts=str(empty)))
+        SSHTransport(replace(profile, known_hosts=str(empty))).connect()
     assert "ssh-keyscan -p 2222 127.0.0.1 >> ~/.ssh/known_hosts" in str(caught.value)
 
 
@@ -55,19 +55,19 @@ def test_changed_host_key_is_rejected(profile, tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text("[127.0.0.1]:2222 " + " ".join((tmp_path / "other_key.pub").read_text().split()[:2]) + "\n")
     with pytest.raises(HostKeyError, match="does not match known_hosts"):
-        SSHTransport(replace(profile, known_hosts=str(known)))
+        SSHTransport(replace(profile, known_hosts=str(known))).connect()
 
 
 def test_wrong_key_is_an_authentication_error(profile, tmp_path):
     wrong = tmp_path / "wrong_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
     with pytest.raises(AuthenticationError, match="refused our keys"):
-        SSHTransport(replace(profile, identity_file=str(wrong)))
+        SSHTransport(replace(profile, identity_file=str(wrong))).connect()
 
 
 def test_unreachable_host(profile):
     with pytest.raises(ConnectError, match="Cannot reach"):
-        SSHTransport(replace(profile, port=1, connect_timeout=3))
+        SSHTransport(replace(profile, port=1, connect_timeout=3)).connect()
 
 
 def test_ssh_config_alias_with_all_its_settings(profile, tmp_path):
@@ -96,5 +96,43 @@ def test_proxy_jump(profile, tmp_path):
     try:
         assert transport.run("echo $SSH_CONNECTION").stdout.startswith("127.0.0.1")
         assert transport._jump is not None
+    finally:
+        transport.close()
+
+
+def test_a_dropped_connection_is_replaced(profile):
+    transport = SSHTransport(profile)
+    try:
+        assert transport.run("echo first").stdout == "first\n"
+        first = transport._client
+        first.close()  # the connection drops (laptop asleep, VPN gone)
+        assert not transport.alive
+        assert transport.run("echo second").stdout == "second\n"
+        assert transport._client is not first and transport.alive
+    finally:
+        transport.close()
+
+
+def test_threads_share_one_connection_attempt(profile):
+    """Many threads asking at once for a transport that is not connected yet make one connection."""
+    import threading
+
+    transport = SSHTransport(profile)
+    made = []
+    original = transport._connect
+
+    def counting_connect():
+        made.append(1)
+        return original()
+
+    transport._connect = counting_connect
+    outputs = []
+    threads = [threading.Thread(target=lambda: outputs.append(transport.run("echo hi").stdout)) for _ in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert outputs == ["hi\n"] * 6 and made == [1]
     finally:
         transport.close()

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_hpcllm.engines import PORT, EngineSpec, build_command, display_argv, loading_progress
 from jupyter_hpcllm.errors import ConfigError
-from jupyter_hpcllm.families import family_from_name
+from jupyter_hpcllm.planning.engines import PORT, EngineSpec, build_command, display_argv, loading_progress
 
 
 def test_vllm_command_follows_the_runbook():
@@ -45,27 +44,3 @@ def test_loading_progress_reads_the_last_tqdm_state():
            "Loading safetensors checkpoint shards:  45% Completed | 5/11 [00:05<00:06,  1.02s/it]\r")
     assert loading_progress(log) == (5, 11)
     assert loading_progress("nothing yet") is None
-
-
-@pytest.mark.parametrize("name, vllm, sglang", [
-    ("gpt-oss-120b", ("openai", "openai_gptoss"), ("gpt-oss", "gpt-oss")),
-    ("Qwen3-8B", ("hermes", "qwen3"), ("qwen25", "qwen3")),
-    ("Qwen3-Coder-30B-A3B-Instruct", ("qwen3_coder", None), ("qwen3_coder", None)),
-    ("Qwen3-30B-A3B-Thinking-2507", ("hermes", "qwen3"), ("qwen25", "qwen3-thinking")),
-    ("QwQ-32B", ("hermes", "deepseek_r1"), ("qwen25", "deepseek-r1")),
-    ("Qwen2.5-7B-Instruct", ("hermes", None), ("qwen25", None)),
-    ("DeepSeek-R1", ("deepseek_v3", "deepseek_r1"), ("deepseekv3", "deepseek-r1")),
-    ("DeepSeek-V3.1", ("deepseek_v31", "deepseek_v3"), ("deepseekv31", "deepseek-v3")),
-    ("Llama-3.1-8B-Instruct", ("llama3_json", None), ("llama3", None)),
-    ("MiniMax-M2", ("minimax_m2", "minimax_m2_append_think"), ("minimax-m2", "minimax-append-think")),
-    ("GLM-4.5-Air", ("glm45", "glm45"), ("glm45", "glm45")),
-])
-def test_family_table(name, vllm, sglang):
-    family = family_from_name(name)
-    assert family is not None
-    assert (family.vllm.tool, family.vllm.reasoning) == vllm
-    assert (family.sglang.tool, family.sglang.reasoning) == sglang
-
-
-def test_unknown_family():
-    assert family_from_name("my-own-finetune") is None

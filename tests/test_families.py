@@ -1,5 +1,6 @@
 """The family table: every family the project supports, from realistic config.json facts, checked
-against a golden file (UPDATE_GOLDEN=1 rewrites it after a deliberate change)."""
+against a golden file (UPDATE_GOLDEN=1 rewrites it after a deliberate change). tests/golden/families.json
+is the one place the table's parser names are asserted: review its diff, it is the table."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
-from jupyter_hpcllm.families import detect_family, family_from_name
+from jupyter_hpcllm.planning.families import FAMILIES, Family, detect_family, family_from_name
 
 GOLDEN = Path(__file__).parent / "golden" / "families.json"
 
@@ -48,41 +47,33 @@ MODELS = {
 }
 
 
-def _table() -> dict[str, dict[str, object]]:
-    table = {}
-    for name, (model_type, architecture, template) in MODELS.items():
-        family = detect_family(model_type, (architecture,), template, name)
-        assert family is not None, name
-        table[name] = {"family": family.name, **{
-            engine: [family.parsers(engine).tool, family.parsers(engine).reasoning,
-                     list(family.parsers(engine).extra_args)] for engine in ("vllm", "sglang")}}
-    return table
+def _row(family: Family | None) -> dict[str, object] | None:
+    if family is None:
+        return None
+    return {"family": family.name, **{
+        engine: [family.parsers(engine).tool, family.parsers(engine).reasoning,
+                 list(family.parsers(engine).extra_args)] for engine in ("vllm", "sglang")}}
+
+
+def _golden() -> dict[str, dict[str, object]]:
+    return json.loads(GOLDEN.read_text())
 
 
 def test_family_table_matches_golden():
-    table = _table()
+    table = {name: _row(detect_family(model_type, (architecture,), template, name))
+             for name, (model_type, architecture, template) in MODELS.items()}
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
-    assert table == json.loads(GOLDEN.read_text())
+    assert table == _golden()
 
 
-@pytest.mark.parametrize("name, family, vllm, sglang", [
-    ("gpt-oss-120b", "gpt-oss", ("openai", "openai_gptoss"), ("gpt-oss", "gpt-oss")),
-    ("Qwen3-Coder-30B-A3B-Instruct", "qwen3-coder", ("qwen3_coder", None), ("qwen3_coder", None)),
-    ("Qwen3-30B-A3B-Thinking-2507", "qwen3-thinking-2507", ("hermes", "qwen3"), ("qwen25", "qwen3-thinking")),
-    ("DeepSeek-V3.2-Exp", "deepseek-v3.2", ("deepseek_v32", "deepseek_v3"), ("deepseekv32", "deepseek-v3")),
-    ("Kimi-K2-Instruct-0905", "kimi-k2", ("kimi_k2", None), ("kimi_k2", None)),
-    ("MiniMax-M2", "minimax-m2", ("minimax_m2", "minimax_m2_append_think"), ("minimax-m2", "minimax-append-think")),
-    ("GLM-4.7", "glm-4.7", ("glm47", "glm47"), ("glm45", "glm45")),
-    ("Magistral-Small-2509", "magistral", ("mistral", "mistral"), ("mistral", "mistral")),
-])
-def test_the_notes_table(name, family, vllm, sglang):
-    """Spot checks straight from shared/notes/engines.md, independent of the golden file."""
-    model_type, architecture, template = MODELS[name]
-    found = detect_family(model_type, (architecture,), template, name)
-    assert found.name == family
-    assert (found.vllm.tool, found.vllm.reasoning) == vllm
-    assert (found.sglang.tool, found.sglang.reasoning) == sglang
+def test_the_name_alone_gives_the_same_table():
+    """What `hpcllm script` uses before it has read config.json: the model's directory name."""
+    assert {name: _row(family_from_name(name)) for name in MODELS} == _golden()
+
+
+def test_the_golden_table_covers_every_family():
+    assert {family.name for _, family in FAMILIES} <= {row["family"] for row in _golden().values()}
 
 
 def test_config_beats_a_misleading_name():

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
+from jupyter_hpcllm.config.profiles import load_profile, render_profile, starter_config
 from jupyter_hpcllm.errors import ConfigError
-from jupyter_hpcllm.profiles import load_profile, render_profile, starter_config
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_hpcllm.diagnose import diagnose
+from jupyter_hpcllm.config.profiles import PRESETS
 from jupyter_hpcllm.errors import ConfigError
-from jupyter_hpcllm.facts import ModelFacts
-from jupyter_hpcllm.profiles import PRESETS
-from jupyter_hpcllm.sizing import choose_allocation, kv_bytes_per_token, memory_need, tp_fits
+from jupyter_hpcllm.planning.diagnose import diagnose
+from jupyter_hpcllm.planning.facts import ModelFacts
+from jupyter_hpcllm.planning.sizing import choose_allocation, kv_bytes_per_token, memory_need, tp_fits
 
 EBI = PRESETS["ebi"]
 GB = 1_000_000_000

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from jupyter_hpcllm.errors import ConfigError
-from jupyter_hpcllm.plan import plan_launch
-from jupyter_hpcllm.profiles import load_profile
-from jupyter_hpcllm.slurm import (
-    JobState,
-    check_mem,
-    check_time,
-    parse_probe,
-    parse_queue,
-    parse_sbatch,
-    probe_command,
-    render_script,
-)
+from jupyter_hpcllm.config.checks import check_mem, check_time
+from jupyter_hpcllm.config.options import LaunchOptions
+from jupyter_hpcllm.config.profiles import load_profile
+from jupyter_hpcllm.edge.slurm import JobRow, JobState, parse_probe, parse_queue, parse_sbatch, probe_command
+from jupyter_hpcllm.errors import ConfigError, SlurmOutputError
+from jupyter_hpcllm.planning.plan import plan_launch
+from jupyter_hpcllm.planning.script import render_script
 
 GOLDEN = Path(__file__).parent / "golden"
+
+
+def _plan(profile, model, **options):
+    return plan_launch(profile, LaunchOptions(model, **options))
 
 
 @pytest.fixture
@@ -44,55 +44,66 @@ def _check_golden(name: str, text: str) -> None:
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_script_matches_golden(ebi, engine):
-    plan = plan_launch(ebi, "gpt-oss-120b", gpus=4, gpu_type="a100", engine=engine)
+    plan = _plan(ebi, "gpt-oss-120b", gpus=4, gpu_type="a100", engine=engine)
     _check_golden(f"ebi-gpt-oss-120b-{engine}.sbatch", plan.script)
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_script_has_the_runbooks_allocation_and_flags(ebi, engine):
-    script = plan_launch(ebi, "gpt-oss-120b", gpus=4, gpu_type="a100", engine=engine).script
+    script = _plan(ebi, "gpt-oss-120b", gpus=4, gpu_type="a100", engine=engine).script
+    # The parsers are the family table's (tests/test_families.py owns it): here, only that they arrive.
+    tool, reasoning, _ = json.loads((GOLDEN / "families.json").read_text())["gpt-oss-120b"][engine]
     for directive in ("--nodes=1", "--gres=gpu:a100:4", "--cpus-per-task=16", "--mem=32G", "--time=4:00:00"):
         assert f"#SBATCH {directive}\n" in script
     assert "singularity exec --nv" in script
     words = shlex.split(script.split("# Start the engine")[1].split("> >(redact")[0].split("\n", 1)[1])
+    assert words[words.index("--tool-call-parser") + 1] == tool
+    assert words[words.index("--reasoning-parser") + 1] == reasoning
     if engine == "vllm":
         assert words[words.index("vllm") + 1] == "serve"
         assert words[words.index("--tensor-parallel-size") + 1] == "4"
         assert "--enable-auto-tool-choice" in words
-        assert words[words.index("--tool-call-parser") + 1] == "openai"
-        assert words[words.index("--reasoning-parser") + 1] == "openai_gptoss"
         assert "/sglang_latest.sif" not in script
     else:
         assert words[words.index("--tp-size") + 1] == "4"
         assert words[words.index("--host") + 1] == "0.0.0.0"
-        assert words[words.index("--tool-call-parser") + 1] == "gpt-oss"
         assert words[words.index("--model-path") + 1] == "/hps/nobackup/saezrodriguez/hf_models/gpt-oss-120b"
     assert "--api-key" not in " ".join(w for w in words if not w.startswith("import"))
 
 
 def test_script_is_valid_bash(ebi):
     for engine in ("vllm", "sglang"):
-        script = plan_launch(ebi, "Qwen3-8B", engine=engine, engine_args=["--max-model-len", "x; touch /tmp/p"]).script
+        script = _plan(ebi, "Qwen3-8B", engine=engine, engine_args=("--max-model-len", "x; touch /tmp/p")).script
         subprocess.run(["bash", "-n"], input=script, text=True, check=True)
 
 
 def test_extra_args_are_quoted_not_run(ebi):
-    script = plan_launch(ebi, "Qwen3-8B", engine_args=["--chat-template", "$(touch /tmp/pwned); x`id`"]).script
+    script = _plan(ebi, "Qwen3-8B", engine_args=("--chat-template", "$(touch /tmp/pwned); x`id`")).script
     line = next(line for line in script.splitlines() if "--chat-template" in line)
     assert "'$(touch /tmp/pwned); x`id`'" in line
 
 
 def test_the_job_name_is_stable_and_tracks_options(ebi):
-    first = plan_launch(ebi, "gpt-oss-120b", gpus=4).job_name
-    assert first == plan_launch(ebi, "gpt-oss-120b", gpus=4).job_name
+    first = _plan(ebi, "gpt-oss-120b", gpus=4).job_name
+    assert first == _plan(ebi, "gpt-oss-120b", gpus=4).job_name
     assert first.startswith("hpcllm-gpt-oss-120b-")
-    assert first != plan_launch(ebi, "gpt-oss-120b", gpus=2).job_name
-    assert first != plan_launch(ebi, "gpt-oss-120b", gpus=4, engine_args=["--max-model-len", "8192"]).job_name
+    assert first != _plan(ebi, "gpt-oss-120b", gpus=2).job_name
+    assert first != _plan(ebi, "gpt-oss-120b", gpus=4, engine_args=("--max-model-len", "8192")).job_name
 
 
-def test_render_is_pure(ebi):
-    spec = plan_launch(ebi, "gpt-oss-20b").spec
-    assert render_script(spec) == render_script(spec)
+def test_the_script_is_a_function_of_the_spec_alone(ebi, monkeypatch, tmp_path):
+    spec = _plan(ebi, "gpt-oss-20b").spec
+    script = render_script(spec)
+    # Nothing from the machine that renders it (environment, directory, clock) gets in.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USER", "someone-else")
+    monkeypatch.chdir(tmp_path)
+    assert render_script(replace(spec)) == script
+    # Each field lands in its own line and changes nothing else.
+    changed = render_script(replace(spec, time="1:00:00", mem="64G"))
+    assert len(changed.splitlines()) == len(script.splitlines())
+    assert [(old, new) for old, new in zip(script.splitlines(), changed.splitlines(), strict=True) if old != new] == [
+        ("#SBATCH --mem=32G", "#SBATCH --mem=64G"), ("#SBATCH --time=4:00:00", "#SBATCH --time=1:00:00")]
 
 
 @pytest.mark.parametrize("text, state", [
@@ -133,8 +144,18 @@ def test_invalid_memory(bad):
 def test_parse_sbatch():
     assert parse_sbatch("14\n") == "14"
     assert parse_sbatch("15;cluster\n") == "15"
-    with pytest.raises(ValueError):
-        parse_sbatch("sbatch: error: oops")
+    assert parse_sbatch("123;cluster") == "123"
+    assert parse_sbatch("sbatch: warning: something\n16\n") == "16"
+
+
+@pytest.mark.parametrize("text", [
+    "", "\n\n", "   ", "\x00\x01\x7f\x80\xff\ufffd\x1b[31m\r\n", "sbatch: error: Batch job submission failed",
+    ";cluster", "abc;123", "-5", "1.5", "12|hpcllm-x|RUNNING", "Submitted batch job 17",
+])
+def test_sbatch_garbage_is_a_slurm_output_error(text):
+    with pytest.raises(SlurmOutputError) as caught:
+        parse_sbatch(text)
+    assert caught.value.command == "sbatch" and caught.value.output == text
 
 
 QUEUE = """\
@@ -175,3 +196,58 @@ def test_parse_probe_of_a_gone_job():
 
 def test_probe_command_quotes_the_job_id():
     assert "'1; touch x'" in probe_command("1; touch x")
+
+
+# `raw_exit.lstrip("-").isdigit()` lets "--5" and non-ASCII digits ("²") through to int(): a bare ValueError.
+
+# Hand-written nasty output: what a login script, a broken Slurm or a half-written file may print.
+NASTY = [
+    pytest.param("", id="empty"),
+    pytest.param("\n\n", id="blank-lines"),
+    pytest.param("\x00\x01\x7f\x80\xff\ufffd\x1b[31mbinary\r\n\x00", id="binary-ish"),
+    pytest.param("sbatch: error: Batch job submission failed: Invalid account\n", id="error-message"),
+    pytest.param("123;cluster", id="id-and-cluster"),
+    pytest.param("12|hpcllm-x|RUNNING\n", id="too-few-fields"),
+    pytest.param("12|a|RUNNING|n|l|r|s|c|g|e|extra\n", id="too-many-fields"),
+    pytest.param("|||||||||\n", id="ten-empty-fields"),
+    pytest.param("x1|a|RUNNING|n|l|r|s|c|g|e\n_|a|b|c|d|e|f|g|h|i\n", id="non-numeric-job-ids"),
+    pytest.param("@@hpcllm:exit\nnot a number\n", id="non-numeric-exit-code"),
+    pytest.param("@@hpcllm:exit\n1.5\n@@hpcllm:log\n", id="fractional-exit-code"),
+    pytest.param("@@hpcllm:exit\n--5\n", id="double-minus-exit-code"),
+    pytest.param("@@hpcllm:exit\n²\n", id="superscript-exit-code"),
+    pytest.param('@@hpcllm:server\n{"port": \n@@hpcllm:queue\n@@hpcllm:queue\n@@hpcllm:\n@@hpcllm:exit', id="torn"),
+]
+
+
+@pytest.mark.parametrize("text", NASTY)
+def test_no_bare_value_error_escapes_the_slurm_parsers(text):
+    def read(parser, text):
+        try:
+            return parser(text)
+        except SlurmOutputError:
+            raise
+        except ValueError as error:
+            pytest.fail(f"{parser.__qualname__}({text!r}) raised a bare {type(error).__name__}: {error}")
+
+    try:
+        assert read(parse_sbatch, text).isdigit()
+    except SlurmOutputError as error:
+        assert error.output == text
+    rows = read(parse_queue, text)
+    assert isinstance(rows, list) and all(isinstance(row, JobRow) for row in rows)
+    probe = read(parse_probe, text)
+    assert probe.exit_code is None or type(probe.exit_code) is int
+    for line in [text, *text.splitlines()]:
+        assert isinstance(read(JobState.parse, line), JobState)
+
+
+# Not ValueErrors, but values of the wrong kind that fail later, far from the parser.
+@pytest.mark.parametrize("text", ["²", "١٢٣;cluster"])
+def test_a_job_id_is_ascii_digits(text):
+    with pytest.raises(SlurmOutputError):
+        parse_sbatch(text)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "1.5", "NaN", '"text"'])
+def test_a_server_file_that_is_not_an_object_is_no_server(text):
+    assert parse_probe(f"@@hpcllm:server\n{text}\n").server is None

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
+from jupyter_hpcllm.config.profiles import Profile
+from jupyter_hpcllm.edge.forward import PortForward
+from jupyter_hpcllm.edge.transport import LocalTransport
 from jupyter_hpcllm.errors import CommandTimeout, ForwardError, RemoteCommandError
-from jupyter_hpcllm.forward import PortForward
-from jupyter_hpcllm.profiles import Profile
-from jupyter_hpcllm.transport import LocalTransport
 
 
 @pytest.fixture

@@ -1,19 +1,17 @@
-"""`%%llm`: a cell as a prompt, the answer streamed in place (Markdown, reasoning folded above it), with
-optional Python tools. Works against any OpenAI-compatible endpoint."""
+"""A prompt to any OpenAI-compatible endpoint: the answer streamed to a sink (reasoning, content, tool
+calls), Python functions as tools run here. No UI: a face passes the sink that shows the answer."""
 
 from __future__ import annotations
 
 import json
 import re
-import sys
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .tools import call_tool, tool_schema
 
-__all__ = ["Endpoint", "Renderer", "interpolate", "run_prompt"]
+__all__ = ["AnswerSink", "Endpoint", "code_of", "parse_json_answer", "run_prompt"]
 
 MAX_TOOL_ROUNDS = 10
 
@@ -27,124 +25,13 @@ class Endpoint:
     label: str
 
 
-_FIELD = re.compile(r"\{\{([^{}]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+class AnswerSink(Protocol):
+    """What receives an answer as it arrives (the notebook's Renderer, a test's recorder)."""
 
-
-def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
-    """`{name}` → the variable's value; `{{text}}` → a literal `{text}`. Anything else (code, nested dicts,
-    JSON, an unknown name) stays as written: a prompt full of braces never fails (unlike str.format), and
-    a lone `}}` closing two dicts is not taken for an escape."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(1) is not None:
-            return "{" + match.group(1) + "}"
-        name = match.group(2)
-        return str(namespace[name]) if name in namespace else match.group(0)
-
-    return _FIELD.sub(replace, text)
-
-
-@dataclass
-class Answer:
-    content: str = ""
-    reasoning: str = ""
-    tools: list[tuple[str, str, str]] = field(default_factory=list)  # (name, arguments, result text)
-
-
-class Renderer:
-    """Shows an answer while it streams. In a notebook: one Markdown display updated in place, at most
-    every `interval` seconds and only once the text has grown by `growth` since the last render, so the
-    number of renders grows with the log of the length and the total cost stays linear. In a terminal:
-    the text as it comes."""
-
-    def __init__(self, rich: bool, *, show_reasoning: bool = True, fmt: str = "markdown",
-                 display: Callable[..., Any] | None = None, interval: float = 0.1, growth: float = 1.25) -> None:
-        self.rich = rich and fmt != "text"
-        self.show_reasoning = show_reasoning
-        self.fmt = fmt
-        self.answer = Answer()
-        self.renders = 0
-        self._display = display
-        self._handle: Any = None
-        self._interval = interval
-        self._growth = growth
-        self._last_time = 0.0
-        self._last_size = 0
-        self._printed_reasoning = False
-
-    # -- events
-    def reasoning(self, text: str) -> None:
-        self.answer.reasoning += text
-        if not self.rich and self.show_reasoning:
-            if not self._printed_reasoning:
-                sys.stdout.write("[reasoning] ")
-                self._printed_reasoning = True
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        self._maybe_render()
-
-    def content(self, text: str) -> None:
-        if not self.rich:
-            if self._printed_reasoning and not self.answer.content:
-                sys.stdout.write("\n\n")
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        self.answer.content += text
-        self._maybe_render()
-
-    def tool(self, name: str, arguments: str, result: str) -> None:
-        self.answer.tools.append((name, arguments, result))
-        if not self.rich:
-            sys.stdout.write(f"\n[tool] {name}({arguments}) -> {result}\n")
-            sys.stdout.flush()
-            self._printed_reasoning = False  # the next round's reasoning gets its own label
-        self._render()
-
-    def finish(self) -> None:
-        if self.rich:
-            self._render()
-        elif not self.answer.content.endswith("\n"):
-            sys.stdout.write("\n")
-
-    # -- rendering
-    def markdown(self) -> str:
-        parts = []
-        if self.answer.reasoning and self.show_reasoning:
-            parts.append(f"<details><summary>Reasoning</summary>\n\n{self.answer.reasoning.strip()}\n\n</details>\n")
-        for name, arguments, result in self.answer.tools:
-            parts.append(f"> 🔧 `{name}({_short(arguments)})` → `{_short(result)}`\n")
-        body = self.answer.content
-        if self.fmt in ("code", "json") and body and not body.lstrip().startswith("```"):
-            body = f"```{'json' if self.fmt == 'json' else 'python'}\n{body}\n```"
-        parts.append(body)
-        return "\n".join(parts)
-
-    def _maybe_render(self) -> None:
-        if not self.rich:
-            return
-        size = len(self.answer.content) + len(self.answer.reasoning)
-        now = time.monotonic()
-        if now - self._last_time >= self._interval and size >= self._last_size * self._growth:
-            self._render()
-
-    def _render(self) -> None:
-        if not self.rich:
-            return
-        from IPython.display import Markdown, display
-
-        show = self._display or display
-        self.renders += 1
-        self._last_time = time.monotonic()
-        self._last_size = len(self.answer.content) + len(self.answer.reasoning)
-        if self._handle is None:
-            self._handle = show(Markdown(self.markdown()), display_id=True)
-        else:
-            self._handle.update(Markdown(self.markdown()))
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    def reasoning(self, text: str) -> None: ...
+    def content(self, text: str) -> None: ...
+    def tool(self, name: str, arguments: str, result: str) -> None: ...
+    def finish(self) -> None: ...
 
 
 _REASONING_FIELDS = ("reasoning", "reasoning_content")
@@ -171,7 +58,7 @@ def _delta_reasoning(delta: Any) -> str:
     return ""
 
 
-def run_prompt(endpoint: Endpoint, messages: list[dict[str, Any]], renderer: Renderer, *,
+def run_prompt(endpoint: Endpoint, messages: list[dict[str, Any]], renderer: AnswerSink, *,
                functions: Mapping[str, Callable[..., Any]] | None = None, stream: bool = True,
                **request: Any) -> list[dict[str, Any]]:
     """Send the conversation, render the answer, run tool calls until the model answers. Returns the
@@ -198,7 +85,7 @@ def run_prompt(endpoint: Endpoint, messages: list[dict[str, Any]], renderer: Ren
     return added
 
 
-def _stream(endpoint: Endpoint, options: dict[str, Any], renderer: Renderer) -> tuple[str, list[dict[str, str]]]:
+def _stream(endpoint: Endpoint, options: dict[str, Any], renderer: AnswerSink) -> tuple[str, list[dict[str, str]]]:
     content = ""
     calls: dict[int, dict[str, str]] = {}
     for chunk in endpoint.client.chat.completions.create(stream=True, **options):
@@ -220,7 +107,7 @@ def _stream(endpoint: Endpoint, options: dict[str, Any], renderer: Renderer) -> 
     return content, [calls[i] for i in sorted(calls)]
 
 
-def _complete(endpoint: Endpoint, options: dict[str, Any], renderer: Renderer) -> tuple[str, list[dict[str, str]]]:
+def _complete(endpoint: Endpoint, options: dict[str, Any], renderer: AnswerSink) -> tuple[str, list[dict[str, str]]]:
     message = endpoint.client.chat.completions.create(**options).choices[0].message
     reasoning = _delta_reasoning(message)
     if reasoning:

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["PRESETS", "GpuType", "Profile", "config_path", "load_profile", "profile_names", "starter_config"]
+__all__ = ["PRESETS", "GpuType", "Profile", "config_path", "load_profile", "starter_config"]
 
 ENGINES = ("vllm", "sglang")
 RUNTIMES = ("singularity", "apptainer", "none")
@@ -167,16 +167,6 @@ def _read_config(path: Path) -> dict[str, Any]:
             return data
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"Cannot read the config file {path}: {error}.", "Fix the file and retry.") from None
-
-
-def profile_names(path: Path | None = None) -> list[str]:
-    data = _read_config(path or config_path())
-    return sorted(set(PRESETS) | set(data.get("profiles", {})))
-
-
-def default_profile_name(path: Path | None = None) -> str:
-    data = _read_config(path or config_path())
-    return os.environ.get("HPCLLM_PROFILE") or str(data.get("default_profile") or "ebi")
 
 
 def load_profile(name: str | None = None, path: Path | None = None) -> Profile:

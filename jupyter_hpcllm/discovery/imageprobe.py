@@ -10,12 +10,12 @@ import difflib
 import json
 from pathlib import Path
 
-from .engines import help_argvs, parse_parser_choices
-from .errors import ConfigError
-from .plan import LaunchPlan
-from .profiles import Profile
-from .slurm import image_help_command, image_mtime_command
-from .transport import transport_for
+from ..config.profiles import Profile
+from ..edge.slurm import image_help_command, image_mtime_command
+from ..edge.transport import Transport
+from ..errors import ConfigError
+from ..planning.engines import help_argvs, parse_parser_choices
+from ..planning.plan import LaunchPlan
 
 __all__ = ["check_plan_parsers", "image_parsers"]
 
@@ -34,10 +34,10 @@ def _read_cache() -> dict[str, dict[str, list[str]]]:
         return {}
 
 
-def image_parsers(profile: Profile, engine: str, *, refresh: bool = False) -> dict[str, tuple[str, ...]]:
+def image_parsers(profile: Profile, transport: Transport, engine: str, *,
+                  refresh: bool = False) -> dict[str, tuple[str, ...]]:
     """{"tool": names, "reasoning": names} that the profile's image for `engine` registers."""
     image = profile.image(engine)
-    transport = transport_for(profile)
     result = transport.run(image_mtime_command(image), check=False)
     if result.exit_status != 0:
         raise ConfigError(f"The {engine} image {image} of profile {profile.name!r} does not exist on the cluster.",
@@ -63,9 +63,9 @@ def image_parsers(profile: Profile, engine: str, *, refresh: bool = False) -> di
     return found
 
 
-def check_plan_parsers(plan: LaunchPlan) -> None:
+def check_plan_parsers(plan: LaunchPlan, transport: Transport) -> None:
     """Refuse a plan whose parser names the image does not register, naming the nearest ones it does."""
-    known = image_parsers(plan.profile, plan.engine)
+    known = image_parsers(plan.profile, transport, plan.engine)
     for kind, name, flag in (("tool", plan.tool_parser, "--tool-call-parser"),
                              ("reasoning", plan.reasoning_parser, "--reasoning-parser")):
         if name and known[kind] and name not in known[kind]:

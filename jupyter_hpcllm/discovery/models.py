@@ -12,78 +12,22 @@ import difflib
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotFound
-from .files import FileInfo, Files, files_for
-from .profiles import Profile
-from .transport import transport_for
+from ..config.options import ENGINES
+from ..config.profiles import Profile
+from ..edge.files import FileInfo, Files
+from ..errors import ConfigError, ModelNotFound
+from ..planning.facts import ModelFacts
+from ..planning.families import Parsers, detect_family
+from ..planning.sizing import choose_allocation
 
-__all__ = ["ModelFacts", "list_models", "model_facts"]
+__all__ = ["ModelSummary", "list_models", "model_facts", "summarize"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 _HF_PREFIX = "models--"
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    name: str  # the served name
-    path: str  # the directory the engine loads (an HF cache snapshot for cache entries)
-    config: Mapping[str, Any] = field(default_factory=dict)
-    chat_template: str = ""
-    weight_bytes: int = 0
-    shards: int = 0
-    mtime: float = 0.0
-
-    def _get(self, key: str, default: Any = None) -> Any:
-        text = self.config.get("text_config") or {}
-        value = self.config.get(key)
-        return value if value is not None else text.get(key, default)
-
-    @property
-    def model_type(self) -> str:
-        return str(self.config.get("model_type") or "")
-
-    @property
-    def architectures(self) -> tuple[str, ...]:
-        return tuple(self.config.get("architectures") or ())
-
-    @property
-    def heads(self) -> int | None:
-        value = self._get("num_attention_heads")
-        return int(value) if value else None
-
-    @property
-    def kv_heads(self) -> int | None:
-        value = self._get("num_key_value_heads")
-        return int(value) if value else self.heads
-
-    @property
-    def layers(self) -> int:
-        return int(self._get("num_hidden_layers") or 0)
-
-    @property
-    def head_dim(self) -> int:
-        value = self._get("head_dim")
-        if value:
-            return int(value)
-        hidden = self._get("hidden_size")
-        return int(hidden) // self.heads if hidden and self.heads else 128
-
-    @property
-    def max_context(self) -> int:
-        return int(self._get("max_position_embeddings") or 4096)
-
-    @property
-    def is_mla(self) -> bool:
-        """Multi-head latent attention (DeepSeek, Kimi): a compressed KV cache, not split by TP."""
-        return bool(self._get("kv_lora_rank"))
-
-    @property
-    def weight_gb(self) -> float:
-        return self.weight_bytes / 1e9
 
 
 # --- locating ---------------------------------------------------------------------------------------
@@ -221,7 +165,7 @@ def _chat_template(files: Files, path: str, by_name: Mapping[str, FileInfo]) -> 
 
 # --- caching ----------------------------------------------------------------------------------------
 
-_memory: dict[tuple[str, str, str], ModelFacts] = {}
+_memory: dict[tuple[str, str, str, str], ModelFacts] = {}
 _lock = threading.Lock()
 
 
@@ -231,8 +175,8 @@ def _cache_file() -> Path:
     return Path(platformdirs.user_cache_dir("jupyter-hpcllm")) / "model-facts.json"
 
 
-def _cache_key(profile: Profile, path: str) -> tuple[str, str, str]:
-    return (profile.name, profile.host, path)
+def _cache_key(profile: Profile, path: str, scope: str) -> tuple[str, str, str, str]:
+    return (profile.name, profile.host, scope, path)
 
 
 def _load_disk() -> dict[str, dict[str, Any]]:
@@ -243,8 +187,8 @@ def _load_disk() -> dict[str, dict[str, Any]]:
         return {}
 
 
-def _cached(profile: Profile, path: str) -> ModelFacts | None:
-    key = _cache_key(profile, path)
+def _cached(profile: Profile, path: str, scope: str) -> ModelFacts | None:
+    key = _cache_key(profile, path, scope)
     with _lock:
         if key in _memory:
             return _memory[key]
@@ -258,8 +202,8 @@ def _cached(profile: Profile, path: str) -> ModelFacts | None:
     return None
 
 
-def _remember(profile: Profile, facts: ModelFacts) -> None:
-    key = _cache_key(profile, facts.path)
+def _remember(profile: Profile, facts: ModelFacts, scope: str) -> None:
+    key = _cache_key(profile, facts.path, scope)
     with _lock:
         _memory[key] = facts
         data = _load_disk()
@@ -274,26 +218,24 @@ def _remember(profile: Profile, facts: ModelFacts) -> None:
             pass  # a read-only home only costs the next call a round trip
 
 
-def model_facts(profile: Profile, model: str, *, refresh: bool = False) -> ModelFacts:
-    """The facts of one model, from the cache unless `refresh`."""
+def model_facts(profile: Profile, files: Files, model: str, *, refresh: bool = False, scope: str = "") -> ModelFacts:
+    """The facts of one model, from the cache unless `refresh` (then read through `files`)."""
     if not refresh and not model.startswith(("/", "~/")) and "/" not in model:
-        cached = _cached(profile, _join(profile.model_root, model))
+        cached = _cached(profile, _join(profile.model_root, model), scope)
         if cached:
             return cached
-    files = files_for(transport_for(profile))
     path, name = locate(files, profile, model)
     if not refresh:
-        cached = _cached(profile, path)
+        cached = _cached(profile, path, scope)
         if cached:
             return cached
     facts = read_facts(files, path, name)
-    _remember(profile, facts)
+    _remember(profile, facts, scope)
     return facts
 
 
-def list_models(profile: Profile) -> list[ModelFacts]:
+def list_models(profile: Profile, files: Files, *, scope: str = "") -> list[ModelFacts]:
     """Every model under the profile's model root: one listing, plus reads only for new or changed ones."""
-    files = files_for(transport_for(profile))
     try:
         listing = files.list(profile.model_root)
     except FileNotFoundError:
@@ -312,7 +254,7 @@ def list_models(profile: Profile) -> list[ModelFacts]:
             if snapshot is None:
                 continue
             path = snapshot
-        cached = _cached(profile, path)
+        cached = _cached(profile, path, scope)
         if cached is not None and cached.mtime == entry.mtime:
             result.append(cached)
             continue
@@ -321,6 +263,29 @@ def list_models(profile: Profile) -> list[ModelFacts]:
         except FileNotFoundError:
             continue
         if facts.config or facts.shards:
-            _remember(profile, facts)
+            _remember(profile, facts, scope)
             result.append(facts)
     return result
+
+
+# --- summaries (`hpcllm models`) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One model under the model root: its facts, family, parsers per engine and suggested allocation."""
+
+    facts: ModelFacts
+    family: str | None
+    parsers: Mapping[str, Parsers]
+    suggestion: str  # "1 × h200", "does not fit" or "?" (no config to size it from)
+
+
+def summarize(profile: Profile, facts: ModelFacts) -> ModelSummary:
+    family = detect_family(facts.model_type, facts.architectures, facts.chat_template, facts.name)
+    try:
+        suggestion = choose_allocation(profile, facts)[0].describe() if facts.heads else "?"
+    except ConfigError:
+        suggestion = "does not fit"
+    parsers = {engine: family.parsers(engine) for engine in ENGINES} if family else {}
+    return ModelSummary(facts, family.name if family else None, parsers, suggestion)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .errors import TransportError
-from .transport import LocalTransport, SSHTransport, Transport
+from ..errors import TransportError
 
-__all__ = ["FileInfo", "Files", "files_for"]
+if TYPE_CHECKING:
+    from .ssh import SSHTransport
+
+__all__ = ["FileInfo", "Files", "LocalFiles", "SFTPFiles"]
 
 
 @dataclass(frozen=True)
@@ -33,15 +35,13 @@ class Files(Protocol):
     def read(self, path: str, limit: int = 4_000_000) -> bytes:
         """At most `limit` bytes of a file; FileNotFoundError if it does not exist."""
 
-    def readlink(self, path: str) -> str: ...
-
 
 def _info(name: str, mode: int | None, size: int | None, mtime: float | None) -> FileInfo:
     mode = mode or 0
     return FileInfo(name, int(size or 0), float(mtime or 0), stat.S_ISDIR(mode), stat.S_ISLNK(mode))
 
 
-class _SFTPFiles:
+class SFTPFiles:
     def __init__(self, transport: SSHTransport) -> None:
         self._transport = transport
 
@@ -68,11 +68,8 @@ class _SFTPFiles:
                 raise FileNotFoundError(path) from None
             raise TransportError(f"Cannot read {path} on the cluster: {error}.") from None
 
-    def readlink(self, path: str) -> str:
-        return str(self._transport.sftp().readlink(self._path(path)))
 
-
-class _LocalFiles:
+class LocalFiles:
     def list(self, path: str) -> list[FileInfo]:
         full = os.path.expanduser(path)
         result = []
@@ -85,14 +82,3 @@ class _LocalFiles:
     def read(self, path: str, limit: int = 4_000_000) -> bytes:
         with open(os.path.expanduser(path), "rb") as handle:
             return handle.read(limit)
-
-    def readlink(self, path: str) -> str:
-        return os.readlink(os.path.expanduser(path))
-
-
-def files_for(transport: Transport) -> Files:
-    if isinstance(transport, SSHTransport):
-        return _SFTPFiles(transport)
-    if isinstance(transport, LocalTransport):
-        return _LocalFiles()
-    raise TypeError(f"no file access for {transport!r}")

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-from .errors import ForwardError
+from ..errors import ForwardError
 from .transport import Stream
 
 __all__ = ["PortForward"]

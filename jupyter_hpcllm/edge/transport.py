@@ -1,39 +1,29 @@
-"""The one way out to a shell on the cluster: SSH (paramiko) or a local subprocess.
+"""The one way out to a shell on the cluster: the ``Transport`` interface and its local implementation.
 
 Every remote command goes through ``Transport.run``, which has a timeout and raises
-``RemoteCommandError`` (command, exit code, stdout, stderr) on a non-zero exit. ``open_channel``
-gives a byte stream to ``host:port`` as seen from the login node: the port forward is built on it.
-paramiko is imported only when an SSH transport is made, so ``import jupyter_hpcllm`` stays cheap.
+``RemoteCommandError`` (command, exit code, stdout, stderr) on a non-zero exit. A transport also reads
+files (``files()``: model facts need no shell) and reaches ``host:port`` as seen from the cluster
+(``forward()``: a local address for the engine). Implementations: ``SSHTransport`` (``edge.ssh``,
+paramiko, imported only when used), ``LocalTransport`` (Jupyter already runs on the cluster) and
+``FakeTransport`` (``edge.fake``: an in-memory cluster for tests and offline trials). A transport is
+passed in; nothing here is global.
 """
 
 from __future__ import annotations
 
-import getpass
-import logging
 import os
-import select
 import socket
 import subprocess
-import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import (
-    AuthenticationError,
-    CommandTimeout,
-    ConnectError,
-    HostKeyError,
-    RemoteCommandError,
-    TransportError,
-)
-from .profiles import Profile
+from ..config.profiles import Profile
+from ..errors import CommandTimeout, ConnectError, RemoteCommandError
 
 if TYPE_CHECKING:
-    import paramiko
+    from .files import Files
 
-__all__ = ["CommandResult", "LocalTransport", "SSHTransport", "Transport", "close_all", "transport_for"]
+__all__ = ["CommandResult", "DirectAddress", "Forward", "LocalTransport", "Stream", "Transport", "connect"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +43,15 @@ class Stream(Protocol):
     def close(self) -> None: ...
 
 
+class Forward(Protocol):
+    """A local address that reaches the engine: a port forward, or the engine's own address."""
+
+    @property
+    def address(self) -> str: ...
+    def raise_if_failed(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class Transport(Protocol):
     description: str
 
@@ -62,13 +61,35 @@ class Transport(Protocol):
 
     def open_channel(self, host: str, port: int, timeout: float = 10.0) -> Stream: ...
 
+    def files(self) -> Files: ...
+
+    def forward(self, host: str, port: int, *, local_port: int = 0) -> Forward: ...
+
     def close(self) -> None: ...
 
 
-def _check(result: CommandResult, check: bool) -> CommandResult:
+def check_result(result: CommandResult, check: bool) -> CommandResult:
     if check and result.exit_status != 0:
         raise RemoteCommandError(result.command, result.exit_status, result.stdout, result.stderr)
     return result
+
+
+@dataclass(frozen=True)
+class DirectAddress:
+    """No forward needed (this machine reaches the node): the engine's own address."""
+
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def raise_if_failed(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class LocalTransport:
@@ -93,7 +114,7 @@ class LocalTransport:
             )
         except subprocess.TimeoutExpired:
             raise CommandTimeout(command, timeout) from None
-        return _check(CommandResult(command, done.returncode, done.stdout, done.stderr), check)
+        return check_result(CommandResult(command, done.returncode, done.stdout, done.stderr), check)
 
     def open_channel(self, host: str, port: int, timeout: float = 10.0) -> Stream:
         try:
@@ -104,284 +125,26 @@ class LocalTransport:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
+    def files(self) -> Files:
+        from .files import LocalFiles
+
+        return LocalFiles()
+
+    def forward(self, host: str, port: int, *, local_port: int = 0) -> Forward:
+        if not local_port:
+            return DirectAddress(host, port)  # on the cluster already: talk to the node directly
+        from .forward import PortForward
+
+        return PortForward(lambda: self.open_channel(host, port), f"{host}:{port}", local_port=local_port)
+
     def close(self) -> None:
         pass
 
 
-@dataclass(frozen=True)
-class _SSHTarget:
-    """The SSH settings of a profile after merging ~/.ssh/config (profile keys win)."""
+def connect(profile: Profile) -> Transport:
+    """The transport a profile asks for (SSH unless its host is "local"). Cheap: SSH connects on first use."""
+    if profile.is_local:
+        return LocalTransport(profile)
+    from .ssh import SSHTransport
 
-    alias: str
-    hostname: str
-    port: int
-    user: str
-    identity_files: tuple[str, ...]
-    proxy_jump: str | None
-    proxy_command: str | None
-    known_hosts: tuple[str, ...]
-
-    @classmethod
-    def resolve(cls, profile: Profile, host: str | None = None) -> _SSHTarget:
-        import paramiko
-
-        alias = host or profile.host
-        config = paramiko.SSHConfig()
-        config_file = Path(profile.ssh_config).expanduser()
-        if config_file.exists():
-            config = paramiko.SSHConfig.from_path(str(config_file))
-        entry = config.lookup(alias)
-        # Profile settings apply only to the profile's own host, not to a jump host.
-        own = host is None
-        known = profile.known_hosts if own and profile.known_hosts else entry.get("userknownhostsfile", "")
-        identity = [profile.identity_file] if own and profile.identity_file else entry.get("identityfile", [])
-        return cls(
-            alias=alias,
-            hostname=entry.get("hostname", alias),
-            port=(profile.port if own and profile.port else int(entry.get("port", 22))),
-            user=(profile.user if own and profile.user else entry.get("user") or getpass.getuser()),
-            identity_files=tuple(str(Path(p).expanduser()) for p in identity if p),
-            proxy_jump=(profile.proxy_jump if own and profile.proxy_jump else entry.get("proxyjump")),
-            proxy_command=entry.get("proxycommand"),
-            known_hosts=tuple(str(Path(p).expanduser()) for p in known.split() if p and p != "/dev/null"),
-        )
-
-    @property
-    def display(self) -> str:
-        port = "" if self.port == 22 else f" port {self.port}"
-        return f"{self.user}@{self.hostname}{port}"
-
-
-class SSHTransport:
-    """One paramiko connection to the login node, reused for every command and tunnel."""
-
-    def __init__(self, profile: Profile) -> None:
-        # paramiko logs a refused forward channel as an ERROR; with no logging configured Python would
-        # print it on stderr (e.g. while the engine is still loading). Our errors say what matters.
-        logging.getLogger("paramiko").addHandler(logging.NullHandler())
-        self.profile = profile
-        self.target = _SSHTarget.resolve(profile)
-        self.description = self.target.display
-        self._jump: SSHTransport | None = None
-        self._sftp: paramiko.SFTPClient | None = None
-        self._sftp_lock = threading.Lock()
-        self._client = self._connect()
-
-    def _connect(self) -> paramiko.SSHClient:
-        import paramiko
-
-        target = self.target
-        timeout = self.profile.connect_timeout
-        sock: Any
-        if target.proxy_jump:
-            jump_host = target.proxy_jump.split(",")[0]
-            self._jump = SSHTransport(_jump_profile(self.profile, jump_host))
-            try:
-                sock = self._jump.open_channel(target.hostname, target.port, timeout=timeout)
-            except Exception as error:
-                raise ConnectError(f"The jump host {jump_host} cannot reach {target.display}: {error}.",
-                                   _REACH_HINT) from None
-        elif target.proxy_command:
-            sock = paramiko.ProxyCommand(target.proxy_command)
-        else:
-            try:
-                sock = _tcp_connect(target.hostname, target.port, timeout)
-            except OSError as error:
-                raise ConnectError(f"Cannot reach {target.display}: {error}.", _REACH_HINT) from None
-        client = paramiko.SSHClient()
-        if target.known_hosts:
-            for path in target.known_hosts:
-                if Path(path).exists():
-                    client.load_host_keys(path)
-        else:
-            client.load_system_host_keys()
-        # Never trust an unknown host silently (unlike AutoAddPolicy): the error says how to trust it.
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(
-                target.hostname,
-                port=target.port,
-                username=target.user,
-                key_filename=cast(Any, list(target.identity_files) or None),  # paramiko takes a list
-                look_for_keys=not target.identity_files,
-                allow_agent=True,
-                sock=sock,
-                timeout=timeout,
-                banner_timeout=timeout,
-                auth_timeout=timeout,
-            )
-        except paramiko.BadHostKeyException as error:
-            raise HostKeyError(
-                f"The host key of {target.hostname} does not match known_hosts: it changed, or someone is "
-                "intercepting the connection.",
-                f"Ask your cluster's admins whether the key changed (fingerprint now "
-                f"{_fingerprint(error.key)}); if it did, remove the old line with "
-                f"`ssh-keygen -R {_known_hosts_name(target)}` and connect again.",
-            ) from None
-        except paramiko.AuthenticationException:
-            raise AuthenticationError(
-                f"SSH to {target.display} refused our keys.",
-                "Check that `ssh "
-                f"{target.alias}` works from a terminal; load your key with `ssh-add`, or set identity_file "
-                "in the profile (`hpcllm config show` prints what is used).",
-            ) from None
-        except paramiko.SSHException as error:
-            if "not found in known_hosts" in str(error):
-                raise HostKeyError(
-                    f"The host {_known_hosts_name(target)} is not in your known_hosts, so jupyter-hpcllm "
-                    "will not connect to it.",
-                    "Check its fingerprint with your cluster's documentation, then trust it with "
-                    f"`ssh-keyscan -p {target.port} {target.hostname} >> ~/.ssh/known_hosts` (or connect "
-                    f"once with `ssh {target.alias}` and answer yes).",
-                ) from None
-            raise ConnectError(f"SSH to {target.display} failed: {error}.", _REACH_HINT) from None
-        except OSError as error:
-            raise ConnectError(f"Cannot reach {target.display}: {error}.", _REACH_HINT) from None
-        transport = client.get_transport()
-        assert transport is not None
-        transport.set_keepalive(30)
-        return client
-
-    @property
-    def alive(self) -> bool:
-        transport = self._client.get_transport()
-        return bool(transport and transport.is_active())
-
-    def run(
-        self, command: str, *, stdin: str | None = None, timeout: float | None = None, check: bool = True
-    ) -> CommandResult:
-        timeout = timeout or self.profile.command_timeout
-        deadline = time.monotonic() + timeout
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise ConnectError(f"The SSH connection to {self.description} was lost.", _REACH_HINT)
-        try:
-            channel = transport.open_session(timeout=timeout)
-        except Exception as error:
-            raise TransportError(f"Cannot open a session on {self.description}: {error}.", _REACH_HINT) from None
-        with channel:
-            channel.exec_command(command)
-            if stdin is not None:
-                channel.sendall(stdin.encode())
-            channel.shutdown_write()
-            stdout, stderr = _drain(channel, deadline, command, timeout)
-            if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-                raise CommandTimeout(command, timeout)
-            status = channel.recv_exit_status()
-        return _check(CommandResult(command, status, stdout, stderr), check)
-
-    def open_channel(self, host: str, port: int, timeout: float = 10.0) -> Stream:
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise ConnectError(f"The SSH connection to {self.description} was lost.", _REACH_HINT)
-        channel: Stream = transport.open_channel(
-            "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout
-        )
-        return channel
-
-    def sftp(self) -> paramiko.SFTPClient:
-        """The connection's SFTP session, opened once (sessions count against sshd's MaxSessions)."""
-        with self._sftp_lock:
-            channel = self._sftp.get_channel() if self._sftp is not None else None
-            if self._sftp is None or channel is None or channel.closed:
-                try:
-                    self._sftp = self._client.open_sftp()
-                    channel = self._sftp.get_channel()
-                except Exception as error:
-                    raise TransportError(f"Cannot open SFTP on {self.description}: {error}.", _REACH_HINT) from None
-                if channel is not None:
-                    channel.settimeout(self.profile.command_timeout)
-            return self._sftp
-
-    def close(self) -> None:
-        self._client.close()
-        if self._jump:
-            self._jump.close()
-
-
-_REACH_HINT = (
-    "Check the host name and your network or VPN, and that `ssh` to it works from a terminal; "
-    "`hpcllm config show` prints the settings in use."
-)
-
-
-def _drain(channel: paramiko.Channel, deadline: float, command: str, timeout: float) -> tuple[str, str]:
-    """Read stdout and stderr together (one full pipe must not block the other) until both close."""
-    out: list[bytes] = []
-    err: list[bytes] = []
-    while True:
-        while channel.recv_ready():
-            out.append(channel.recv(65536))
-        while channel.recv_stderr_ready():
-            err.append(channel.recv_stderr(65536))
-        if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise CommandTimeout(command, timeout)
-        # The channel's fileno becomes readable on stdout data, stderr data and EOF.
-        select.select([channel], [], [], min(remaining, 1.0))
-    return b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")
-
-
-def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=timeout)
-    # paramiko leaves Nagle on: each exec then waits ~44 ms for a delayed ACK instead of ~2 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def _jump_profile(profile: Profile, jump: str) -> Profile:
-    from dataclasses import replace
-
-    user, _, hostport = jump.rpartition("@")
-    host, _, port = hostport.partition(":")
-    return replace(
-        profile,
-        name=f"{profile.name}-jump",
-        host=host,
-        user=user or None,
-        port=int(port) if port else None,
-        identity_file=None,
-        proxy_jump=None,
-    )
-
-
-def _known_hosts_name(target: _SSHTarget) -> str:
-    return target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
-
-
-def _fingerprint(key: Any) -> str:
-    import base64
-    import hashlib
-
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-_cache: dict[tuple[Any, ...], Transport] = {}
-_cache_lock = threading.Lock()
-
-
-def transport_for(profile: Profile) -> Transport:
-    """The shared transport of a profile: one SSH connection per cluster, reconnected if it dropped."""
-    key = (
-        profile.host, profile.user, profile.port, profile.identity_file, profile.proxy_jump,
-        profile.known_hosts, profile.ssh_config,
-    )
-    with _cache_lock:
-        cached = _cache.get(key)
-        if isinstance(cached, SSHTransport) and not cached.alive:
-            cached.close()
-            cached = None
-        if cached is None:
-            cached = LocalTransport(profile) if profile.is_local else SSHTransport(profile)
-            _cache[key] = cached
-        return cached
-
-
-def close_all() -> None:
-    with _cache_lock:
-        for transport in _cache.values():
-            transport.close()
-        _cache.clear()
+    return SSHTransport(profile)

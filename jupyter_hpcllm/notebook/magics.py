@@ -12,14 +12,18 @@ import argparse
 import os
 import shlex
 import sys
-import threading
-from typing import Any
+from typing import Any, NoReturn
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from .cli import add_launch_options, launch_options, print_table, split_engine_args
-from .errors import HpcllmError
-from .llmcell import Endpoint, Renderer, code_of, interpolate, parse_json_answer, run_prompt
+from .. import views
+from ..chat.interpolate import interpolate
+from ..chat.prompt import Endpoint, code_of, parse_json_answer, run_prompt
+from ..config.options import LaunchOptions, add_arguments, split_engine_args
+from ..errors import HpcllmError
+from ..lifecycle import Cluster, LaunchHandle, Server, cluster_for
+from .render import Renderer
 
 __all__ = ["HpcllmMagics"]
 
@@ -71,11 +75,10 @@ def _hpcllm_parser() -> _Parser:
                      add_help=True)
     commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     sub = commands.add_parser("up", help="start (or reuse) a model server")
-    add_launch_options(sub)
+    add_arguments(sub, groups=("job", "check", "launch"))
     sub.add_argument("--profile", "-p", help="cluster profile")
     sub.add_argument("--as", dest="as_name", default="client", help="variable for the OpenAI client (default client)")
     sub.add_argument("--background", action="store_true", help="return at once; the client appears when ready")
-    sub.add_argument("--timeout", type=float, help="give up (and cancel the job) after this many seconds")
     for name, text in (("status", "the current server's job"), ("list", "your servers on the cluster"),
                        ("models", "the models under the profile's model root")):
         sub = commands.add_parser(name, help=text)
@@ -97,7 +100,7 @@ def _hpcllm_parser() -> _Parser:
     for name, text in (("plan", "the model's facts, parsers, allocation and why"),
                        ("script", "the sbatch script `up` would submit")):
         sub = commands.add_parser(name, help=text)
-        add_launch_options(sub)
+        add_arguments(sub, groups=("job", "check") if name == "plan" else ("job",))
         sub.add_argument("--profile", "-p")
     sub = commands.add_parser("use", help="use any OpenAI-compatible endpoint for %%llm and `client`")
     sub.add_argument("url")
@@ -125,18 +128,19 @@ def _llm_parser() -> _Parser:
     return parser
 
 
-def _error(message: str) -> None:
-    print(message, file=sys.stderr)
+def _fail(message: str) -> NoReturn:
+    """One red paragraph, no traceback, and the cell fails (so "Run All" stops here)."""
+    raise UsageError(message)
 
 
 @magics_class
 class HpcllmMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
-        self.server: Any = None  # the lifecycle Server %%llm talks to, when it is ours
+        self.server: Server | None = None  # the server %%llm talks to, when it is ours
         self.endpoint: Endpoint | None = None
         self.history: list[dict[str, Any]] = []
-        self.background: threading.Thread | None = None
+        self.launching: LaunchHandle | None = None  # a `%hpcllm up --background` in progress
 
     @property
     def _ip(self) -> Any:
@@ -156,68 +160,70 @@ class HpcllmMagics(Magics):
             argv, engine_args = split_engine_args(shlex.split(line))
             args = _hpcllm_parser().parse_args(argv)
         except ValueError as error:  # shlex: an unclosed quote
-            return _error(f"%hpcllm: cannot read the options ({error}). Check the quotes.")
+            _fail(f"%hpcllm: cannot read the options ({error}). Check the quotes.")
         except _Stop as stop:
-            return _error(stop.message) if stop.message else None
+            if stop.message:
+                _fail(stop.message)
+            return None
         if args.command is None:
             return print(HPCLLM_HELP)
         if engine_args and args.command not in ("up", "plan", "script"):
-            return _error(f"%hpcllm {args.command} takes no engine arguments after `--`.")
+            _fail(f"%hpcllm {args.command} takes no engine arguments after `--`.")
         args.engine_args = engine_args
         try:
             return getattr(self, f"_{args.command}")(args)
         except HpcllmError as error:
-            _error(str(error))
-        except KeyboardInterrupt:
-            _error("Interrupted.")
-        return None
+            _fail(str(error))
 
     hpcllm.__doc__ = HPCLLM_HELP
 
-    def _launch_kwargs(self, args: argparse.Namespace) -> dict[str, Any]:
-        return {"profile": args.profile, **launch_options(args)}
+    def _cluster(self, args: argparse.Namespace) -> Cluster:
+        """The cluster named by --profile, else the attached server's, else the default profile's."""
+        if getattr(args, "profile", None) or self.server is None:
+            return cluster_for(getattr(args, "profile", None))
+        return self.server.cluster
 
     def _up(self, args: argparse.Namespace) -> None:
-        from .lifecycle import Stage, up
         from .progress import ProgressView
 
+        options = LaunchOptions.from_namespace(args)
+        cluster = self._cluster(args)
+        if self.launching is not None and not self.launching.done():
+            _fail(f"A launch is already in progress ({self.launching.options.model}): wait for it, or stop it "
+                  "with `%hpcllm down`.")
         view = ProgressView(self.rich, args.model)
-        submitted: list[str] = []
-
-        def report(progress: Any) -> None:
-            if progress.stage is Stage.SUBMITTED:
-                submitted.append(progress.job_id)
-            view(progress)
-
-        def launch() -> Any:
-            return up(args.model, on_progress=report, timeout=args.timeout, **self._launch_kwargs(args))
-
+        handle = cluster.launch(options, on_progress=view)
         if args.background:
-            def run() -> None:
-                try:
-                    self._adopt(launch(), args.as_name)
-                except HpcllmError as error:
-                    view.error(str(error))
-                finally:
-                    view.stop()
+            self.launching = handle
 
-            self.background = threading.Thread(target=run, name="hpcllm-up", daemon=True)
-            self.background.start()
-            print(f"Starting {args.model} in the background; `{args.as_name}` appears when it is ready.")
+            def finished(done: LaunchHandle) -> None:
+                view.stop()
+                error = done.exception()
+                if error is None:
+                    self._adopt(done.result(), args.as_name)
+                else:
+                    view.error(str(error))
+
+            handle.add_done_callback(finished)
+            print(f"Starting {args.model} in the background; `{args.as_name}` appears when it is ready "
+                  "(`%hpcllm status` shows how far it is, `%hpcllm down` stops it).")
             return
         try:
-            server = launch()
+            server = handle.result()
         except KeyboardInterrupt:
-            if submitted:
-                return _error(f"Interrupted: job {submitted[-1]} was cancelled, its GPUs are free.")
-            return _error("Interrupted.")
+            view.stop()
+            handle.stop()  # the job it submitted is cancelled before the cell ends
+            if handle.submitted:
+                _fail(f"Interrupted: job {handle.job_id} was cancelled, its GPUs are free.")
+            _fail("Interrupted.")
         except HpcllmError as error:
-            return view.error(str(error))
+            view.error(str(error))
+            _fail(str(error))
         finally:
             view.stop()
         self._adopt(server, args.as_name)
 
-    def _adopt(self, server: Any, as_name: str) -> None:
+    def _adopt(self, server: Server, as_name: str) -> None:
         """Make a ready server the default of %%llm and put its client in the namespace."""
         self.server = server
         self.endpoint = Endpoint(server.client(), server.model, f"job {server.job_id}")
@@ -233,27 +239,25 @@ class HpcllmMagics(Magics):
                               "Name a job (`%hpcllm list` shows yours), or start one with `%hpcllm up MODEL`.")
         return str(self.server.job_id)
 
-    def _profile(self, args: argparse.Namespace) -> Any:
-        """The profile named by --profile, else the attached server's, else the default one."""
-        from .profiles import load_profile
-
-        if getattr(args, "profile", None) or self.server is None:
-            return load_profile(getattr(args, "profile", None))
-        return self.server.profile
+    def _launching_now(self, args: argparse.Namespace) -> LaunchHandle | None:
+        """The background launch, when the command names no job and it is still running."""
+        if getattr(args, "job", None) or self.launching is None or self.launching.done():
+            return None
+        return self.launching
 
     def _status(self, args: argparse.Namespace) -> Any:
-        from .lifecycle import ServerInfo, list_servers
         from .progress import StatusView
 
+        launching = self._launching_now(args)
+        if launching is not None:
+            progress = launching.progress
+            return print(f"Launching {launching.options.model}: "
+                         + (progress.message if progress else "planning (reading the model's facts)."))
         job = self._job_or_current(args)
         if self.server is not None and job == self.server.job_id:
             info = self.server.status()
         else:
-            info = next((s for s in list_servers(self._profile(args)) if s.job_id == job), None)
-            if info is None:
-                raise HpcllmError(f"Job {job} is not one of your pending or running servers.",
-                                  "`%hpcllm list` shows them.")
-        assert isinstance(info, ServerInfo)
+            info = self._cluster(args).status(job)
         view = StatusView(info)
         if self.rich:
             from IPython.display import display
@@ -262,74 +266,57 @@ class HpcllmMagics(Magics):
         return print(repr(view))
 
     def _list(self, args: argparse.Namespace) -> None:
-        from .lifecycle import list_servers
-
-        servers = list_servers(self._profile(args))
+        servers = self._cluster(args).list()
         if not servers:
             return print("No jupyter-hpcllm jobs. Start one with `%hpcllm up MODEL`.")
-        rows = [("JOB", "STATE", "MODEL", "ENGINE", "NODE", "LEFT/REASON")]
-        rows += [(s.job_id, s.state.value, s.model or "?", s.engine or "?", s.node or "-",
-                  s.time_left or f"({s.reason})") for s in servers]
-        print_table(rows)
+        print(views.format_table(views.servers_rows(servers)), end="")
 
     def _logs(self, args: argparse.Namespace) -> None:
-        from .lifecycle import follow_logs
-        from .slurm import log_command
-        from .transport import transport_for
-
         job = self._job_or_current(args)
-        transport = transport_for(self._profile(args))
+        cluster = self._cluster(args)
         if not args.follow:
-            return print(transport.run(log_command(job, lines=args.lines), check=False).stdout, end="")
+            return print(cluster.logs(job, lines=args.lines), end="")
         try:
-            for chunk in follow_logs(transport, job):
+            for chunk in cluster.follow_logs(job):
                 print(chunk, end="", flush=True)
         except KeyboardInterrupt:
             print("\n(stopped following the log; the job keeps running)")
 
     def _down(self, args: argparse.Namespace) -> None:
-        from .lifecycle import cancel
-
+        launching = self._launching_now(args)
+        if launching is not None:
+            launching.cancel()
+            launching.join(timeout=60)
+            what = f"job {launching.job_id} was cancelled, its GPUs are free" if launching.submitted else \
+                "nothing was submitted"
+            return print(f"Stopped the launch of {launching.options.model}: {what}.")
         job = self._job_or_current(args)
         if self.server is not None and job == self.server.job_id:
             state = self.server.down()
             self.server = None
             self.endpoint = None
         else:
-            state = cancel(job, profile=self._profile(args))
-        now = "gone from the queue" if state.value == "UNKNOWN" else f"now {state.value}"
-        print(f"Job {job} cancelled ({now}); its GPUs are free.")
+            state = self._cluster(args).cancel(job)
+        print(views.stopped_message(job, state.value))
 
     def _attach(self, args: argparse.Namespace) -> None:
-        from .lifecycle import attach
         from .progress import ProgressView
 
         view = ProgressView(self.rich, f"job {args.job}")
         try:
-            server = attach(args.job, profile=args.profile, on_progress=view)
+            server = self._cluster(args).attach(args.job, on_progress=view)
         finally:
             view.stop()
         self._adopt(server, args.as_name)
 
     def _models(self, args: argparse.Namespace) -> None:
-        from .cli import models_rows
-
-        print_table(models_rows(self._profile(args)))
+        print(views.format_table(views.models_rows(self._cluster(args).models())), end="")
 
     def _plan(self, args: argparse.Namespace) -> None:
-        from .lifecycle import plan_for
-        from .plan import describe_plan
-
-        kwargs = self._launch_kwargs(args)
-        print(describe_plan(plan_for(args.model, **kwargs)), end="")
+        print(views.plan_text(self._cluster(args).plan(LaunchOptions.from_namespace(args))), end="")
 
     def _script(self, args: argparse.Namespace) -> None:
-        from .plan import plan_launch
-        from .profiles import load_profile
-
-        kwargs = self._launch_kwargs(args)
-        profile = load_profile(kwargs.pop("profile"))
-        print(plan_launch(profile, args.model, **kwargs).script, end="")
+        print(self._cluster(args).job_script(LaunchOptions.from_namespace(args)), end="")
 
     def _use(self, args: argparse.Namespace) -> None:
         import openai
@@ -354,17 +341,19 @@ class HpcllmMagics(Magics):
         try:
             args = _llm_parser().parse_args(shlex.split(line))
         except ValueError as error:
-            return _error(f"%%llm: cannot read the options ({error}). Check the quotes.")
+            _fail(f"%%llm: cannot read the options ({error}). Check the quotes.")
         except _Stop as stop:
-            return _error(stop.message) if stop.message else None
+            if stop.message:
+                _fail(stop.message)
+            return None
         if self.endpoint is None:
-            return _error("%%llm has no server yet: start one with `%hpcllm up MODEL`, attach to one with "
-                          "`%hpcllm attach JOB`, or use any OpenAI-compatible endpoint with `%hpcllm use URL`.")
+            _fail("%%llm has no server yet: start one with `%hpcllm up MODEL`, attach to one with "
+                  "`%hpcllm attach JOB`, or use any OpenAI-compatible endpoint with `%hpcllm use URL`.")
         namespace = self._ip.user_ns
         functions = {}
         for name in filter(None, (n.strip() for n in (args.tools or "").split(","))):
             if not callable(namespace.get(name)):
-                return _error(f"%%llm --tools: {name!r} is not a function defined in this notebook.")
+                _fail(f"%%llm --tools: {name!r} is not a function defined in this notebook.")
             functions[name] = namespace[name]
         if args.new:
             self.history = []
@@ -383,20 +372,19 @@ class HpcllmMagics(Magics):
                                stream=not args.no_stream, **request)
         except KeyboardInterrupt:
             renderer.finish()
-            return _error("(interrupted)")
+            _fail("%%llm: interrupted.")
         except Exception as error:  # the openai client's errors, explained in one paragraph
-            return _error(_explain_api_error(error, endpoint))
+            _fail(_explain_api_error(error, endpoint))
         if args.chat or args.new:
             self.history += [prompt, *added]
         text = renderer.answer.content
         value: Any = text
         if args.format == "json":
+            namespace["_llm_text"] = text
             try:
                 value = parse_json_answer(text)
             except ValueError as error:
-                return _error(f"%%llm -f json: the answer is not valid JSON ({error}); it is in `_llm_text`.")
-            finally:
-                namespace["_llm_text"] = text
+                _fail(f"%%llm -f json: the answer is not valid JSON ({error}); it is in `_llm_text`.")
         if args.format == "code":
             self._ip.set_next_input(code_of(text), replace=False)
         if args.out:

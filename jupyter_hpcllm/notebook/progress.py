@@ -9,7 +9,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from .lifecycle import Progress, ServerInfo, Stage
+from ..lifecycle import Progress, ServerInfo, Stage
+from ..views import status_rows
 
 __all__ = ["ProgressView", "StatusView"]
 
@@ -47,19 +48,24 @@ class ProgressView:
             self._ticker.start()
 
     def _show(self, progress: Progress) -> None:
-        from IPython.display import HTML, display
+        from IPython.display import display
 
+        shown = _Shown(self.html(progress), f"{self.title}: {progress.message} ({progress.elapsed:.0f} s)")
         with self._lock:
             if self._handle is None:
-                self._handle = (self._display or display)(HTML(self.html(progress)), display_id=True)
+                self._handle = (self._display or display)(shown, display_id=True)
             else:
-                self._handle.update(HTML(self.html(progress)))
+                self._handle.update(shown)
+
+    def refresh(self) -> None:
+        """Show the latest stage again with the time elapsed since it was reported."""
+        last = self.last
+        if last is not None:
+            self._show(replace(last, elapsed=last.elapsed + time.monotonic() - self._seen_at))
 
     def _run_ticker(self) -> None:
         while not self._stopped.wait(self._tick):
-            last = self.last
-            if last is not None:
-                self._show(replace(last, elapsed=last.elapsed + time.monotonic() - self._seen_at))
+            self.refresh()
 
     def stop(self) -> None:
         """Stop the ticking (on ready, failure or interrupt)."""
@@ -70,10 +76,8 @@ class ProgressView:
         if not self.rich or self._handle is None:
             print(message, file=sys.stderr)
             return
-        from IPython.display import HTML
-
-        self._handle.update(HTML(f"<div style='color:#b00'><b>{html.escape(self.title)}</b>: "
-                                 f"{html.escape(message)}</div>"))
+        self._handle.update(_Shown(f"<div style='color:#b00'><b>{html.escape(self.title)}</b>: "
+                                   f"{html.escape(message)}</div>", f"{self.title}: {message}"))
 
     def html(self, progress: Progress) -> str:
         rows = [("stage", _LABELS[progress.stage]), ("job", progress.job_id)]
@@ -95,6 +99,20 @@ class ProgressView:
                 f"<table>{cells}</table>{bar}</div>")
 
 
+class _Shown:
+    """HTML for a notebook, with a plain-text form (what nbconvert, a log or a terminal front end shows)."""
+
+    def __init__(self, data: str, text: str) -> None:
+        self.data = data
+        self.text = text
+
+    def _repr_html_(self) -> str:
+        return self.data
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 class StatusView:
     """`%hpcllm status`: a table in a notebook, lines in a terminal."""
 
@@ -102,12 +120,7 @@ class StatusView:
         self.info = info
 
     def rows(self) -> list[tuple[str, str]]:
-        info = self.info
-        rows = [("job", info.job_id), ("state", info.state.value), ("model", info.model or "?"),
-                ("engine", info.engine or "?")]
-        rows += [(k, v) for k, v in (("node", info.node), ("time left", info.time_left), ("reason", info.reason),
-                                     ("expected start", info.expected_start), ("url", info.url)) if v]
-        return rows
+        return status_rows(self.info)
 
     def __repr__(self) -> str:
         return "\n".join(f"{k:15} {v}" for k, v in self.rows())

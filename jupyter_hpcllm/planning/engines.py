@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["KEY_FILE", "PORT", "EngineCommand", "EngineSpec", "ShellVar", "build_command", "loading_progress"]
 
@@ -106,9 +106,6 @@ def display_argv(command: EngineCommand) -> tuple[str, ...]:
 
 
 _SHARDS = re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)% Completed \| (\d+)/(\d+)")
-_READY = re.compile(
-    r"Application startup complete|The server is fired up and ready to roll|Starting vLLM (API )?server"
-)
 
 
 def loading_progress(log: str) -> tuple[int, int] | None:
@@ -118,11 +115,6 @@ def loading_progress(log: str) -> tuple[int, int] | None:
         return None
     _, done, total = matches[-1]
     return int(done), int(total)
-
-
-def says_ready(log: str) -> bool:
-    """Whether the log shows the engine's ready line (information only: readiness is an HTTP answer)."""
-    return bool(_READY.search(log))
 
 
 def help_argvs(engine: str) -> tuple[tuple[str, ...], ...]:

@@ -9,19 +9,18 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 
-from ._version import __version__
+from .._version import __version__
+from ..config.checks import check_model_name
+from ..config.options import LaunchOptions
+from ..config.profiles import GpuType, Profile
+from ..errors import ConfigError
 from .engines import EngineSpec, build_command, display_argv
-from .errors import ConfigError
 from .facts import ModelFacts
 from .families import Family, Parsers, detect_family, family_from_name
-from .profiles import GpuType, Profile
+from .script import JOB_NAME_PREFIX, JobSpec, render_script
 from .sizing import choose_allocation
-from .slurm import JOB_NAME_PREFIX, JobSpec, render_script
 
-__all__ = ["LaunchPlan", "describe_plan", "plan_launch"]
-
-_MODEL_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
+__all__ = ["LaunchPlan", "model_path_for", "plan_launch"]
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -38,6 +37,7 @@ class LaunchPlan:
     notes: tuple[str, ...] = field(default=())
     reasons: tuple[str, ...] = field(default=())
     facts: ModelFacts | None = None
+    options: LaunchOptions | None = None
 
     @property
     def job_name(self) -> str:
@@ -54,17 +54,8 @@ class LaunchPlan:
 
 def model_path_for(profile: Profile, model: str) -> str:
     """The model's directory on the cluster: a name under the model root, or an absolute path."""
-    model = model.strip().rstrip("/")
-    parts = model.split("/")
-    absolute = model.startswith("/") or model.startswith("~/")
-    check = parts[1:] if absolute else parts
-    if not model or not all(_MODEL_PART.match(p) for p in check if p) or ".." in parts:
-        raise ConfigError(
-            f"{model!r} is not a model name jupyter-hpcllm accepts.",
-            "Give a directory name under the profile's model root (letters, digits, '.', '_', '+', '-'), "
-            "or an absolute path made of such names.",
-        )
-    if absolute:
+    model = check_model_name(model)
+    if model.startswith(("/", "~/")):
         return model
     return f"{profile.model_root.rstrip('/')}/{model}"
 
@@ -99,28 +90,13 @@ def _check_count(profile: Profile, gpu: GpuType, count: int) -> None:
         )
 
 
-def plan_launch(
-    profile: Profile,
-    model: str,
-    *,
-    gpus: int | None = None,
-    gpu_type: str | None = None,
-    engine: str | None = None,
-    time: str | None = None,
-    cpus: int | None = None,
-    mem: str | None = None,
-    partition: str | None = None,
-    account: str | None = None,
-    qos: str | None = None,
-    tool_call_parser: str | None = None,
-    reasoning_parser: str | None = None,
-    engine_args: tuple[str, ...] | list[str] = (),
-    facts: ModelFacts | None = None,
-) -> LaunchPlan:
+def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts | None = None) -> LaunchPlan:
     """Options (and, when known, the model's facts from the cluster) → a job. Pure: no connection."""
-    engine = engine or profile.default_engine
+    model, gpus, gpu_type = options.model, options.gpus, options.gpu_type
+    tool_call_parser, reasoning_parser = options.tool_call_parser, options.reasoning_parser
+    engine_args = options.engine_args
+    engine = options.engine or profile.default_engine
     image = profile.image(engine)
-    engine_args = tuple(engine_args)
     if facts is not None:
         model_path, served = facts.path, facts.name
     else:
@@ -168,17 +144,17 @@ def plan_launch(
         engine=engine,
         command=command,
         gres=f"gpu:{gpu.name}:{count}",
-        cpus=profile.cpus if cpus is None else cpus,
-        mem=mem or profile.mem,
-        time=time or profile.time,
+        cpus=profile.cpus if options.cpus is None else options.cpus,
+        mem=options.mem or profile.mem,
+        time=options.time or profile.time,
         runtime=profile.runtime,
         runtime_command=profile.runtime_command,
         image=image,
         runtime_args=profile.runtime_args,
         binds=profile.binds or ((profile.model_root,) if profile.runtime != "none" else ()),
-        partition=partition or profile.partition,
-        account=account or profile.account,
-        qos=qos or profile.qos,
+        partition=options.partition or profile.partition,
+        account=options.account or profile.account,
+        qos=options.qos or profile.qos,
         extra_sbatch=profile.extra_sbatch,
         prologue=profile.prologue,
         comment=f"hpcllm;model={served};engine={engine}",
@@ -190,28 +166,4 @@ def plan_launch(
     slug = re.sub(r"[^A-Za-z0-9._-]", "-", served)[:40]
     spec = replace(spec, name=f"{JOB_NAME_PREFIX}{slug}-{digest}")
     return LaunchPlan(profile, served, model_path, engine, gpu.name, count, family, tool, reasoning, spec,
-                      tuple(notes), tuple(reasons), facts)
-
-
-def describe_plan(plan: LaunchPlan) -> str:
-    """What `hpcllm plan` prints: the facts, the choices and the reasons."""
-    lines = [f"{plan.model}  ({plan.model_path})"]
-    facts = plan.facts
-    if facts is not None:
-        arch = ", ".join(facts.architectures) or "?"
-        lines.append(f"  config      model_type {facts.model_type or '?'} ({arch}); {facts.heads} attention heads, "
-                     f"{facts.kv_heads} KV heads, {facts.layers} layers, context {facts.max_context:,}")
-        lines.append(f"  weights     {facts.weight_gb:.1f} GB in {facts.shards} files")
-    family = plan.family.name if plan.family else "unknown"
-    lines.append(f"  family      {family}")
-    if plan.family:
-        for engine in ("vllm", "sglang"):
-            parsers = plan.family.parsers(engine)
-            lines.append(f"  {engine + ':':11} tool-call parser {parsers.tool or '—'}, reasoning parser "
-                         f"{parsers.reasoning or '—'}" + (f", {' '.join(parsers.extra_args)}" if parsers.extra_args
-                                                         else ""))
-    lines.append(f"  allocation  {plan.gpus} × {plan.gpu_type} ({plan.spec.gres}), tensor-parallel {plan.gpus}")
-    lines += [f"              {reason}" for reason in plan.reasons]
-    lines.append(f"  command     {plan.engine_command}")
-    lines += [f"  note        {note}" for note in plan.notes]
-    return "\n".join(lines) + "\n"
+                      tuple(notes), tuple(reasons), facts, options)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..config.profiles import GpuType, Profile
+from ..errors import ConfigError
 from .facts import ModelFacts
-from .profiles import GpuType, Profile
 
 __all__ = ["Allocation", "MemoryNeed", "choose_allocation", "memory_need", "tp_fits"]
 

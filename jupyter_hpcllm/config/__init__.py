@@ -1,0 +1,1 @@
+"""Configuration, the lowest layer above the errors: cluster profiles, launch options, value checks."""

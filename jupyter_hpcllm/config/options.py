@@ -1,0 +1,265 @@
+"""Every launch option, defined once: its type, default, help text and validation.
+
+``LaunchOptions`` is frozen and checks itself when made, so a bad value never travels further than
+here. The faces build it the way their input comes: ``add_arguments`` makes the argparse options of
+the CLI and the magics, ``from_namespace`` reads what argparse parsed, ``from_mapping`` takes a
+widget's values or a JSON body (numbers may arrive as text, empty text means "not set"). Errors are
+``InvalidOption`` with ``field`` naming the option, so a form can mark it.
+
+Adding an option: add one field below (with ``_option(...)`` metadata); every face gets it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import shlex
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
+
+from ..errors import ConfigError, InvalidOption
+from .checks import check_mem, check_model_name, check_name, check_time
+
+__all__ = ["ENGINES", "LaunchOptions", "OptionSpec", "add_arguments", "option_specs", "split_engine_args"]
+
+from .profiles import ENGINES
+
+_PARSER_NAME = re.compile(r"[A-Za-z0-9_.-]*\Z")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one field is offered: its help, flag and check. ``group`` says which commands take it:
+    "job" options change what runs (script, plan, up), "launch" ones how `up` waits."""
+
+    help: str
+    group: str = "job"
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    check: Callable[[Any], object] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    # Empty text from a form means "not set" (None), except where '' is itself a choice (no parser).
+    empty_is_none: bool = True
+    positional: bool = False
+    after_dashes: bool = False  # engine arguments: everything after `--`, not an option
+    negative_flag: str | None = None  # a True-by-default bool offered as its negation (--no-reuse)
+
+    def flag(self, name: str) -> str:
+        return name if self.positional else "--" + name.replace("_", "-")
+
+
+def _option(help: str, **spec: Any) -> Any:
+    return {"spec": OptionSpec(help, **spec)}
+
+
+def _parser_name(value: str) -> None:
+    if not _PARSER_NAME.match(value):
+        raise ConfigError(f"{value!r} is not a parser name.", "Parser names are letters, digits, '_', '.' and '-'.")
+
+
+def _slurm_name(value: str) -> None:
+    check_name("The value", value)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What to launch and how. Every field but `model` has a default: the profile's, or automatic."""
+
+    model: str = field(metadata=_option(
+        "a directory name under the profile's model root, or an absolute path", positional=True,
+        check=check_model_name))
+    gpus: int | None = field(default=None, metadata=_option(
+        "number of GPUs (= tensor-parallel size); default: the smallest allocation that holds the model",
+        metavar="N", minimum=1, maximum=1024))
+    gpu_type: str | None = field(default=None, metadata=_option(
+        "GPU type, as the profile lists it (e.g. a100, h200)", metavar="TYPE", check=_slurm_name))
+    engine: str | None = field(default=None, metadata=_option(
+        "inference engine; default: the profile's", choices=ENGINES))
+    time: str | None = field(default=None, metadata=_option(
+        "Slurm time limit, e.g. 4:00:00 or 1-00:00:00; default: the profile's", check=check_time))
+    cpus: int | None = field(default=None, metadata=_option(
+        "CPUs per task; default: the profile's", metavar="N", minimum=1, maximum=100_000))
+    mem: str | None = field(default=None, metadata=_option(
+        "memory per node, e.g. 32G; default: the profile's", check=check_mem))
+    partition: str | None = field(default=None, metadata=_option("Slurm partition", check=_slurm_name))
+    account: str | None = field(default=None, metadata=_option("Slurm account", check=_slurm_name))
+    qos: str | None = field(default=None, metadata=_option("Slurm QOS", check=_slurm_name))
+    tool_call_parser: str | None = field(default=None, metadata=_option(
+        "override the tool-call parser chosen for the model ('' for none)", metavar="NAME",
+        check=_parser_name, empty_is_none=False))
+    reasoning_parser: str | None = field(default=None, metadata=_option(
+        "override the reasoning parser chosen for the model ('' for none)", metavar="NAME",
+        check=_parser_name, empty_is_none=False))
+    engine_args: tuple[str, ...] = field(default=(), metadata=_option(
+        "arguments for the engine, verbatim (after `--` on a command line)", after_dashes=True))
+    check_parsers: bool = field(default=False, metadata=_option(
+        "first ask the engine image which parser names it knows (cached per image)", group="check"))
+    timeout: float | None = field(default=None, metadata=_option(
+        "give up (and cancel the job) after this many seconds", group="launch", metavar="SECONDS",
+        minimum=1e-3))
+    reuse: bool = field(default=True, metadata=_option(
+        "submit a new job even if the same one is pending or running", group="launch",
+        negative_flag="--no-reuse"))
+
+    def __post_init__(self) -> None:
+        hints = _hints()
+        for item in fields(self):
+            _validate(item.name, hints[item.name], getattr(self, item.name), item.metadata["spec"])
+
+    # -- building it
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> LaunchOptions:
+        """From a widget's values or a JSON body: unknown keys are refused, text is converted."""
+        known = {item.name: item for item in fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                raise InvalidOption(str(key), f"{key!r} is not a launch option.",
+                                    (f"Did you mean {close[0]!r}? " if close else "")
+                                    + f"The options are: {', '.join(known)}.")
+        if "model" not in values or values["model"] in (None, ""):
+            raise InvalidOption("model", "No model given.", "Name a model (`hpcllm models` lists them).")
+        hints = _hints()
+        converted = {key: _convert(key, hints[key], value, known[key].metadata["spec"])
+                     for key, value in values.items()}
+        return cls(**converted)
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace) -> LaunchOptions:
+        """From what ``add_arguments`` parsed (options a command does not take keep their defaults)."""
+        names = [item.name for item in fields(cls)]
+        return cls.from_mapping({name: getattr(namespace, name) for name in names if hasattr(namespace, name)
+                                 and not (getattr(namespace, name) is None and name != "model")})
+
+    def replace(self, **changes: Any) -> LaunchOptions:
+        """A copy with some options changed (and checked)."""
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: what `from_mapping` takes back."""
+        return {item.name: (list(value) if isinstance(value := getattr(self, item.name), tuple) else value)
+                for item in fields(self)}
+
+
+def option_specs() -> list[tuple[str, type | Any, Any, OptionSpec]]:
+    """(name, type, default, spec) for every option, in order: what a form or a help text is made from."""
+    hints = _hints()
+    return [(item.name, hints[item.name], None if item.default is MISSING else item.default,
+             item.metadata["spec"]) for item in fields(LaunchOptions)]
+
+
+def add_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...] = ("job",)) -> None:
+    """The argparse options for the options of these groups (engine arguments come after `--`)."""
+    for name, hint, default, spec in option_specs():
+        if spec.group not in groups or spec.after_dashes:
+            continue
+        base = _base_type(hint)
+        if spec.positional:
+            parser.add_argument(name, help=spec.help)
+        elif base is bool and spec.negative_flag:
+            parser.add_argument(spec.negative_flag, dest=name, action="store_false", default=default,
+                                help=spec.help)
+        elif base is bool:
+            parser.add_argument(spec.flag(name), dest=name, action="store_true", default=default, help=spec.help)
+        else:
+            # Values are checked by LaunchOptions (one message for every face), so argparse takes text.
+            parser.add_argument(spec.flag(name), dest=name, metavar=spec.metavar, choices=spec.choices,
+                                help=spec.help)
+
+
+def split_engine_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(our arguments, the engine's): everything after the first `--` belongs to the engine."""
+    if "--" in argv:
+        return argv[: argv.index("--")], argv[argv.index("--") + 1:]
+    return argv, []
+
+
+# --- checking ---------------------------------------------------------------------------------------
+
+
+def _hints() -> dict[str, Any]:
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = typing.get_type_hints(LaunchOptions)
+    return _HINTS
+
+
+_HINTS: dict[str, Any] | None = None
+
+
+def _base_type(hint: Any) -> Any:
+    """int for `int | None`, tuple for `tuple[str, ...]`."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return tuple
+    return args[0] if args and origin is not None else hint
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def _convert(name: str, hint: Any, value: Any, spec: OptionSpec) -> Any:
+    """Text from a form or JSON into the field's type; the value's checks come after, in the class."""
+    base = _base_type(hint)
+    flag = spec.flag(name)
+    if isinstance(value, str) and base is not str:
+        text = value.strip()
+        if text == "" and _optional(hint):
+            return None
+        try:
+            if base is int:
+                return int(text)
+            if base is float:
+                return float(text)
+            if base is bool and text.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return text.lower() in ("true", "1", "yes")
+            if base is tuple:
+                return tuple(shlex.split(text))
+        except ValueError:
+            pass
+        raise InvalidOption(name, f"{flag} takes {_kind(base)}, not {value!r}.")
+    if base is str and value == "" and spec.empty_is_none and _optional(hint):
+        return None
+    if base is tuple and isinstance(value, list):
+        return tuple(value)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _validate(name: str, hint: Any, value: Any, spec: OptionSpec) -> None:
+    flag = spec.flag(name)
+    if value is None:
+        if _optional(hint):
+            return
+        raise InvalidOption(name, f"{flag} is required.")
+    base = _base_type(hint)
+    ok = (isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))) or (
+        base is float and isinstance(value, int) and not isinstance(value, bool))
+    if base is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+    if not ok:
+        raise InvalidOption(name, f"{flag} takes {_kind(base)}, not {value!r}.")
+    if spec.choices is not None and value not in spec.choices:
+        raise InvalidOption(name, f"{flag} must be one of {', '.join(spec.choices)}, not {value!r}.")
+    if spec.minimum is not None and value < spec.minimum:
+        raise InvalidOption(name, f"{flag} must be at least {spec.minimum:g}, not {value!r}.")
+    if spec.maximum is not None and value > spec.maximum:
+        raise InvalidOption(name, f"{flag} must be at most {spec.maximum:g}, not {value!r}.")
+    if spec.check is not None and (value != "" or spec.empty_is_none):
+        try:
+            spec.check(value)
+        except ConfigError as error:
+            raise InvalidOption(name, f"{flag}: {error.message}", error.hint) from None
+
+
+def _kind(base: Any) -> str:
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+            tuple: "a list of words"}.get(base, str(base))

@@ -1,0 +1,25 @@
+"""The lifecycle: a Cluster (plan, launch, attach, list, status, logs, cancel), the LaunchHandle of a
+launch in progress, the Server it gives, and waiting as a pure step."""
+
+from ..edge.slurm import JobState
+from .cluster import Cluster, attach, cancel, cluster_for, launch, list_servers, up
+from .handle import LaunchHandle
+from .progress import Progress, ProgressCallback, Stage
+from .server import Server, ServerInfo
+
+__all__ = [
+    "Cluster",
+    "JobState",
+    "LaunchHandle",
+    "Progress",
+    "ProgressCallback",
+    "Server",
+    "ServerInfo",
+    "Stage",
+    "attach",
+    "cancel",
+    "cluster_for",
+    "launch",
+    "list_servers",
+    "up",
+]

@@ -1,0 +1,1 @@
+"""The notebook face: `%hpcllm` and `%%llm`, the streaming renderer and the progress displays."""
