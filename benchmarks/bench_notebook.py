@@ -67,12 +67,13 @@ class SerializingDisplay:
         self.first: float | None = None
         self.renders = 0
 
-    def __call__(self, obj: object, display_id: bool = False) -> SerializingDisplay:
-        self.update(obj)
+    def __call__(self, obj: object, display_id: bool = False, raw: bool = False) -> SerializingDisplay:
+        self.update(obj, raw=raw)
         return self
 
-    def update(self, obj: object) -> None:
-        json.dumps({"text/markdown": obj._repr_markdown_()})  # type: ignore[attr-defined]
+    def update(self, obj: object, raw: bool = False) -> None:
+        # The renderer sends a raw MIME bundle (Markdown plus the answer as text/plain).
+        json.dumps(obj if raw else {"text/markdown": obj._repr_markdown_()})  # type: ignore[attr-defined]
         self.renders += 1
         if self.first is None:
             self.first = time.perf_counter()

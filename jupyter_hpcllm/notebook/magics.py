@@ -128,6 +128,16 @@ def _llm_parser() -> _Parser:
     return parser
 
 
+def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace | None:
+    """Parsed options; None after --help; a bad option fails the cell with argparse's one line."""
+    try:
+        return parser.parse_args(argv)
+    except _Stop as stop:
+        if stop.message:
+            _fail(stop.message)
+        return None
+
+
 def _fail(message: str) -> NoReturn:
     """One red paragraph, no traceback, and the cell fails (so "Run All" stops here)."""
     raise UsageError(message)
@@ -158,12 +168,10 @@ class HpcllmMagics(Magics):
     def hpcllm(self, line: str) -> Any:
         try:
             argv, engine_args = split_engine_args(shlex.split(line))
-            args = _hpcllm_parser().parse_args(argv)
         except ValueError as error:  # shlex: an unclosed quote
             _fail(f"%hpcllm: cannot read the options ({error}). Check the quotes.")
-        except _Stop as stop:
-            if stop.message:
-                _fail(stop.message)
+        args = _parse(_hpcllm_parser(), argv)
+        if args is None:  # --help was shown
             return None
         if args.command is None:
             return print(HPCLLM_HELP)
@@ -339,12 +347,11 @@ class HpcllmMagics(Magics):
     @cell_magic
     def llm(self, line: str, cell: str) -> Any:
         try:
-            args = _llm_parser().parse_args(shlex.split(line))
-        except ValueError as error:
+            argv = shlex.split(line)
+        except ValueError as error:  # shlex: an unclosed quote
             _fail(f"%%llm: cannot read the options ({error}). Check the quotes.")
-        except _Stop as stop:
-            if stop.message:
-                _fail(stop.message)
+        args = _parse(_llm_parser(), argv)
+        if args is None:  # --help was shown
             return None
         if self.endpoint is None:
             _fail("%%llm has no server yet: start one with `%hpcllm up MODEL`, attach to one with "
