@@ -22,6 +22,7 @@ from jupyter_hpcllm.edge.fake import VLLM_MAX_MODEL_LEN_ERROR, FakeJob, FakeTran
 from jupyter_hpcllm.edge.slurm import JobState, parse_probe, probe_command, submit_command
 from jupyter_hpcllm.errors import (
     ConfigError,
+    ConnectError,
     JobFailed,
     JobNotFound,
     LaunchCancelled,
@@ -156,7 +157,8 @@ def test_launch_goes_through_every_stage_to_a_server_that_chats(cluster: Cluster
         client.models.list()
     assert server.down() is JobState.CANCELLED  # idempotent: no second scancel
     assert sent(fake, "scancel") == ["scancel 1000"]
-    assert server.status().state is JobState.UNKNOWN and server.status().url is None
+    ended = server.status()  # while Slurm remembers the job, its status says how it ended
+    assert ended.state is JobState.CANCELLED and ended.url is None and ended.time_left is None
 
 
 def test_up_reuses_a_running_twin_and_reuse_false_submits_anew(cluster: Cluster, fake: FakeTransport):
@@ -438,14 +440,13 @@ def test_list_status_logs_and_cancel(cluster: Cluster, fake: FakeTransport, cloc
         cluster.logs(waiting)
 
     assert cluster.cancel(waiting) is JobState.CANCELLED
-    with pytest.raises(JobNotFound):
-        cluster.status(waiting)
+    assert cluster.status(waiting).state is JobState.CANCELLED
     with pytest.raises(RemoteCommandError, match="Invalid job id"):
         cluster.cancel("4242")
     start = clock.now
     assert cluster.wait_gone("1000", 1.0) is JobState.RUNNING  # still running after the time allowed
     assert 1.0 < clock.now - start <= 1.5
-    assert cluster.cancel_quietly("4242")  # scancel ran (and failed: no such job)
+    assert not cluster.cancel_quietly("4242")  # scancel failed (no such job): the caller must not say "freed"
     assert not cluster.cancel_quietly("x; rm -rf ~")  # never raises; the id is quoted, the fake refuses it
     assert fake.commands[-1] == "scancel 'x; rm -rf ~'"
 
@@ -463,7 +464,7 @@ def test_follow_logs_until_the_job_ends(profile: Any, fake: FakeTransport):
     fake.set_state(server.job_id, "CANCELLED by 1001")
     assert list(follow) == []  # ends once the job has
     assert fake.jobs[server.job_id].state == "CANCELLED by 1001"
-    assert server.status().state is JobState.UNKNOWN
+    assert server.status().state is JobState.CANCELLED
 
 
 @pytest.mark.parametrize("bad", ["--me", "", "12a", "_1", "1_", "1;2", "\u00b2", "\u0661\u0662"])
@@ -572,3 +573,40 @@ def test_fake_jobs_are_plain_data(fake: FakeTransport, cluster: Cluster):
         "Qwen3-8B", "vllm", "PENDING", None)
     assert job.sbatch["time"] == "4:00:00" and job.sbatch["gres"] == "gpu:a100:1"
     assert job.name == job.sbatch["job-name"] and job.name.startswith("hpcllm-Qwen3-8B-")
+
+
+def test_a_cancel_that_breaks_still_ends_the_launch(cluster: Cluster, fake: FakeTransport):
+    """The job fails, and the scancel sent for it breaks with a non-jupyter-hpcllm error: the launch must
+    still end (with the job's failure), never hang."""
+    from jupyter_hpcllm.edge.fake import Outcome
+
+    fake.outcome = Outcome(exit_code=1, log="boom\n")
+    original = fake.run
+
+    def run(command, **kwargs):
+        if command.startswith("scancel"):
+            raise OSError("socket closed")
+        return original(command, **kwargs)
+
+    fake.run = run
+    handle = cluster.launch("Qwen3-8B")
+    with pytest.raises(JobFailed):
+        handle.result(timeout=10)
+    assert handle.done()
+
+
+def test_a_second_down_sends_scancel_again_after_a_failed_one(cluster: Cluster, fake: FakeTransport):
+    server = cluster.up("Qwen3-8B")
+    original = fake.run
+    calls = []
+
+    def run(command, **kwargs):
+        if command.startswith("scancel") and not calls:
+            calls.append(command)
+            raise ConnectError("dropped")
+        return original(command, **kwargs)
+
+    fake.run = run
+    with pytest.raises(ConnectError):
+        server.down()
+    assert server.down() is JobState.CANCELLED and fake.jobs[server.job_id].state == "CANCELLED"

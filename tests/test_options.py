@@ -78,3 +78,27 @@ def test_every_option_reaches_every_face():
         flag = spec.negative_flag or spec.flag(name)
         assert flag in cli and flag in magic, name
     assert {f.name for f in fields(LaunchOptions)} == set(LaunchOptions("x").as_dict())
+
+
+def test_text_is_trimmed_from_forms_and_refused_when_made_directly():
+    options = LaunchOptions.from_mapping({"model": " Qwen3-8B ", "time": " 4:00:00 ", "mem": "32G\n"})
+    assert (options.model, options.time, options.mem) == ("Qwen3-8B", "4:00:00", "32G")
+    with pytest.raises(InvalidOption, match="spaces or line breaks") as caught:
+        LaunchOptions("x", time="4:00:00\n")
+    assert caught.value.field == "time"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", float("nan")])
+def test_a_timeout_is_a_finite_number(value):
+    with pytest.raises(InvalidOption, match="finite") as caught:
+        LaunchOptions.from_mapping({"model": "x", "timeout": value})
+    assert caught.value.field == "timeout"
+
+
+def test_options_given_as_an_object_and_keywords_are_converted_the_same_way():
+    from jupyter_hpcllm.lifecycle.cluster import _options
+
+    merged = _options(LaunchOptions("Qwen3-8B"), {"gpus": "2", "engine_args": ["--seed", "1"]})
+    assert (merged.gpus, merged.engine_args) == (2, ("--seed", "1"))
+    with pytest.raises(InvalidOption, match="Did you mean 'gpus'"):
+        _options(LaunchOptions("Qwen3-8B"), {"gpu": 2})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import re
 import shlex
 import typing
@@ -209,6 +210,8 @@ def _convert(name: str, hint: Any, value: Any, spec: OptionSpec) -> Any:
     """Text from a form or JSON into the field's type; the value's checks come after, in the class."""
     base = _base_type(hint)
     flag = spec.flag(name)
+    if isinstance(value, str) and base is str:
+        value = value.strip()  # what a form or a JSON body adds around a value never reaches the script
     if isinstance(value, str) and base is not str:
         text = value.strip()
         if text == "" and _optional(hint):
@@ -247,8 +250,12 @@ def _validate(name: str, hint: Any, value: Any, spec: OptionSpec) -> None:
         ok = isinstance(value, tuple) and all(isinstance(item, str) for item in value)
     if not ok:
         raise InvalidOption(name, f"{flag} takes {_kind(base)}, not {value!r}.")
+    if base is str and value != value.strip():
+        raise InvalidOption(name, f"{flag} has spaces or line breaks around {value.strip()!r}.", "Remove them.")
     if spec.choices is not None and value not in spec.choices:
         raise InvalidOption(name, f"{flag} must be one of {', '.join(spec.choices)}, not {value!r}.")
+    if base is float and not math.isfinite(value):
+        raise InvalidOption(name, f"{flag} must be a finite number, not {value!r}.")
     if spec.minimum is not None and value < spec.minimum:
         raise InvalidOption(name, f"{flag} must be at least {spec.minimum:g}, not {value!r}.")
     if spec.maximum is not None and value > spec.maximum:

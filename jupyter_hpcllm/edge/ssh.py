@@ -102,38 +102,50 @@ class SSHTransport:
     def _connection(self) -> paramiko.SSHClient:
         """The live connection: reused, or made anew when there is none or it dropped. One thread
         connects; the others wait for its result instead of opening connections of their own."""
-        with self._lock:
-            client = self._client
-            if client is not None and _active(client):
-                return client
-            waiting = self._connecting
-            if waiting is None:
-                self._connecting = threading.Event()
-                self._connect_error = None
-        if waiting is not None:
-            waiting.wait(self.profile.connect_timeout * 2 + 5)
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise ConnectError(f"The connection to {self.description} was closed.", _REACH_HINT)
+                client = self._client
+                if client is not None and _active(client):
+                    return client
+                waiting = self._connecting
+                if waiting is None:
+                    self._connecting = threading.Event()
+                    self._connect_error = None
+                    break
+            # Another thread is connecting: wait for its result (each of its steps has connect_timeout).
+            waiting.wait(self.profile.connect_timeout)
             with self._lock:
                 if self._client is not None and _active(self._client):
                     return self._client
                 error = self._connect_error
+                still = self._connecting is waiting
             if error is not None:
                 raise error
-            raise ConnectError(f"The connection to {self.description} is still being made.", _REACH_HINT)
+            if not still:
+                continue  # it finished without a connection (closed, interrupted): try ourselves
         try:
             fresh = self._connect()
         except BaseException as error:
             with self._lock:
-                self._connect_error, done, self._connecting = error, self._connecting, None
+                # Share what other threads can act on; an interrupt belongs to this thread alone.
+                self._connect_error = error if isinstance(error, Exception) else None
+                done, self._connecting = self._connecting, None
             if done is not None:
                 done.set()
             raise
         with self._lock:
-            stale, self._client = self._client, fresh
+            closed = self._closed
+            stale, self._client = self._client, (None if closed else fresh)
             done, self._connecting = self._connecting, None
         if done is not None:
             done.set()
         if stale is not None:
             stale.close()
+        if closed:
+            fresh.close()
+            raise ConnectError(f"The connection to {self.description} was closed.", _REACH_HINT)
         return fresh
 
     def _connect(self) -> paramiko.SSHClient:
@@ -231,11 +243,18 @@ class SSHTransport:
         except Exception as error:
             raise TransportError(f"Cannot open a session on {self.description}: {error}.", _REACH_HINT) from None
         with channel:
-            channel.exec_command(command)
-            if stdin is not None:
-                channel.sendall(stdin.encode())
-            channel.shutdown_write()
-            stdout, stderr = _drain(channel, deadline, command, timeout)
+            try:
+                channel.exec_command(command)
+                if stdin is not None:
+                    channel.sendall(stdin.encode())
+                channel.shutdown_write()
+                stdout, stderr = _drain(channel, deadline, command, timeout)
+            except CommandTimeout:
+                raise
+            except Exception as error:  # the connection dropped under the command (paramiko, socket)
+                raise ConnectError(f"The SSH connection to {self.description} broke while running "
+                                   f"`{command.split()[0] if command.split() else command}`: {error}.",
+                                   _REACH_HINT) from None
             if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
                 raise CommandTimeout(command, timeout)
             status = channel.recv_exit_status()
@@ -278,6 +297,7 @@ class SSHTransport:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             client, self._client = self._client, None
         if client is not None:
             client.close()

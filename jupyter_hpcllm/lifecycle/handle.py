@@ -113,10 +113,11 @@ class LaunchHandle:
 
     def cancel(self) -> bool:
         """Stop the launch from any thread; the job it submitted is cancelled. False if it had ended."""
-        if self._future.done():
-            return False
-        self._cancel.set()
-        return True
+        with self._lock:
+            if self._future.done():
+                return False
+            self._cancel.set()
+            return True
 
     def cancelled(self) -> bool:
         return self._future.done() and isinstance(self._future.exception(), LaunchCancelled)
@@ -130,18 +131,23 @@ class LaunchHandle:
         """Cancel and wait until the job it submitted is cancelled, through further Ctrl-Cs (bounded).
         If it had just become ready, the job it submitted is stopped all the same: the user interrupted."""
         deadline = time.monotonic() + timeout
-        if not self.cancel() and self._future.done() and self._future.exception() is None:
-            server = self._future.result()
-            if self.submitted:
-                self.cluster.cancel_quietly(server.job_id)
-            server.close()
+        if not self.cancel():
+            self._stop_ready_server()
             return
         while time.monotonic() < deadline:
             try:
                 if self.join(min(_POLL, max(0.0, deadline - time.monotonic()))):
-                    return
+                    break
             except KeyboardInterrupt:
                 continue  # a second Ctrl-C: the cancel is already on its way, finish it
+        self._stop_ready_server()
+
+    def _stop_ready_server(self) -> None:
+        if self._future.done() and self._future.exception() is None:
+            server = self._future.result()
+            if self.submitted:
+                self.cluster.cancel_quietly(server.job_id)
+            server.close()
 
     # -- the launch's thread
 
@@ -176,13 +182,19 @@ class LaunchHandle:
                                       f"{plan.spec.time}).", self._clock() - started))
             server = self.cluster.wait(self.job_id, report=self._report, timeout=self.options.timeout,
                                        submitted=self.submitted, sleep=self._sleep, started=started)
-            if self._cancel.is_set():  # cancelled just as it became ready
+            with self._lock:  # cancel() decides under the same lock: either it sees the result or we see it
+                published = not self._cancel.is_set()
+                if published:
+                    self._future.set_result(server)
+            if not published:  # cancelled just as it became ready
                 server.close()
                 raise LaunchCancelled(f"The launch of {self.options.model} was cancelled.")
         except BaseException as error:
-            self._fail(error)
-        else:
-            self._future.set_result(server)
+            try:
+                self._fail(error)
+            finally:
+                if not self._future.done():  # whatever failed while failing, the launch ends
+                    self._future.set_exception(error)
         self._finished()
 
     def _fail(self, error: BaseException) -> None:

@@ -38,6 +38,7 @@ class ServerInfo:
     @classmethod
     def from_row(cls, row: JobRow, url: str | None = None, port: int | None = None) -> ServerInfo:
         running = row.state is JobState.RUNNING
+        waiting = row.state in (JobState.PENDING, JobState.REQUEUED, JobState.CONFIGURING)
         return cls(
             job_id=row.job_id,
             state=row.state,
@@ -45,10 +46,10 @@ class ServerInfo:
             engine=row.comment_field("engine"),
             node=row.node or None,
             time_left=row.time_left if running else None,
-            reason=None if running else row.reason,
-            # squeue's %S is the expected start while pending, the start once running.
-            expected_start=None if running else (row.start_time or None),
-            started=(row.start_time or None) if running else None,
+            reason=row.reason if waiting else None,
+            # squeue's %S is the expected start while pending, the start once running (or ended).
+            expected_start=(row.start_time or None) if waiting else None,
+            started=None if waiting else (row.start_time or None),
             port=port,
             url=url,
         )
@@ -116,8 +117,9 @@ class Server:
         """Cancel the job and close the forward. Idempotent; returns the job's state afterwards."""
         self._forward.close()
         if not self._down:
-            self._down = True
-            return self.cluster.cancel(self.job_id, wait=wait)
+            state = self.cluster.cancel(self.job_id, wait=wait)
+            self._down = True  # only once scancel ran: a failed one is sent again next time
+            return state
         return self.cluster.wait_gone(self.job_id, wait)
 
     def close(self) -> None:

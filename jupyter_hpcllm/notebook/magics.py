@@ -21,7 +21,7 @@ from .. import views
 from ..chat.interpolate import interpolate
 from ..chat.prompt import Endpoint, code_of, parse_json_answer, run_prompt
 from ..config.options import LaunchOptions, add_arguments, split_engine_args
-from ..errors import HpcllmError
+from ..errors import HpcllmError, LaunchCancelled
 from ..lifecycle import Cluster, LaunchHandle, Server, cluster_for
 from .render import Renderer
 
@@ -128,6 +128,19 @@ def _llm_parser() -> _Parser:
     return parser
 
 
+def _interrupted(handle: LaunchHandle) -> str:
+    """What an interrupted (or stopped) launch left behind, as its handle knows it."""
+    if not handle.submitted:
+        return "Interrupted: nothing was submitted."
+    error = handle.exception(timeout=0) if handle.done() else None
+    if isinstance(error, LaunchCancelled) and "failed" in error.message:
+        return f"Interrupted: {error}"
+    if not handle.done():  # the cancel did not finish in time
+        return (f"Interrupted: job {handle.job_id} may still be running; stop it with "
+                f"`%hpcllm down {handle.job_id}`.")
+    return f"Interrupted: job {handle.job_id} was cancelled, its GPUs are free."
+
+
 def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace | None:
     """Parsed options; None after --help; a bad option fails the cell with argparse's one line."""
     try:
@@ -182,6 +195,8 @@ class HpcllmMagics(Magics):
             return getattr(self, f"_{args.command}")(args)
         except HpcllmError as error:
             _fail(str(error))
+        except KeyboardInterrupt:
+            _fail(f"%hpcllm {args.command}: interrupted.")
 
     hpcllm.__doc__ = HPCLLM_HELP
 
@@ -221,9 +236,7 @@ class HpcllmMagics(Magics):
         except KeyboardInterrupt:
             view.stop()
             handle.stop()  # the job it submitted is cancelled before the cell ends
-            if handle.submitted:
-                _fail(f"Interrupted: job {handle.job_id} was cancelled, its GPUs are free.")
-            _fail("Interrupted.")
+            _fail(_interrupted(handle))
         except HpcllmError as error:
             view.error(str(error))
             _fail(str(error))
@@ -293,11 +306,11 @@ class HpcllmMagics(Magics):
     def _down(self, args: argparse.Namespace) -> None:
         launching = self._launching_now(args)
         if launching is not None:
-            launching.cancel()
-            launching.join(timeout=60)
-            what = f"job {launching.job_id} was cancelled, its GPUs are free" if launching.submitted else \
-                "nothing was submitted"
-            return print(f"Stopped the launch of {launching.options.model}: {what}.")
+            launching.stop()
+            if self.server is not None and self.server.job_id == launching.job_id:  # it became ready meanwhile
+                self.server, self.endpoint = None, None
+            return print(_interrupted(launching).replace("Interrupted", f"Stopped the launch of "
+                                                                        f"{launching.options.model}", 1))
         job = self._job_or_current(args)
         if self.server is not None and job == self.server.job_id:
             state = self.server.down()
