@@ -175,14 +175,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         server = handle.result()
     except KeyboardInterrupt:
         handle.stop()  # the job it submitted is cancelled before we exit
-        error = handle.exception(timeout=0) if handle.done() else None
-        if not handle.submitted:
-            print("\nhpcllm: interrupted; nothing was submitted.", file=sys.stderr)
-        elif not handle.done() or (error is not None and "failed" in str(error)):
-            print(f"\nhpcllm: interrupted; job {handle.job_id} may still be running: `hpcllm down {handle.job_id}`"
-                  " stops it.", file=sys.stderr)
-        else:
-            print(f"\nhpcllm: interrupted; job {handle.job_id} was cancelled, its GPUs are free.", file=sys.stderr)
+        print(f"\nhpcllm: {views.interrupted_text(handle, 'hpcllm down')}", file=sys.stderr)
         return 130
     print(f"Job {server.job_id} serves {server.model!r} ({server.engine}) on {server.node}:{server.port}.")
     server.close()

@@ -8,10 +8,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .discovery.models import ModelSummary
-    from .lifecycle import ServerInfo
+    from .lifecycle import LaunchHandle, ServerInfo
     from .planning.plan import LaunchPlan
 
-__all__ = ["format_table", "models_rows", "plan_text", "servers_rows", "status_rows", "status_text", "stopped_message"]
+__all__ = [
+    "format_table",
+    "interrupted_text",
+    "models_rows",
+    "plan_text",
+    "servers_rows",
+    "status_rows",
+    "status_text",
+    "stopped_message",
+]
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -57,6 +66,15 @@ def status_rows(info: ServerInfo) -> list[tuple[str, str]]:
 
 def status_text(info: ServerInfo, indent: str = "") -> str:
     return "".join(f"{indent}{label:15} {value}\n" for label, value in status_rows(info)[2:])
+
+
+def interrupted_text(handle: LaunchHandle, down: str) -> str:
+    """What an interrupted (or stopped) launch left behind; `down` is the face's stop command."""
+    if not handle.submitted:
+        return "Interrupted: nothing was submitted."
+    if handle.freed:
+        return f"Interrupted: job {handle.job_id} was cancelled, its GPUs are free."
+    return f"Interrupted: job {handle.job_id} may still be running; stop it with `{down} {handle.job_id}`."
 
 
 def stopped_message(job_id: str, state_value: str) -> str:

@@ -40,6 +40,7 @@ class LaunchHandle:
         self.plan: LaunchPlan | None = None
         self.job_id: str | None = None
         self.submitted = False  # True once sbatch returned: then cancelling cancels the job
+        self.freed: bool | None = None  # after a cancel or failure: whether scancel of our job went through
         self._clock = clock
         self._pause = sleep  # an injected sleep (tests); None: wait on the cancel event itself
         self._future: Future[Server] = Future()
@@ -146,7 +147,7 @@ class LaunchHandle:
         if self._future.done() and self._future.exception() is None:
             server = self._future.result()
             if self.submitted:
-                self.cluster.cancel_quietly(server.job_id)
+                self.freed = self.cluster.cancel_quietly(server.job_id)
             server.close()
 
     # -- the launch's thread
@@ -200,7 +201,7 @@ class LaunchHandle:
     def _fail(self, error: BaseException) -> None:
         if self.submitted and self.job_id is not None:
             # Cancelled, timed out or failed: never leave an allocation behind that nobody will use.
-            freed = self.cluster.cancel_quietly(self.job_id)
+            freed = self.freed = self.cluster.cancel_quietly(self.job_id)
             if isinstance(error, LaunchCancelled):
                 error = LaunchCancelled(
                     f"The launch of {self.options.model} was cancelled"

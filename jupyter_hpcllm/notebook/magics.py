@@ -21,7 +21,7 @@ from .. import views
 from ..chat.interpolate import interpolate
 from ..chat.prompt import Endpoint, code_of, parse_json_answer, run_prompt
 from ..config.options import LaunchOptions, add_arguments, split_engine_args
-from ..errors import HpcllmError, LaunchCancelled
+from ..errors import HpcllmError
 from ..lifecycle import Cluster, LaunchHandle, Server, cluster_for
 from .render import Renderer
 
@@ -128,27 +128,19 @@ def _llm_parser() -> _Parser:
     return parser
 
 
-def _interrupted(handle: LaunchHandle) -> str:
-    """What an interrupted (or stopped) launch left behind, as its handle knows it."""
-    if not handle.submitted:
-        return "Interrupted: nothing was submitted."
-    error = handle.exception(timeout=0) if handle.done() else None
-    if isinstance(error, LaunchCancelled) and "failed" in error.message:
-        return f"Interrupted: {error}"
-    if not handle.done():  # the cancel did not finish in time
-        return (f"Interrupted: job {handle.job_id} may still be running; stop it with "
-                f"`%hpcllm down {handle.job_id}`.")
-    return f"Interrupted: job {handle.job_id} was cancelled, its GPUs are free."
-
-
-def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace | None:
-    """Parsed options; None after --help; a bad option fails the cell with argparse's one line."""
+def _parse(parser: _Parser, line: str) -> tuple[argparse.Namespace | None, list[str]]:
+    """(options, engine arguments after `--`); None after --help; bad quotes or a bad option fail the cell
+    with one line."""
     try:
-        return parser.parse_args(argv)
+        argv, engine_args = split_engine_args(shlex.split(line))
+    except ValueError as error:  # shlex: an unclosed quote
+        _fail(f"{parser.prog}: cannot read the options ({error}). Check the quotes.")
+    try:
+        return parser.parse_args(argv), engine_args
     except _Stop as stop:
         if stop.message:
             _fail(stop.message)
-        return None
+        return None, engine_args
 
 
 def _fail(message: str) -> NoReturn:
@@ -179,11 +171,7 @@ class HpcllmMagics(Magics):
 
     @line_magic
     def hpcllm(self, line: str) -> Any:
-        try:
-            argv, engine_args = split_engine_args(shlex.split(line))
-        except ValueError as error:  # shlex: an unclosed quote
-            _fail(f"%hpcllm: cannot read the options ({error}). Check the quotes.")
-        args = _parse(_hpcllm_parser(), argv)
+        args, engine_args = _parse(_hpcllm_parser(), line)
         if args is None:  # --help was shown
             return None
         if args.command is None:
@@ -236,7 +224,7 @@ class HpcllmMagics(Magics):
         except KeyboardInterrupt:
             view.stop()
             handle.stop()  # the job it submitted is cancelled before the cell ends
-            _fail(_interrupted(handle))
+            _fail(views.interrupted_text(handle, "%hpcllm down"))
         except HpcllmError as error:
             view.error(str(error))
             _fail(str(error))
@@ -309,8 +297,8 @@ class HpcllmMagics(Magics):
             launching.stop()
             if self.server is not None and self.server.job_id == launching.job_id:  # it became ready meanwhile
                 self.server, self.endpoint = None, None
-            return print(_interrupted(launching).replace("Interrupted", f"Stopped the launch of "
-                                                                        f"{launching.options.model}", 1))
+            return print(views.interrupted_text(launching, "%hpcllm down").replace(
+                "Interrupted", f"Stopped the launch of {launching.options.model}", 1))
         job = self._job_or_current(args)
         if self.server is not None and job == self.server.job_id:
             state = self.server.down()
@@ -359,13 +347,11 @@ class HpcllmMagics(Magics):
 
     @cell_magic
     def llm(self, line: str, cell: str) -> Any:
-        try:
-            argv = shlex.split(line)
-        except ValueError as error:  # shlex: an unclosed quote
-            _fail(f"%%llm: cannot read the options ({error}). Check the quotes.")
-        args = _parse(_llm_parser(), argv)
+        args, extra = _parse(_llm_parser(), line)
         if args is None:  # --help was shown
             return None
+        if extra:
+            _fail(f"%%llm: unrecognized arguments: {' '.join(extra)}. `%%llm --help` lists the options.")
         if self.endpoint is None:
             _fail("%%llm has no server yet: start one with `%hpcllm up MODEL`, attach to one with "
                   "`%hpcllm attach JOB`, or use any OpenAI-compatible endpoint with `%hpcllm use URL`.")
