@@ -26,6 +26,7 @@ __all__ = ["PRESETS", "GpuType", "Profile", "config_path", "load_profile", "star
 
 ENGINES = ("vllm", "sglang")
 RUNTIMES = ("singularity", "apptainer", "none")
+SSH_BACKENDS = ("paramiko", "openssh")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class Profile:
     ssh_config: str = "~/.ssh/config"
     connect_timeout: float = 15.0
     command_timeout: float = 60.0
+    # Seconds between keepalives that expect a reply: a connection silent for two of them is dead.
+    keepalive: float = 15.0
+    # "paramiko" (default, portable) or "openssh": the system ssh with a ControlMaster (FIDO keys,
+    # Kerberos, an MFA policy satisfied once per master). Not on Windows, whose ssh has no ControlMaster.
+    ssh_backend: str = "paramiko"
     # Slurm defaults for the job.
     partition: str | None = None
     account: str | None = None
@@ -216,6 +222,13 @@ def _apply(profile: Profile, overrides: dict[str, Any], path: Path) -> Profile:
         )
     if resolved.default_engine not in ENGINES:
         raise ConfigError(f"Profile {profile.name!r}: default_engine must be vllm or sglang.")
+    if resolved.ssh_backend not in SSH_BACKENDS:
+        raise ConfigError(
+            f"Profile {profile.name!r}: ssh_backend must be one of {', '.join(SSH_BACKENDS)}, "
+            f"not {resolved.ssh_backend!r}.",
+        )
+    if resolved.keepalive <= 0:
+        raise ConfigError(f"Profile {profile.name!r}: keepalive must be a positive number of seconds.")
     return resolved
 
 
@@ -250,7 +263,7 @@ def _coerce(profile: str, key: str, value: Any) -> Any:
         if not isinstance(value, int) or isinstance(value, bool):
             raise bad("an integer")
         return value
-    if key in ("connect_timeout", "command_timeout"):
+    if key in ("connect_timeout", "command_timeout", "keepalive"):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise bad("a number of seconds")
         return float(value)
@@ -311,7 +324,9 @@ default_profile = "ebi"
 # [profiles.mycluster]
 # host = "login.example.org"        # "local" when Jupyter already runs on the cluster (no SSH)
 # port = 22
-# proxy_jump = "bastion.example.org"
+# proxy_jump = "bastion.example.org"  # a chain "a,b" (first hop first) or "none"; ~/.ssh/config's ProxyJump applies too
+# keepalive = 15                    # seconds; a connection silent for two keepalives is replaced
+# ssh_backend = "paramiko"          # or "openssh": the system ssh with a ControlMaster (FIDO keys, Kerberos, MFA)
 # known_hosts = "~/.ssh/known_hosts"
 # partition = "gpu"
 # account = "mylab"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..config.profiles import Profile
 from ..errors import AuthenticationError, CommandTimeout, ConnectError, HostKeyError, TransportError
-from .transport import CommandResult, Forward, Stream, check_result
+from .transport import CommandResult, Forward, Prompt, Stream, check_result
 
 if TYPE_CHECKING:
     import paramiko
@@ -76,7 +76,8 @@ class _SSHTarget:
 class SSHTransport:
     """One paramiko connection to the login node, reused for every command and tunnel."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, *, prompt: Prompt | None = None) -> None:
+        self._prompt = prompt
         # paramiko logs a refused forward channel as an ERROR; with no logging configured Python would
         # print it on stderr (e.g. while the engine is still loading). Our errors say what matters.
         logging.getLogger("paramiko").addHandler(logging.NullHandler())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,7 +24,13 @@ from ..errors import CommandTimeout, ConnectError, RemoteCommandError
 if TYPE_CHECKING:
     from .files import Files
 
-__all__ = ["CommandResult", "DirectAddress", "Forward", "LocalTransport", "Stream", "Transport", "connect"]
+__all__ = [
+    "CommandResult", "DirectAddress", "Forward", "LocalTransport", "Prompt", "Stream", "Transport", "connect",
+]
+
+# Asks the person at the keyboard: (prompt text, echo the answer?) -> the answer. A face supplies one
+# (terminal: getpass; notebook: the kernel's password input); without one, a prompt is an error, never a hang.
+Prompt = Callable[[str, bool], str]
 
 
 @dataclass(frozen=True)
@@ -141,10 +148,15 @@ class LocalTransport:
         pass
 
 
-def connect(profile: Profile) -> Transport:
-    """The transport a profile asks for (SSH unless its host is "local"). Cheap: SSH connects on first use."""
+def connect(profile: Profile, *, prompt: Prompt | None = None) -> Transport:
+    """The transport a profile asks for (SSH unless its host is "local"; paramiko unless its ssh_backend
+    is "openssh"). Cheap: SSH connects on first use. ``prompt`` answers keyboard-interactive questions."""
     if profile.is_local:
         return LocalTransport(profile)
+    if profile.ssh_backend == "openssh":
+        from .openssh import OpenSSHTransport
+
+        return OpenSSHTransport(profile, prompt=prompt)
     from .ssh import SSHTransport
 
-    return SSHTransport(profile)
+    return SSHTransport(profile, prompt=prompt)
