@@ -265,8 +265,10 @@ class SSHTransport:
         transport = self._connection().get_transport()
         if transport is None or not transport.is_active():
             raise ConnectError(f"The SSH connection to {self.description} was lost.", _REACH_HINT)
+        from .sshtuning import channel_options
+
         channel: Stream = transport.open_channel(
-            "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout
+            "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout, **channel_options()
         )
         return channel
 
