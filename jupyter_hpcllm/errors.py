@@ -6,6 +6,7 @@
     │   └── ModelNotFound       the model is not under the profile's model root
     ├── TransportError          the cluster cannot be reached or a command on it failed
     │   ├── ConnectError        host unreachable, DNS, refused, timed out while connecting
+    │   │   └── ConnectionLost      the connection died under a command (which may or may not have run)
     │   ├── AuthenticationError the SSH server refused our keys
     │   ├── HostKeyError        the host key is unknown or changed (we never trust silently)
     │   ├── CommandTimeout      a remote command ran past its timeout
@@ -29,6 +30,7 @@ __all__ = [
     "CommandTimeout",
     "ConfigError",
     "ConnectError",
+    "ConnectionLost",
     "ForwardError",
     "HostKeyError",
     "HpcllmError",
@@ -84,6 +86,11 @@ class TransportError(HpcllmError):
 
 class ConnectError(TransportError):
     """The host is unreachable."""
+
+
+class ConnectionLost(ConnectError):
+    """The connection died while a command ran: it may or may not have run. A command that only reads is
+    run once more on a new connection; ``sbatch`` never is without first looking for the job it may have made."""
 
 
 class AuthenticationError(TransportError):

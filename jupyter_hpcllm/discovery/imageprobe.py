@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config.profiles import Profile
 from ..edge.slurm import image_help_command, image_mtime_command
-from ..edge.transport import Transport
+from ..edge.transport import Transport, run_idempotent
 from ..errors import ConfigError
 from ..planning.engines import help_argvs, parse_parser_choices
 from ..planning.plan import LaunchPlan
@@ -38,7 +38,7 @@ def image_parsers(profile: Profile, transport: Transport, engine: str, *,
                   refresh: bool = False) -> dict[str, tuple[str, ...]]:
     """{"tool": names, "reasoning": names} that the profile's image for `engine` registers."""
     image = profile.image(engine)
-    result = transport.run(image_mtime_command(image), check=False)
+    result = run_idempotent(transport, image_mtime_command(image), check=False)
     if result.exit_status != 0:
         raise ConfigError(f"The {engine} image {image} of profile {profile.name!r} does not exist on the cluster.",
                           f"Set images.{engine} in the profile (`hpcllm config show` prints it).")
@@ -47,8 +47,8 @@ def image_parsers(profile: Profile, transport: Transport, engine: str, *,
     if not refresh and key in cache:
         return {kind: tuple(names) for kind, names in cache[key].items()}
     # Engine images take seconds to import their engine: allow for it.
-    help_text = transport.run(image_help_command(profile.runtime, profile.runtime_command, image, help_argvs(engine)),
-                              timeout=max(profile.command_timeout, 120)).stdout
+    command = image_help_command(profile.runtime, profile.runtime_command, image, help_argvs(engine))
+    help_text = run_idempotent(transport, command, timeout=max(profile.command_timeout, 120)).stdout
     found = parse_parser_choices(help_text)
     if not any(found.values()):
         tail = help_text.strip().splitlines()[-1:] or ["(no output)"]

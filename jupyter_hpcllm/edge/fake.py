@@ -12,7 +12,10 @@ serves (default), exits with a code and log, Slurm ends the job, or it never sta
 ``forward()`` the engine answers real HTTP on 127.0.0.1 (/health, /v1/models, /v1/chat/completions,
 streamed too; "Echo: <last user text>"), with its run's key. ``files()`` holds model directories under
 ``model_root``, or under whatever root the profile names if it is None. Test hooks: ``jobs``,
-``commands``, ``forwards``, ``outcome``, ``sbatch_error``, ``requeue()``, ``set_state()``.
+``commands``, ``forwards``, ``outcome``, ``sbatch_error``, ``requeue()``, ``set_state()``, and
+``drop()``: the connection dies under the next matching command(s), before or after it ran, so retries
+and the search for a job whose sbatch lost its connection can be tested; ``fresh()`` counts new
+connections in ``fresh_connections``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ..errors import ConnectError, RemoteCommandError
+from ..errors import ConnectError, ConnectionLost, RemoteCommandError
 from ..planning.families import FAMILIES
 from ..planning.script import JOBS_DIR
 from .files import FileInfo
@@ -291,6 +294,8 @@ class FakeTransport:
         self.sbatch_error: str | None = None  # set it and sbatch refuses with this message
         self.jobs: dict[str, FakeJob] = {}
         self.commands: list[str] = []
+        self.fresh_connections = 0
+        self._drops: list[tuple[re.Pattern[str], str, list[int]]] = []  # pattern, when, [times left]
         self._files = FakeFiles(models, model_root)
         self.forwards: list[FakeForward] = []  # every forward opened (closed ones too)
         self._listening: dict[tuple[str, int], tuple[FakeJob, FakeRun]] = {}
@@ -302,7 +307,8 @@ class FakeTransport:
                  rf"echo @@hpcllm:log; tail -c (\d+) {_J}/\2/engine\.log 2>/dev/null; echo; "
                  rf"echo @@hpcllm:slurm; tail -c 2000 {_J}/slurm-\2\.out 2>/dev/null; true")
         self._commands: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], _Out]]] = [
-            (re.compile(rf"cd && mkdir -p {_J} && chmod 700 \.hpcllm {_J} && sbatch --parsable"), self._sbatch),
+            (re.compile(rf"cd && mkdir -p {_J} && chmod 700 \.hpcllm {_J} && sbatch --parsable(?: --comment=(\S+))?"),
+             self._sbatch),
             (re.compile(rf'squeue -h -u "\$USER" -o {_FMT}(?: -n (\S+))?(?: -t ([A-Z,]+))?'), self._squeue),
             (re.compile(rf"scancel {_ID}"), self._scancel),
             (re.compile(rf"cat {_J}/{_ID}/key"), self._key),
@@ -320,10 +326,13 @@ class FakeTransport:
             check: bool = True) -> CommandResult:
         with self._lock:
             self.commands.append(command)
+            self._maybe_drop(command, "before")
             for pattern, handler in self._commands:
                 match = pattern.fullmatch(command)
                 if match:
-                    return check_result(CommandResult(command, *handler(match, stdin or "")), check)
+                    result = CommandResult(command, *handler(match, stdin or ""))
+                    self._maybe_drop(command, "after")
+                    return check_result(result, check)
         raise RemoteCommandError(command, 127, "", f"bash: {command.split()[0]}: command not found (the fake "
                                                    "cluster does not know this command)")
 
@@ -339,6 +348,12 @@ class FakeTransport:
             self.forwards.append(forward)
         return forward
 
+    def fresh(self) -> FakeTransport:
+        """A new connection to the same fake cluster (the same object: the cluster's state is shared)."""
+        with self._lock:
+            self.fresh_connections += 1
+        return self
+
     def close(self) -> None:
         with self._lock:
             forwards = list(self.forwards)
@@ -346,6 +361,19 @@ class FakeTransport:
             forward.close()
 
     # -- test hooks
+
+    def drop(self, pattern: str = ".*", *, when: str = "before", times: int = 1) -> None:
+        """The connection dies under the next `times` commands matching `pattern` (a regex searched in the
+        command): ``before`` they run, or ``after`` they ran (their effect stays, their output is lost)."""
+        with self._lock:
+            self._drops.append((re.compile(pattern), when, [times]))
+
+    def _maybe_drop(self, command: str, when: str) -> None:
+        for pattern, moment, left in self._drops:
+            if moment == when and left[0] > 0 and pattern.search(command):
+                left[0] -= 1
+                raise ConnectionLost(f"The SSH connection to the fake cluster broke while running "
+                                     f"`{command.split()[0]}` (a test dropped it).")
 
     def listening(self, node: str, port: int) -> tuple[FakeJob, FakeRun] | None:
         """The job run whose engine listens at node:port, if one does."""
@@ -373,6 +401,8 @@ class FakeTransport:
 
     def _sbatch(self, match: re.Match[str], script: str) -> _Out:
         sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(.*)$", script, re.MULTILINE))
+        if match[1]:  # sbatch's own --comment wins over the script's, as in Slurm
+            sbatch["comment"] = shlex.split(match[1])[0]
         comment = {k: v for k, _, v in (part.partition("=") for part in sbatch.get("comment", "").split(";")[1:])}
         if not script.startswith("#!/bin/bash") or not sbatch.get("job-name") or "model" not in comment:
             return 1, "", "sbatch: error: not a jupyter-hpcllm job script (no --job-name or --comment=hpcllm;...)\n"

@@ -80,9 +80,19 @@ _ACTIVE = {
 # --- remote commands ----------------------------------------------------------------------------------
 
 
-def submit_command() -> str:
-    """sbatch reading the script on stdin, from the home directory (the relative --output needs it)."""
-    return f"cd && mkdir -p {JOBS_DIR} && chmod 700 .hpcllm {JOBS_DIR} && sbatch --parsable"
+def submit_command(comment: str | None = None) -> str:
+    """sbatch reading the script on stdin, from the home directory (the relative --output needs it).
+    ``comment`` replaces the script's ``--comment``: it carries a submission token, so a job whose sbatch
+    lost its connection can be found by name and token instead of being submitted twice."""
+    tail = f" --comment={shlex.quote(_check_comment(comment))}" if comment is not None else ""
+    return f"cd && mkdir -p {JOBS_DIR} && chmod 700 .hpcllm {JOBS_DIR} && sbatch --parsable{tail}"
+
+
+def _check_comment(comment: str) -> str:
+    # squeue prints the comment in a |-separated line: a | or a newline would break the row.
+    if any(c in comment for c in "|\n\r") or not comment.isprintable():
+        raise ValueError(f"a job comment must be one printable line without '|': {comment!r}")
+    return comment
 
 
 def cancel_command(job_id: str) -> str:

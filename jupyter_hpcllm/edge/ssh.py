@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ..config.profiles import Profile
-from ..errors import AuthenticationError, CommandTimeout, ConnectError, HostKeyError, TransportError
+from ..errors import AuthenticationError, CommandTimeout, ConnectError, ConnectionLost, HostKeyError, TransportError
 from .transport import CommandResult, Forward, Prompt, Stream, check_result
 
 if TYPE_CHECKING:
     import paramiko
 
     from .files import Files
+    from .heartbeat import Heartbeat
 
 __all__ = ["SSHTransport"]
 
@@ -94,6 +95,7 @@ class SSHTransport:
         self._connecting: threading.Event | None = None
         self._connect_error: BaseException | None = None
         self._closed = False
+        self._heartbeat: Heartbeat | None = None
 
     def connect(self) -> SSHTransport:
         """Open the connection now (it opens on first use otherwise); errors say what to do."""
@@ -136,10 +138,18 @@ class SSHTransport:
             if done is not None:
                 done.set()
             raise
+        from .heartbeat import Heartbeat
+
+        live = fresh.get_transport()
+        beat = Heartbeat(live, self.profile.keepalive) if live is not None and not self._closed else None
         with self._lock:
             closed = self._closed
             stale, self._client = self._client, (None if closed else fresh)
+            stale_beat, self._heartbeat = self._heartbeat, (None if closed else beat)
             done, self._connecting = self._connecting, None
+        for old in (stale_beat, beat if closed else None):
+            if old is not None:
+                old.stop()
         if done is not None:
             done.set()
         if stale is not None:
@@ -221,9 +231,6 @@ class SSHTransport:
             raise ConnectError(f"SSH to {target.display} failed: {error}.", _REACH_HINT) from None
         except OSError as error:
             raise ConnectError(f"Cannot reach {target.display}: {error}.", _REACH_HINT) from None
-        transport = client.get_transport()
-        assert transport is not None
-        transport.set_keepalive(30)
         return client
 
     @property
@@ -238,10 +245,12 @@ class SSHTransport:
         transport = self._connection().get_transport()
         deadline = time.monotonic() + timeout
         if transport is None or not transport.is_active():
-            raise ConnectError(f"The SSH connection to {self.description} was lost.", _REACH_HINT)
+            raise self._lost(command, "the connection closed")
         try:
             channel = transport.open_session(timeout=timeout)
         except Exception as error:
+            if not transport.is_active():
+                raise self._lost(command, str(error)) from None
             raise TransportError(f"Cannot open a session on {self.description}: {error}.", _REACH_HINT) from None
         with channel:
             try:
@@ -253,13 +262,21 @@ class SSHTransport:
             except CommandTimeout:
                 raise
             except Exception as error:  # the connection dropped under the command (paramiko, socket)
-                raise ConnectError(f"The SSH connection to {self.description} broke while running "
-                                   f"`{command.split()[0] if command.split() else command}`: {error}.",
-                                   _REACH_HINT) from None
+                raise self._lost(command, str(error) or type(error).__name__) from None
             if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+                if channel.closed or not transport.is_active():
+                    raise self._lost(command, "no exit status came back")
                 raise CommandTimeout(command, timeout)
+            if channel.exit_status == -1 and not transport.is_active():  # closed under it, no real status
+                raise self._lost(command, "no exit status came back")
             status = channel.recv_exit_status()
         return check_result(CommandResult(command, status, stdout, stderr), check)
+
+    def _lost(self, command: str, why: str) -> ConnectionLost:
+        words = command.split()
+        return ConnectionLost(
+            f"The SSH connection to {self.description} broke while running `{' '.join(words[:1]) or command}` "
+            f"({why}); the next command connects anew.", _REACH_HINT)
 
     def open_channel(self, host: str, port: int, timeout: float = 10.0) -> Stream:
         transport = self._connection().get_transport()
@@ -298,10 +315,17 @@ class SSHTransport:
 
         return PortForward(lambda: self.open_channel(host, port), f"{host}:{port}", local_port=local_port)
 
+    def fresh(self) -> SSHTransport:
+        """A new connection of its own (this one may be dead): for a cancel that must get through."""
+        return SSHTransport(self.profile, prompt=self._prompt)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             client, self._client = self._client, None
+            beat, self._heartbeat = self._heartbeat, None
+        if beat is not None:
+            beat.stop()
         if client is not None:
             client.close()
         if self._jump:
@@ -323,7 +347,7 @@ def _drain(channel: paramiko.Channel, deadline: float, command: str, timeout: fl
             out.append(channel.recv(65536))
         while channel.recv_stderr_ready():
             err.append(channel.recv_stderr(65536))
-        if channel.eof_received and not channel.recv_ready() and not channel.recv_stderr_ready():
+        if (channel.eof_received or channel.closed) and not channel.recv_ready() and not channel.recv_stderr_ready():
             break
         remaining = deadline - time.monotonic()
         if remaining <= 0:

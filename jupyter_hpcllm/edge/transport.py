@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.profiles import Profile
-from ..errors import CommandTimeout, ConnectError, RemoteCommandError
+from ..errors import CommandTimeout, ConnectError, ConnectionLost, RemoteCommandError
 
 if TYPE_CHECKING:
     from .files import Files
 
 __all__ = [
     "CommandResult", "DirectAddress", "Forward", "LocalTransport", "Prompt", "Stream", "Transport", "connect",
+    "run_idempotent",
 ]
 
 # Asks the person at the keyboard: (prompt text, echo the answer?) -> the answer. A face supplies one
@@ -72,7 +73,23 @@ class Transport(Protocol):
 
     def forward(self, host: str, port: int, *, local_port: int = 0) -> Forward: ...
 
+    def fresh(self) -> Transport:
+        """A new connection to the same place that shares nothing with this one: for a cancel that must
+        not wait on a connection that may be dead. The caller closes it."""
+        ...
+
     def close(self) -> None: ...
+
+
+def run_idempotent(transport: Transport, command: str, *, timeout: float | None = None,
+                check: bool = True) -> CommandResult:
+    """Run a command that is safe to run twice (it only reads, like squeue, a probe or cat; or running it
+    again changes nothing, like scancel): if the connection dies under it, it is run once more on a new
+    connection (a transport replaces a dead connection on its next call). Never for sbatch."""
+    try:
+        return transport.run(command, timeout=timeout, check=check)
+    except ConnectionLost:
+        return transport.run(command, timeout=timeout, check=check)
 
 
 def check_result(result: CommandResult, check: bool) -> CommandResult:
@@ -143,6 +160,9 @@ class LocalTransport:
         from .forward import PortForward
 
         return PortForward(lambda: self.open_channel(host, port), f"{host}:{port}", local_port=local_port)
+
+    def fresh(self) -> LocalTransport:
+        return self  # no connection to lose
 
     def close(self) -> None:
         pass

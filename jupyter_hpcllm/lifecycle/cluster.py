@@ -12,6 +12,7 @@ profile, so a notebook does not open a connection per call.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,8 +36,8 @@ from ..edge.slurm import (
     queue_command,
     submit_command,
 )
-from ..edge.transport import Forward, Transport, connect
-from ..errors import ConfigError, JobNotFound, RemoteCommandError, SubmitError
+from ..edge.transport import CommandResult, Forward, Prompt, Transport, connect, run_idempotent
+from ..errors import ConfigError, ConnectionLost, JobNotFound, RemoteCommandError, SubmitError, TransportError
 from ..planning.plan import LaunchPlan, plan_launch
 from .handle import LaunchHandle
 from .progress import ProgressCallback
@@ -57,9 +58,11 @@ class Cluster:
 
     def __init__(self, profile: Profile | str | None = None, *, transport: Transport | None = None,
                  ready_check: Callable[[str, str], bool] = api_answers,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None,
+                 prompt: Prompt | None = None) -> None:
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
-        self.transport = transport if transport is not None else connect(self.profile)
+        # `prompt` answers what the login node asks (a password, a one-time code); the faces pass one.
+        self.transport = transport if transport is not None else connect(self.profile, prompt=prompt)
         self._ready_check = ready_check
         self._clock = clock
         self._injected_sleep = sleep  # tests pass one; launches then use it instead of their cancel event
@@ -143,15 +146,26 @@ class Cluster:
 
     def find_twin(self, plan: LaunchPlan) -> JobRow | None:
         """A pending or running job of the same plan (its name carries a digest of the script)."""
-        twins = parse_queue(self.transport.run(queue_command(plan.job_name)).stdout)
+        twins = parse_queue(self._read(queue_command(plan.job_name)).stdout)
         # Not one on its way out (COMPLETING: cancelled or ended, its engine stopping): it would fail the wait.
         twins = [row for row in twins if row.state is not JobState.COMPLETING]
         return twins[0] if twins else None
 
     def submit(self, plan: LaunchPlan) -> str:
-        """sbatch the plan's script (fed on stdin: nothing is written to disk first); the job id."""
+        """sbatch the plan's script (fed on stdin: nothing is written to disk first); the job id.
+
+        If the connection dies under sbatch, the job may or may not exist: it is looked for by its name and
+        a token of this submission (in its comment) before sbatch runs once more, never submitted blindly."""
+        token = secrets.token_hex(6)
+        command = submit_command(f"{plan.spec.comment};submission={token}")
         try:
-            result = self.transport.run(submit_command(), stdin=plan.script)
+            try:
+                result = self.transport.run(command, stdin=plan.script)
+            except ConnectionLost:
+                made = self._submitted(plan, token)
+                if made is not None:
+                    return made
+                result = self.transport.run(command, stdin=plan.script)
         except RemoteCommandError as error:
             lines = (error.stderr.strip() or error.stdout.strip()).splitlines()
             message = "; ".join(line.removeprefix("sbatch: error: ").strip() for line in lines if line.strip())
@@ -161,6 +175,11 @@ class Cluster:
                 "(`sinfo -o '%P %G %l'` on the login node); `hpcllm script` shows what was submitted.",
             ) from None
         return parse_sbatch(result.stdout)
+
+    def _submitted(self, plan: LaunchPlan, token: str) -> str | None:
+        """The job a submission with this token made, if Slurm has it."""
+        rows = parse_queue(self._read(queue_command(plan.job_name, active_only=False)).stdout)
+        return next((row.job_id for row in rows if row.comment_field("submission") == token), None)
 
     def wait(self, job_id: str, *, report: ProgressCallback, timeout: float | None, submitted: bool,
              sleep: Callable[[float], None], started: float | None = None) -> Server:
@@ -174,13 +193,13 @@ class Cluster:
                       port=endpoint.port, api_key=ready.api_key, forward=ready.forward)
 
     def _observe(self, job_id: str, queue: bool) -> Probe:
-        return parse_probe(self.transport.run(probe_command(job_id, queue=queue)).stdout)
+        return parse_probe(self._read(probe_command(job_id, queue=queue)).stdout)
 
     def _connect(self, job_id: str, endpoint: Endpoint) -> tuple[Forward, str]:
         """A forward to this run of the engine, and this run's key (a requeued job makes a new one)."""
         forward = self.transport.forward(endpoint.node, endpoint.port)
         try:
-            key = self.transport.run(key_command(job_id)).stdout.strip()
+            key = self._read(key_command(job_id)).stdout.strip()
         except BaseException:
             forward.close()
             raise
@@ -190,7 +209,7 @@ class Cluster:
 
     def list(self) -> list[ServerInfo]:
         """This user's jupyter-hpcllm jobs on the cluster, pending or running."""
-        return [ServerInfo.from_row(row) for row in parse_queue(self.transport.run(queue_command()).stdout)
+        return [ServerInfo.from_row(row) for row in parse_queue(self._read(queue_command()).stdout)
                 if row.is_ours]
 
     def status(self, job_id: str) -> ServerInfo:
@@ -205,7 +224,7 @@ class Cluster:
 
     def logs(self, job_id: str, lines: int = 100) -> str:
         """The last lines of the engine log (the API key is redacted on the node)."""
-        result = self.transport.run(log_command(self._job_id(job_id), lines=lines), check=False)
+        result = self._read(log_command(self._job_id(job_id), lines=lines), check=False)
         if result.exit_status != 0:
             raise JobNotFound(job_id, "It has no engine log on the cluster: it may not have started yet "
                                       "(`hpcllm status`), or the id is wrong.")
@@ -217,7 +236,7 @@ class Cluster:
         offset = 0
         quiet_checks = 0
         while True:
-            chunk = self.transport.run(log_command(job_id, from_byte=offset), check=False).stdout
+            chunk = self._read(log_command(job_id, from_byte=offset), check=False).stdout
             if chunk:
                 offset += len(chunk.encode())
                 quiet_checks = 0
@@ -231,15 +250,32 @@ class Cluster:
 
     def cancel(self, job_id: str, *, wait: float = 15.0) -> JobState:
         """Cancel a job and wait (up to `wait` s) until it holds no allocation; its last state."""
-        self.transport.run(cancel_command(self._job_id(job_id)))
+        self._read(cancel_command(self._job_id(job_id)))
         return self.wait_gone(job_id, wait)
 
-    def cancel_quietly(self, job_id: str) -> bool:
-        """Cancel without raising (a launch that failed or was interrupted); True if scancel ran."""
+    def cancel_quietly(self, job_id: str, *, fresh: bool = False) -> bool:
+        """Cancel without raising (a launch that failed or was interrupted); True if scancel ran.
+
+        With `fresh` (the connection may be what failed), or when the first try fails, scancel goes over a
+        new connection of its own: a dead one must not keep the GPUs held until the walltime ends."""
+        if not fresh:
+            try:
+                return self._read(cancel_command(job_id), check=False, timeout=30).exit_status == 0
+            except TransportError:
+                pass
+            except Exception:  # whatever broke, the caller says how to free the job by hand
+                return False
         try:
-            return self.transport.run(cancel_command(job_id), check=False, timeout=30).exit_status == 0
-        except Exception:  # whatever broke, the caller says how to free the job by hand
+            other = self.transport.fresh()
+        except Exception:
             return False
+        try:
+            return run_idempotent(other, cancel_command(job_id), check=False, timeout=30).exit_status == 0
+        except Exception:
+            return False
+        finally:
+            if other is not self.transport:
+                other.close()
 
     def wait_gone(self, job_id: str, wait: float) -> JobState:
         """Poll until the job no longer holds an allocation (or `wait` seconds pass); its last state."""
@@ -251,7 +287,11 @@ class Cluster:
             self._sleep(0.25)
 
     def _probe(self, job_id: str) -> Probe:
-        return parse_probe(self.transport.run(probe_command(self._job_id(job_id), log_bytes=0)).stdout)
+        return parse_probe(self._read(probe_command(self._job_id(job_id), log_bytes=0)).stdout)
+
+    def _read(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
+        """Every command but sbatch goes through here: each is safe to repeat once on a new connection."""
+        return run_idempotent(self.transport, command, check=check, timeout=timeout)
 
     @staticmethod
     def _job_id(job_id: str) -> str:

@@ -16,7 +16,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
 from ..config.options import LaunchOptions
-from ..errors import LaunchCancelled
+from ..errors import HpcllmError, JobFailed, LaunchCancelled, TransportError
 from .progress import Progress, ProgressCallback, Stage
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ __all__ = ["LaunchHandle"]
 
 _log = logging.getLogger(__name__)
 _POLL = 0.25
+_STUCK = 2.0  # seconds a stopped launch may take to reach its own scancel before stop() sends one
 
 
 class LaunchHandle:
@@ -135,10 +136,17 @@ class LaunchHandle:
         if not self.cancel():
             self._stop_ready_server()
             return
+        # The launch's thread sends the scancel as soon as its current step returns; a step stuck on a
+        # dead connection would hold the GPUs until it times out, so after a moment scancel from here too,
+        # over a new connection (a second scancel of the same job changes nothing).
+        stuck_at, rescued = time.monotonic() + _STUCK, False
         while time.monotonic() < deadline:
             try:
                 if self.join(min(_POLL, max(0.0, deadline - time.monotonic()))):
                     break
+                if not rescued and time.monotonic() >= stuck_at and self.submitted and self.job_id is not None:
+                    rescued = True
+                    self.freed = self.cluster.cancel_quietly(self.job_id, fresh=True) or bool(self.freed)
             except KeyboardInterrupt:
                 continue  # a second Ctrl-C: the cancel is already on its way, finish it
         self._stop_ready_server()
@@ -191,6 +199,10 @@ class LaunchHandle:
                 server.close()
                 raise LaunchCancelled(f"The launch of {self.options.model} was cancelled.")
         except BaseException as error:
+            if self._cancel.is_set() and isinstance(error, Exception) and not isinstance(error, LaunchCancelled):
+                # Stopped by the user: what the stop caused on the way (the job seen cancelled, a step that
+                # broke) is not the story; the cancel is.
+                error = LaunchCancelled(f"The launch of {self.options.model} was cancelled.")
             try:
                 self._fail(error)
             finally:
@@ -200,8 +212,15 @@ class LaunchHandle:
 
     def _fail(self, error: BaseException) -> None:
         if self.submitted and self.job_id is not None:
-            # Cancelled, timed out or failed: never leave an allocation behind that nobody will use.
-            freed = self.freed = self.cluster.cancel_quietly(self.job_id)
+            # Cancelled, timed out or failed: never leave an allocation behind that nobody will use. If the
+            # connection is what failed, the scancel goes over a new one.
+            freed = self.cluster.cancel_quietly(self.job_id, fresh=isinstance(error, TransportError))
+            freed = self.freed = freed or bool(self.freed)  # stop() may have cancelled it already
+            if not freed and isinstance(error, HpcllmError) and not isinstance(error, (LaunchCancelled, JobFailed)):
+                # The job may still hold its GPUs: say which, and how to free them.
+                error.hint = " ".join(filter(None, [error.hint, (
+                    f"Job {self.job_id} may still hold its GPUs and cancelling it failed: stop it with "
+                    f"`hpcllm down {self.job_id}`, or `scancel {self.job_id}` on the login node.")]))
             if isinstance(error, LaunchCancelled):
                 error = LaunchCancelled(
                     f"The launch of {self.options.model} was cancelled"
