@@ -106,10 +106,11 @@ def test_stop_cancels_over_a_fresh_connection_while_the_launch_is_stuck(profile:
                 break
             threading.Event().wait(0.05)
         assert fake.jobs["1000"].state == "CANCELLED" and fake.fresh_connections >= 1 and not handle.done()
+        stopper.join(JOIN)
+        assert not stopper.is_alive() and not handle.done()  # stop() returned: the GPUs are free
     finally:
         release.set()
-        stopper.join(JOIN)
-    assert handle.freed is True and isinstance(handle.exception(), LaunchCancelled)
+    assert isinstance(handle.exception(timeout=JOIN), LaunchCancelled) and handle.freed is True
 
 
 def test_a_timeout_whose_cancel_failed_names_the_job(cluster: Cluster, fake: FakeTransport, clock: Clock):

@@ -233,6 +233,12 @@ class SSHTransport:
             raise ConnectError(f"Cannot reach {target.display}: {error}.", _REACH_HINT) from None
         return client
 
+    def session(self) -> paramiko.Transport:
+        """The live paramiko transport (connecting if needed): for diagnostics and tests."""
+        transport = self._connection().get_transport()
+        assert transport is not None
+        return transport
+
     @property
     def alive(self) -> bool:
         client = self._client

@@ -131,7 +131,9 @@ class LaunchHandle:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Cancel and wait until the job it submitted is cancelled, through further Ctrl-Cs (bounded).
-        If it had just become ready, the job it submitted is stopped all the same: the user interrupted."""
+        If it had just become ready, the job it submitted is stopped all the same: the user interrupted.
+        If the launch is stuck on a dead connection, the job is cancelled over a new one and this returns
+        while the stuck step waits out its timeout."""
         deadline = time.monotonic() + timeout
         if not self.cancel():
             self._stop_ready_server()
@@ -147,6 +149,8 @@ class LaunchHandle:
                 if not rescued and time.monotonic() >= stuck_at and self.submitted and self.job_id is not None:
                     rescued = True
                     self.freed = self.cluster.cancel_quietly(self.job_id, fresh=True) or bool(self.freed)
+                    if self.freed:
+                        break  # the GPUs are free; the stuck step ends the launch (cancelled) on its own
             except KeyboardInterrupt:
                 continue  # a second Ctrl-C: the cancel is already on its way, finish it
         self._stop_ready_server()
