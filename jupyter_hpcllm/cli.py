@@ -120,7 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cluster(args: argparse.Namespace) -> Cluster:
-    return Cluster(args.profile)
+    return Cluster(args.profile, prompt=_ask if sys.stdin.isatty() else None)
+
+
+def _ask(text: str, echo: bool) -> str:
+    """What the login node asks (a password, a one-time code), answered at the terminal."""
+    import getpass
+
+    return input(text) if echo else getpass.getpass(text)
 
 
 def _print_progress(progress: Progress) -> None:
@@ -169,7 +176,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 print(f"note: {note}", file=sys.stderr)
         _print_progress(item)
 
-    handle = cluster.launch(LaunchOptions.from_namespace(args))
+    options = LaunchOptions.from_namespace(args)
+    cluster.plan(options, offline=True)  # options wrong whatever the model fail before connecting
+    handle = cluster.connect().launch(options)  # a password or code is asked here, not in the launch's thread
     handle.add_callback(progress)
     try:
         server = handle.result()

@@ -548,7 +548,7 @@ def test_a_forward_to_nothing_drops_the_connection(fake: FakeTransport):
 def test_module_level_functions_share_one_cluster(profile: Any, monkeypatch: pytest.MonkeyPatch, clock: Clock):
     made: list[Cluster] = []
 
-    def make(p: Any) -> Cluster:
+    def make(p: Any, prompt: Any = None) -> Cluster:
         made.append(Cluster(p, transport=FakeTransport(), clock=clock, sleep=clock.sleep))
         return made[-1]
 

@@ -81,7 +81,7 @@ def fake(shell, monkeypatch):
     transport = FakeTransport()
     clusters = {}
 
-    def cluster_for(profile=None):
+    def cluster_for(profile=None, prompt=None):
         from jupyter_hpcllm.config.profiles import load_profile
 
         resolved = load_profile(profile) if not hasattr(profile, "host") else profile
@@ -128,3 +128,28 @@ def test_background_up_keeps_its_handle_and_down_cancels_it(shell, capsys, fake)
     assert f"job {handle.job_id} was cancelled" in capsys.readouterr().out
     assert handle.cancelled() and magics.server is None
     assert f"scancel {handle.job_id}" in fake.commands
+
+
+def test_the_login_nodes_questions_are_asked_in_the_cell_never_from_a_background_thread(monkeypatch):
+    import getpass
+    import threading
+
+    from jupyter_hpcllm.errors import AuthenticationError
+    from jupyter_hpcllm.notebook import magics
+
+    asked: list[str] = []
+    monkeypatch.setattr(getpass, "getpass", lambda text: asked.append(text) or "123456")
+    assert magics._ask("Verification code: ", False) == "123456" and asked == ["Verification code: "]
+    failures: list[BaseException] = []
+
+    def in_background() -> None:
+        try:
+            magics._ask("Verification code: ", False)
+        except BaseException as error:  # noqa: BLE001
+            failures.append(error)
+
+    thread = threading.Thread(target=in_background)
+    thread.start()
+    thread.join(5)
+    assert isinstance(failures[0], AuthenticationError) and asked == ["Verification code: "]
+    assert "%hpcllm status" in str(failures[0])

@@ -348,6 +348,9 @@ class FakeTransport:
             self.forwards.append(forward)
         return forward
 
+    def connect(self) -> FakeTransport:
+        return self
+
     def fresh(self) -> FakeTransport:
         """A new connection to the same fake cluster (the same object: the cluster's state is shared)."""
         with self._lock:

@@ -73,6 +73,11 @@ class Transport(Protocol):
 
     def forward(self, host: str, port: int, *, local_port: int = 0) -> Forward: ...
 
+    def connect(self) -> Transport:
+        """Open the connection now (else it opens on first use), asking here and now whatever the login
+        node asks (a password, a one-time code); errors say what to do."""
+        ...
+
     def fresh(self) -> Transport:
         """A new connection to the same place that shares nothing with this one: for a cancel that must
         not wait on a connection that may be dead. The caller closes it."""
@@ -160,6 +165,9 @@ class LocalTransport:
         from .forward import PortForward
 
         return PortForward(lambda: self.open_channel(host, port), f"{host}:{port}", local_port=local_port)
+
+    def connect(self) -> LocalTransport:
+        return self  # nothing to open
 
     def fresh(self) -> LocalTransport:
         return self  # no connection to lose

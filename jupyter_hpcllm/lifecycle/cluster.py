@@ -71,6 +71,12 @@ class Cluster:
     def __repr__(self) -> str:
         return f"<Cluster {self.profile.name} via {self.transport.description}>"
 
+    def connect(self) -> Cluster:
+        """Open the connection now, asking in this thread whatever the login node asks (a password, a
+        one-time code): a face calls it before a launch, whose work runs in a thread of its own."""
+        self.transport.connect()
+        return self
+
     def close(self) -> None:
         self.transport.close()
 
@@ -308,14 +314,15 @@ _shared: dict[str, Cluster] = {}
 _shared_lock = threading.Lock()
 
 
-def cluster_for(profile: Profile | str | None = None) -> Cluster:
-    """The shared `Cluster` of a profile (made on first use; making one does not connect)."""
+def cluster_for(profile: Profile | str | None = None, *, prompt: Prompt | None = None) -> Cluster:
+    """The shared `Cluster` of a profile (made on first use, with `prompt` to answer what the login node
+    asks; making one does not connect)."""
     resolved = profile if isinstance(profile, Profile) else load_profile(profile)
     key = repr(resolved)
     with _shared_lock:
         cluster = _shared.get(key)
         if cluster is None:
-            cluster = _shared[key] = Cluster(resolved)
+            cluster = _shared[key] = Cluster(resolved, prompt=prompt)
         return cluster
 
 

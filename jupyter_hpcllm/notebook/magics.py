@@ -12,6 +12,7 @@ import argparse
 import os
 import shlex
 import sys
+import threading
 from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
@@ -21,7 +22,7 @@ from .. import views
 from ..chat.interpolate import interpolate
 from ..chat.prompt import Endpoint, code_of, parse_json_answer, run_prompt
 from ..config.options import LaunchOptions, add_arguments, split_engine_args
-from ..errors import HpcllmError
+from ..errors import AuthenticationError, HpcllmError
 from ..lifecycle import Cluster, LaunchHandle, Server, cluster_for
 from .render import Renderer
 
@@ -143,6 +144,18 @@ def _parse(parser: _Parser, line: str) -> tuple[argparse.Namespace | None, list[
         return None, engine_args
 
 
+def _ask(text: str, echo: bool) -> str:
+    """What the login node asks, answered in the notebook: the kernel shows a (password) input under the
+    running cell. Only a cell's own thread can ask; a connection made anew in the background cannot."""
+    if threading.current_thread() is not threading.main_thread():
+        raise AuthenticationError(
+            f"The login node asks: {text.strip()!r}, which can only be answered while a cell runs.",
+            "Run `%hpcllm status` (or any %hpcllm command) to connect again and answer it.")
+    import getpass
+
+    return input(text) if echo else getpass.getpass(text)
+
+
 def _fail(message: str) -> NoReturn:
     """One red paragraph, no traceback, and the cell fails (so "Run All" stops here)."""
     raise UsageError(message)
@@ -191,7 +204,7 @@ class HpcllmMagics(Magics):
     def _cluster(self, args: argparse.Namespace) -> Cluster:
         """The cluster named by --profile, else the attached server's, else the default profile's."""
         if getattr(args, "profile", None) or self.server is None:
-            return cluster_for(getattr(args, "profile", None))
+            return cluster_for(getattr(args, "profile", None), prompt=_ask)
         return self.server.cluster
 
     def _up(self, args: argparse.Namespace) -> None:
@@ -203,7 +216,8 @@ class HpcllmMagics(Magics):
             _fail(f"A launch is already in progress ({self.launching.options.model}): wait for it, or stop it "
                   "with `%hpcllm down`.")
         view = ProgressView(self.rich, args.model)
-        handle = cluster.launch(options, on_progress=view)
+        cluster.plan(options, offline=True)  # options wrong whatever the model fail before connecting
+        handle = cluster.connect().launch(options, on_progress=view)  # a password is asked in this cell
         if args.background:
             self.launching = handle
 
