@@ -41,13 +41,19 @@ def cluster_config() -> Path:
 
 
 @pytest.fixture
-def profile(cluster_config, monkeypatch):
+def ssh_backend() -> str:
+    """The SSH backend of the `profile` fixture; a module parametrises it to run over both backends."""
+    return "paramiko"
+
+
+@pytest.fixture
+def profile(cluster_config, monkeypatch, ssh_backend):
     """The test cluster's profile, with HPCLLM_CONFIG pointing at its config."""
     from jupyter_hpcllm.config.profiles import load_profile
 
     monkeypatch.setenv("HPCLLM_CONFIG", str(cluster_config))
     monkeypatch.delenv("HPCLLM_PROFILE", raising=False)
-    return load_profile("testcluster")
+    return replace(load_profile("testcluster"), ssh_backend=ssh_backend)
 
 
 @pytest.fixture

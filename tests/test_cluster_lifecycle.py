@@ -18,6 +18,12 @@ from jupyter_hpcllm.lifecycle import Cluster, Stage
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_leftover_jobs")]
 
 
+@pytest.fixture(params=["paramiko", "openssh"])
+def ssh_backend(request) -> str:
+    """The whole suite runs over both ways in: paramiko, and the system ssh with a ControlMaster."""
+    return str(request.param)
+
+
 def _stages(progress_list):
     return [p.stage for p in progress_list]
 

@@ -26,6 +26,8 @@ source "$TESTCLUSTER"
 STATE=$FAKE_ROOT/state
 POLICY_RC_D=$FAKE_ROOT/policy-rc.d
 ETC_HOSTS=$FAKE_ROOT/hosts
+OPT=$FAKE_ROOT/opt MFA_PAM=$FAKE_ROOT/pam.d/sshd-mfa
+MFA_SSHD=$OPT/bin/sshd-mfa MFA_CHECK=$OPT/bin/mfa-check
 for tool in dpkg-query apt-get dpkg; do
     [ "$(command -v "$tool")" = "$FAKE_ROOT/bin/$tool" ] || { echo "not the stub: $tool" >&2; exit 99; }
 done
@@ -447,3 +449,127 @@ def test_a_live_daemon_is_found_by_its_pid_file(machine: Machine) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+# --- the bastion's certificate and the client files ----------------------------------------------------
+
+CERT_LEFTOVERS = ["nothing", "whole", "ca-private-only", "cert-from-another-ca", "cert-for-an-old-host-key",
+                  "cert-garbage", "cert-other-principals"]  # fmt: skip
+
+
+def sign(machine: Machine, ca: Path, key_pub: Path, principals: str = "127.0.0.1,bastion") -> Path:
+    """A host certificate as setup_bastion_keys makes it, by another hand: KEY-cert.pub beside key_pub."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-s", str(ca), "-I", "testcluster-bastion", "-h", "-n", principals,
+         "-V", "always:forever", str(key_pub)],
+        check=True,
+    )  # fmt: skip
+    return key_pub.with_name(key_pub.name.removesuffix(".pub") + "-cert.pub")
+
+
+@needs_ssh_keygen
+@pytest.mark.parametrize("leftover", CERT_LEFTOVERS)
+def test_the_bastion_certificate_is_whole_after_any_leftover(machine: Machine, leftover: str) -> None:
+    state = machine.root / "state"
+    ca, key = state / "ca" / "host_ca", state / "bastion" / "ssh_host_ed25519_key"
+    cert = state / "bastion" / "ssh_host_ed25519_key-cert.pub"
+    if leftover != "nothing":
+        result = machine.run("setup_bastion_keys")
+        assert result.returncode == 0, result.stderr
+    before = cert.read_bytes() if cert.exists() else b""
+    other = machine.root / "other"
+    if leftover != "nothing" and leftover != "whole":
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    if leftover == "ca-private-only":
+        Path(f"{ca}.pub").unlink()
+    elif leftover == "cert-from-another-ca":
+        shutil.copy(f"{key}.pub", machine.root / "key.pub")
+        shutil.copy(sign(machine, other, machine.root / "key.pub"), cert)
+    elif leftover == "cert-for-an-old-host-key":
+        shutil.copy(sign(machine, ca, Path(f"{other}.pub")), cert)
+    elif leftover == "cert-garbage":
+        cert.write_text("ssh-ed25519-cert-v01@openssh.com AAAA\n")
+    elif leftover == "cert-other-principals":
+        shutil.copy(f"{key}.pub", machine.root / "key.pub")
+        shutil.copy(sign(machine, ca, machine.root / "key.pub", "127.0.0.1"), cert)
+
+    result = machine.run("setup_bastion_keys; cert_fits && echo fits")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "fits"
+    assert ("signed the bastion's host key" in result.stdout) == (leftover != "whole")
+    if leftover == "whole":
+        assert cert.read_bytes() == before, "a good certificate was signed anew"
+    listing = subprocess.run(["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True)
+    assert "host certificate" in listing.stdout
+    assert not (state / "bastion" / "signing").exists()
+    assert oct(cert.stat().st_mode & 0o777) == "0o644"
+    assert oct(ca.stat().st_mode & 0o777) == "0o600" and oct(key.stat().st_mode & 0o777) == "0o600"
+
+
+@needs_ssh_keygen
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs ssh")
+def test_the_client_files_name_the_bastion_through_the_ca(machine: Machine) -> None:
+    state = machine.root / "state"
+    code = """
+        install -d "$STATE/sshd"
+        make_key "$STATE/sshd/ssh_host_ed25519_key" testcluster-host
+        setup_bastion_keys
+        write_client_config
+    """
+    for _ in range(2):  # the second run changes nothing
+        result = machine.run(code)
+        assert result.returncode == 0, result.stderr
+    login = " ".join((state / "sshd" / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+    ca = " ".join((state / "ca" / "host_ca.pub").read_text().split()[:2])
+    assert (state / "known_hosts_ca").read_text() == (
+        f"[127.0.0.1]:2222 {login}\n@cert-authority [127.0.0.1]:2223 {ca}\n[127.0.0.1]:2224 {login}\n"
+    )
+    for name in ("known_hosts_ca", "ssh_config", "config.toml"):
+        assert oct((state / name).stat().st_mode & 0o777) == "0o644"
+    assert not list(state.glob("*.tmp"))
+
+    def resolved(host: str) -> dict[str, str]:  # what OpenSSH makes of the config (ssh -G: no connection)
+        out = subprocess.run(["ssh", "-G", "-F", str(state / "ssh_config"), host], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+
+    for host, port in (("tc-login", "2222"), ("tc-bastion", "2223"), ("tc-twohop", "2222"), ("tc-mfa", "2224")):
+        settings = resolved(host)
+        assert (settings["hostname"], settings["port"], settings["user"]) == ("127.0.0.1", port, "hpcuser")
+        assert settings["identityfile"] == str(state / "client_key")
+        assert settings["userknownhostsfile"] == str(state / "known_hosts_ca")
+        assert (settings["stricthostkeychecking"], settings["identitiesonly"]) == ("true", "yes")
+        assert settings.get("proxyjump") == ("tc-bastion,tc-login" if host == "tc-twohop" else None)
+
+
+@pytest.mark.parametrize("leftover", ["nothing", "whole", "garbage", "empty"])
+def test_the_mfa_code_and_its_check(machine: Machine, leftover: str) -> None:
+    state = machine.root / "state"
+    code_file = state / "mfa" / "code"
+    (machine.root / "pam.d").mkdir()
+    if leftover != "nothing":
+        code_file.parent.mkdir(parents=True)
+        code_file.write_text({"whole": "012345\n", "garbage": "12345x\n", "empty": ""}[leftover])
+    for _ in range(2):
+        result = machine.run("setup_mfa")
+        assert result.returncode == 0, result.stderr
+    code = code_file.read_text()
+    assert len(code) == 7 and code[:6].isdigit() and code.endswith("\n")
+    assert code == "012345\n" or leftover != "whole"
+    assert oct(code_file.stat().st_mode & 0o777) == "0o600"
+    check = machine.root / "opt" / "bin" / "mfa-check"
+    pam = (machine.root / "pam.d" / "sshd-mfa").read_text()
+    assert f"pam_exec.so type=auth quiet expose_authtok {check} {code_file} {state}/logs/mfa-attempts.log" in pam
+    assert (machine.root / "opt" / "bin" / "sshd-mfa").resolve() == Path("/usr/sbin/sshd").resolve()
+    assert "AuthenticationMethods publickey,keyboard-interactive" in (state / "mfa" / "sshd_config").read_text()
+    # pam_exec (expose_authtok) writes the answer with a NUL after it.
+    attempts = machine.root / "attempts.log"
+    for answer, status, outcome in ((code[:6], 0, "ok"), ("999999x", 1, "wrong"), ("", 1, "wrong")):
+        ran = subprocess.run(
+            [str(check), str(code_file), str(attempts)],
+            input=answer.encode() + b"\0",
+            env={"PATH": "/usr/bin:/bin", "PAM_USER": "hpcuser"},
+            capture_output=True,
+        )
+        assert ran.returncode == status, ran.stderr
+        assert attempts.read_text().splitlines()[-1].split()[1:] == ["hpcuser", outcome]

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The local test cluster: a Slurm controller and two slurmd nodes with fake GPUs (gpu01: 4×a100 +
 # 8×h200, gpu02: 4×a100), munge, and OpenSSH on 127.0.0.1:2222 with key-only login for `hpcuser`.
+# A second sshd, the bastion (jump host), on 127.0.0.1:2223: same user and key, its host key known only
+# through a certificate from a test CA ($STATE/known_hosts_ca, $STATE/ssh_config's tc-* hosts). A third,
+# the login node with MFA, on 127.0.0.1:2224: the key, then a one-time code by keyboard-interactive.
 # All from Debian packages, started by hand (no systemd), as root. Settings and pitfalls:
 # shared/notes/test-cluster.md (the "pitfall N" comments below refer to its section 5).
 #
@@ -11,7 +14,8 @@
 #                                              only install what dpkg lacks (default: the cluster's
 #                                              packages; scripts/test and scripts/demo: python3-venv)
 #
-# Clients: export HPCLLM_CONFIG=$STATE/config.toml. STATE is /tmp/hpcllm-testcluster unless
+# Clients: export HPCLLM_CONFIG=$STATE/config.toml (profiles testcluster, -twohop, -mfa), or
+# ssh -F $STATE/ssh_config tc-login|tc-bastion|tc-twohop|tc-mfa. STATE is /tmp/hpcllm-testcluster unless
 # HPCLLM_TESTCLUSTER_DIR says otherwise.
 #
 # Sourced (`source testcluster.sh`), it only defines the functions and settings below: that is how
@@ -32,6 +36,26 @@ SLURM_LOGS=/var/log/slurm
 SSHD_CONFIG=$STATE/sshd/sshd_config
 SSHD_PID=$STATE/pids/sshd
 SSHD_LOG=$STATE/logs/sshd.log
+# The bastion: an sshd of its own whose host key is trusted only through the test CA's certificate.
+BASTION_PORT=2223
+BASTION_KEY=$STATE/bastion/ssh_host_ed25519_key
+BASTION_CERT=$STATE/bastion/ssh_host_ed25519_key-cert.pub
+BASTION_CONFIG=$STATE/bastion/sshd_config
+BASTION_PID=$STATE/pids/bastion
+BASTION_LOG=$STATE/logs/bastion.log
+BASTION_PRINCIPALS=127.0.0.1,bastion
+HOST_CA=$STATE/ca/host_ca
+# The login node with MFA: its host key, then publickey + a one-time code (keyboard-interactive, PAM).
+# OpenSSH names its PAM service after the program: sshd run as sshd-mfa (a symlink) reads pam.d/sshd-mfa.
+MFA_PORT=2224
+MFA_SSHD=$OPT/bin/sshd-mfa
+MFA_CHECK=$OPT/bin/mfa-check
+MFA_PAM=/etc/pam.d/sshd-mfa
+MFA_CONFIG=$STATE/mfa/sshd_config
+MFA_CODE=$STATE/mfa/code                  # the code (root's, 0600), made once
+MFA_ATTEMPTS=$STATE/logs/mfa-attempts.log # a line per code answered: EPOCH USER ok|wrong
+MFA_PID=$STATE/pids/mfa
+MFA_LOG=$STATE/logs/mfa.log
 MUNGED_PID=/run/munge/munged.pid
 MUNGED_LOG=/var/log/munge/munged.log
 CTLD_PID=/run/slurmctld.pid
@@ -95,7 +119,8 @@ daemon_name() {  # daemon_name PIDFILE: the process name (/proc/PID/comm) of the
         munged.pid) echo munged ;;
         slurmctld.pid) echo slurmctld ;;
         slurmd-*.pid) echo slurmd ;;
-        sshd) echo sshd ;;
+        sshd | bastion) echo sshd ;;
+        mfa) echo sshd-mfa ;;
     esac
 }
 
@@ -268,10 +293,98 @@ setup_keys() {
     chmod go-w "$home"
     install -d -m 700 -o "$HPC_USER" -g "$HPC_USER" "$home/.ssh"
     install -m 600 -o "$HPC_USER" -g "$HPC_USER" "$STATE/client_key.pub" "$home/.ssh/authorized_keys"
-    printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$STATE/sshd/ssh_host_ed25519_key.pub")" \
-        >"$STATE/known_hosts.tmp"
+    login_known_host >"$STATE/known_hosts.tmp"
     chmod 644 "$STATE/known_hosts.tmp"
     mv -f "$STATE/known_hosts.tmp" "$STATE/known_hosts"
+}
+
+login_known_host() {  # the known_hosts line of the login node's host key
+    printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(cut -d' ' -f1,2 "$STATE/sshd/ssh_host_ed25519_key.pub")"
+}
+
+cert_fits() {  # cert_fits: the bastion's certificate is the one setup_bastion_keys would make now
+    # A host certificate, for the bastion's current key, from the current CA, for exactly our principals,
+    # valid forever. Anything else (a CA or host key made anew, a run killed while signing) is re-signed.
+    local listing key_fp ca_fp
+    [ -s "$BASTION_CERT" ] || return 1
+    listing=$(ssh-keygen -L -f "$BASTION_CERT" 2>/dev/null | sed 's/^[[:space:]]*//; s/[[:space:]]*$//') || return 1
+    key_fp=$(ssh-keygen -l -f "$BASTION_KEY.pub" | cut -d' ' -f2) || return 1
+    ca_fp=$(ssh-keygen -l -f "$HOST_CA.pub" | cut -d' ' -f2) || return 1
+    grep -qxF "Type: ssh-ed25519-cert-v01@openssh.com host certificate" <<<"$listing" &&
+        grep -qxF "Public key: ED25519-CERT $key_fp" <<<"$listing" &&
+        grep -qxF "Signing CA: ED25519 $ca_fp (using ssh-ed25519)" <<<"$listing" &&
+        grep -qxF 'Key ID: "testcluster-bastion"' <<<"$listing" &&
+        grep -qxF "Valid: forever" <<<"$listing" &&
+        [ "$(sed -n '/^Principals:/,/^Critical Options:/p' <<<"$listing" | sed '1d;$d' | paste -sd, -)" = \
+            "$BASTION_PRINCIPALS" ]
+}
+
+setup_bastion_keys() {
+    # The test CA (made once, kept like the other keys), the bastion's host key, and its certificate. The
+    # bastion's plain key goes into no known_hosts: only the CA can make it trusted.
+    install -d -m 755 "$STATE" "$STATE/ca" "$STATE/bastion"
+    make_key "$HOST_CA" testcluster-host-ca
+    make_key "$BASTION_KEY" testcluster-bastion
+    chmod 600 "$HOST_CA" "$BASTION_KEY"
+    chmod 644 "$HOST_CA.pub" "$BASTION_KEY.pub"
+    if ! cert_fits; then
+        # ssh-keygen writes KEY-cert.pub beside a copy of the public key, then moved in place: atomic.
+        rm -rf "$STATE/bastion/signing"
+        install -d -m 700 "$STATE/bastion/signing"
+        cp "$BASTION_KEY.pub" "$STATE/bastion/signing/key.pub"
+        ssh-keygen -q -s "$HOST_CA" -I testcluster-bastion -h -n "$BASTION_PRINCIPALS" -V always:forever \
+            "$STATE/bastion/signing/key.pub"
+        chmod 644 "$STATE/bastion/signing/key-cert.pub"
+        mv -f "$STATE/bastion/signing/key-cert.pub" "$BASTION_CERT"
+        rm -rf "$STATE/bastion/signing"
+        cert_fits || die "the bastion's new certificate $BASTION_CERT does not check out: $(ssh-keygen -L -f "$BASTION_CERT")"
+        log "signed the bastion's host key with the test CA"
+    fi
+}
+
+write_ssh_client_files() {
+    # known_hosts_ca: the login node's plain key and the CA for the bastion (OpenSSH looks a non-22 port
+    # up as [host]:port). ssh_config: tc-login, tc-bastion and tc-twohop (bastion, login node, then the
+    # login node again as the target), all checked against known_hosts_ca only.
+    write_file 644 "$STATE/known_hosts_ca" "$(login_known_host)
+@cert-authority [127.0.0.1]:$BASTION_PORT $(cut -d' ' -f1,2 "$HOST_CA.pub")
+[127.0.0.1]:$MFA_PORT $(cut -d' ' -f1,2 "$STATE/sshd/ssh_host_ed25519_key.pub")
+"
+    local common="    User $HPC_USER
+    IdentityFile $STATE/client_key
+    IdentitiesOnly yes
+    UserKnownHostsFile $STATE/known_hosts_ca
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    UpdateHostKeys no"
+    write_file 644 "$STATE/ssh_config" "# Written by tests/cluster/testcluster.sh: the local test cluster for OpenSSH clients
+#   ssh -F $STATE/ssh_config tc-login|tc-bastion|tc-twohop|tc-mfa
+# The bastion's host key is trusted only through the test CA (@cert-authority in known_hosts_ca).
+# tc-mfa asks for the one-time code in $STATE/mfa/code after the key (keyboard-interactive).
+
+Host tc-login
+    HostName 127.0.0.1
+    Port $SSH_PORT
+$common
+
+Host tc-bastion
+    HostName 127.0.0.1
+    Port $BASTION_PORT
+$common
+
+# The login node through two jumps: the bastion, then the login node itself.
+Host tc-twohop
+    HostName 127.0.0.1
+    Port $SSH_PORT
+$common
+    ProxyJump tc-bastion,tc-login
+
+# The login node's MFA door: the key, then a one-time code.
+Host tc-mfa
+    HostName 127.0.0.1
+    Port $MFA_PORT
+$common
+"
 }
 
 setup_hosts() {
@@ -361,17 +474,9 @@ make_models() {
     "$python" "$HERE/make_models.py" "$MODEL_ROOT" | sed 's/^/[testcluster]   /'
 }
 
-write_client_config() {
-    write_file 644 "$STATE/config.toml" "# Written by tests/cluster/testcluster.sh: the local test cluster
-default_profile = \"testcluster\"
-
-[profiles.testcluster]
-host = \"127.0.0.1\"
-port = $SSH_PORT
-user = \"$HPC_USER\"
-identity_file = \"$STATE/client_key\"
-known_hosts = \"$STATE/known_hosts\"
-partition = \"gpu\"
+profile_settings() {  # profile_settings NAME: what a profile sets besides how to reach the login node
+    local name=$1
+    printf '%s\n' "partition = \"gpu\"
 time = \"1:00:00\"
 cpus = 4
 mem = \"8G\"
@@ -381,18 +486,45 @@ runtime_path = \"$OPT/bin/singularity\"
 default_engine = \"vllm\"
 default_gpu_type = \"a100\"
 
-[profiles.testcluster.images]
+[profiles.$name.images]
 vllm = \"$OPT/images/vllm.sif\"
 sglang = \"$OPT/images/sglang.sif\"
 
-[profiles.testcluster.gpu_types.a100]
+[profiles.$name.gpu_types.a100]
 max_count = 4
 memory_gb = 80
 
-[profiles.testcluster.gpu_types.h200]
+[profiles.$name.gpu_types.h200]
 max_count = 8
-memory_gb = 141
+memory_gb = 141"
+}
+
+write_client_config() {
+    # testcluster: the login node directly, every SSH setting in the profile. testcluster-twohop: the
+    # same cluster through the bastion, every SSH setting (user, port, key, known hosts, ProxyJump) from
+    # $STATE/ssh_config's tc-twohop. testcluster-mfa: the login node's MFA door, from tc-mfa.
+    write_file 644 "$STATE/config.toml" "# Written by tests/cluster/testcluster.sh: the local test cluster
+default_profile = \"testcluster\"
+
+[profiles.testcluster]
+host = \"127.0.0.1\"
+port = $SSH_PORT
+user = \"$HPC_USER\"
+identity_file = \"$STATE/client_key\"
+known_hosts = \"$STATE/known_hosts\"
+$(profile_settings testcluster)
+
+[profiles.testcluster-twohop]
+host = \"tc-twohop\"
+ssh_config = \"$STATE/ssh_config\"
+$(profile_settings testcluster-twohop)
+
+[profiles.testcluster-mfa]
+host = \"tc-mfa\"
+ssh_config = \"$STATE/ssh_config\"
+$(profile_settings testcluster-mfa)
 "
+    write_ssh_client_files
 }
 
 # --- daemons ------------------------------------------------------------------------------------------
@@ -526,7 +658,8 @@ Subsystem sftp internal-sftp
     fi
 }
 
-sshd_listens() { exec 3<>"/dev/tcp/127.0.0.1/$SSH_PORT"; }
+listens() { exec 3<>"/dev/tcp/127.0.0.1/$1"; }  # listens PORT: something accepts connections on it
+sshd_listens() { listens "$SSH_PORT"; }
 
 start_sshd() {
     write_sshd_config
@@ -546,6 +679,126 @@ start_sshd() {
     start_daemon sshd "$SSHD_PID" "$SSHD_LOG" /usr/sbin/sshd -f "$SSHD_CONFIG" -E "$SSHD_LOG"
     wait_until 10 sshd_listens || { tail_logs "$SSHD_LOG"; die "sshd does not listen on 127.0.0.1:$SSH_PORT"; }
     log "sshd listening on 127.0.0.1:$SSH_PORT ($(pid_of "$SSHD_PID"))"
+}
+
+write_bastion_config() {
+    write_file 644 "$BASTION_CONFIG" "# Written by tests/cluster/testcluster.sh: the bastion (jump host) of the local test cluster
+Port $BASTION_PORT
+ListenAddress 127.0.0.1
+HostKey $BASTION_KEY
+# Clients trust the bastion only through this certificate from the test CA (known_hosts_ca)
+HostCertificate $BASTION_CERT
+PidFile $BASTION_PID
+AuthenticationMethods publickey
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowUsers $HPC_USER
+AuthorizedKeysFile .ssh/authorized_keys
+UsePAM no
+AllowTcpForwarding yes
+X11Forwarding no
+PrintMotd no
+LogLevel VERBOSE
+"
+}
+
+start_extra_sshd() {  # start_extra_sshd NAME PROGRAM CONFIG PIDFILE LOG PORT FILE...
+    # An sshd besides the login node's, restarted whenever a FILE (its config, keys, ...) differs from
+    # what the running one started with: the stamp PIDFILE.started holds "PID HASH", so a run killed
+    # between writing them and restarting it is caught too.
+    local name=$1 program=$2 config=$3 pidfile=$4 logfile=$5 port=$6; shift 6
+    local stamp=$pidfile.started pid hash
+    install -d -m 755 /run/sshd
+    if ! "$program" -t -f "$config" 2>"${logfile%.log}-t.log"; then
+        cat "${logfile%.log}-t.log" >&2
+        die "sshd -t rejects $config"
+    fi
+    pid=$(pid_of "$pidfile")
+    hash=$(cat "$@" | sha256sum | cut -d' ' -f1)
+    if alive "$pid" && [ "$(cat "$stamp" 2>/dev/null)" = "$pid $hash" ] && (listens "$port") 2>/dev/null; then
+        log "$name already running ($pid)"
+        return 0
+    fi
+    ! alive "$pid" || log "$name: its config or keys changed (or it does not listen): restarting it"
+    stop_extra_sshd "$name" "$pidfile"
+    ports_free "$name" "$port"
+    start_daemon "$name" "$pidfile" "$logfile" "$program" -f "$config" -E "$logfile"
+    wait_until 10 listens "$port" || { tail_logs "$logfile"; die "$name does not listen on 127.0.0.1:$port"; }
+    pid=$(pid_of "$pidfile")
+    printf '%s %s\n' "$pid" "$hash" >"$stamp.tmp"
+    mv -f "$stamp.tmp" "$stamp"
+    log "$name listening on 127.0.0.1:$port ($pid)"
+}
+
+stop_extra_sshd() {  # stop_extra_sshd NAME PIDFILE
+    stop_pidfile "$1" "$2"
+    rm -f "$2.started"
+}
+
+start_bastion() {
+    write_bastion_config
+    start_extra_sshd "bastion sshd" /usr/sbin/sshd "$BASTION_CONFIG" "$BASTION_PID" "$BASTION_LOG" "$BASTION_PORT" \
+        "$BASTION_CONFIG" "$BASTION_KEY.pub" "$BASTION_CERT"
+}
+
+setup_mfa() {
+    # The code: six digits, made once (a file that holds anything else is made anew).
+    install -d -m 755 "$STATE/mfa" "$STATE/logs" "$OPT/bin"
+    if ! grep -qxE '[0-9]{6}' "$MFA_CODE" 2>/dev/null; then
+        printf '%06d\n' $((10#$(od -An -N4 -tu4 /dev/urandom | tr -dc 0-9) % 1000000)) >"$MFA_CODE.tmp"
+        chmod 600 "$MFA_CODE.tmp"
+        mv -f "$MFA_CODE.tmp" "$MFA_CODE"
+    fi
+    chmod 600 "$MFA_CODE"
+    # pam_exec hands the answer over on stdin (expose_authtok) and runs this as root.
+    # shellcheck disable=SC2016  # the script's own $ expressions
+    write_file 755 "$MFA_CHECK" '#!/bin/sh
+# Written by tests/cluster/testcluster.sh: checks the one-time code of the MFA sshd (pam_exec).
+# mfa-check CODE_FILE ATTEMPTS_LOG, the answer on stdin
+answer=$(head -c 200 | tr -d "\000\n")
+expected=$(cat "$1" 2>/dev/null)
+if [ -n "$expected" ] && [ "$answer" = "$expected" ]; then result=ok; else result=wrong; fi
+printf "%s %s %s\n" "$(date +%s)" "${PAM_USER:-?}" "$result" >>"$2"
+[ "$result" = ok ]
+'
+    ln -sfn /usr/sbin/sshd "$MFA_SSHD"
+    # type=auth: pam_exec checks the code only when authenticating (as setcred it would run the check
+    # again without an answer, and fail the login); pam_permit gives setcred its success.
+    write_file 644 "$MFA_PAM" "# Written by hpcllm tests/cluster/testcluster.sh: the one-time code of the MFA sshd on 127.0.0.1:$MFA_PORT
+auth     required pam_exec.so type=auth quiet expose_authtok $MFA_CHECK $MFA_CODE $MFA_ATTEMPTS
+auth     required pam_permit.so
+account  required pam_permit.so
+session  required pam_permit.so
+password required pam_deny.so
+"
+    write_file 644 "$MFA_CONFIG" "# Written by tests/cluster/testcluster.sh: the login node's MFA door (key, then a one-time code)
+Port $MFA_PORT
+ListenAddress 127.0.0.1
+HostKey $STATE/sshd/ssh_host_ed25519_key
+PidFile $MFA_PID
+AuthenticationMethods publickey,keyboard-interactive
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication yes
+# PAM (service sshd-mfa, after the program's name) asks for the code
+UsePAM yes
+PermitRootLogin no
+AllowUsers $HPC_USER
+AuthorizedKeysFile .ssh/authorized_keys
+AllowTcpForwarding yes
+X11Forwarding no
+PrintMotd no
+LogLevel VERBOSE
+Subsystem sftp internal-sftp
+"
+}
+
+start_mfa() {
+    setup_mfa
+    start_extra_sshd "MFA sshd" "$MFA_SSHD" "$MFA_CONFIG" "$MFA_PID" "$MFA_LOG" "$MFA_PORT" \
+        "$MFA_CONFIG" "$MFA_PAM" "$MFA_CHECK" "$STATE/sshd/ssh_host_ed25519_key.pub"
 }
 
 queue_empty() { [ -z "$(squeue -h -o %i 2>/dev/null)" ]; }
@@ -578,24 +831,28 @@ up() {
     take_lock
     local started
     started=$(now_ms)
-    install -d -m 755 "$STATE" "$STATE/pids" "$STATE/logs" "$STATE/sshd"
+    install -d -m 755 "$STATE" "$STATE/pids" "$STATE/logs" "$STATE/sshd" "$STATE/ca" "$STATE/bastion" "$STATE/mfa"
     step "packages" install_packages "${PACKAGES[@]}"
     step "system users slurm, munge, sshd" setup_system_users
     step "user $HPC_USER" setup_user
     step "keys, known_hosts" setup_keys
+    step "test CA, bastion host key and certificate" setup_bastion_keys
     step "/etc/hosts" setup_hosts
     step "slurm.conf, gres.conf, fake GPUs" setup_slurm_config
     step "runtime in $OPT" install_runtime
     step "fixture models" make_models
-    step "config.toml" write_client_config
+    step "config.toml, ssh_config, known_hosts_ca" write_client_config
     step "munged" start_munge
     step "slurm" start_slurm
     step "sshd" start_sshd
+    step "bastion sshd" start_bastion
+    step "MFA sshd" start_mfa
     log "up in $(secs $(($(now_ms) - started)))"
     cat <<EOF
 [testcluster] ssh in:  ssh -i $STATE/client_key -o UserKnownHostsFile=$STATE/known_hosts -p $SSH_PORT $HPC_USER@127.0.0.1
-[testcluster] clients: export HPCLLM_CONFIG=$STATE/config.toml
-[testcluster] logs:    $SLURM_LOGS/slurm{ctld,d-gpu01,d-gpu02}.log $MUNGED_LOG $SSHD_LOG
+[testcluster] or:      ssh -F $STATE/ssh_config tc-login|tc-bastion|tc-twohop|tc-mfa   (tc-mfa's code: $MFA_CODE)
+[testcluster] clients: export HPCLLM_CONFIG=$STATE/config.toml (profiles testcluster, testcluster-twohop, testcluster-mfa)
+[testcluster] logs:    $SLURM_LOGS/slurm{ctld,d-gpu01,d-gpu02}.log $MUNGED_LOG $SSHD_LOG $BASTION_LOG $MFA_LOG
 EOF
 }
 
@@ -604,6 +861,8 @@ down() {
     take_lock
     local started leftover
     started=$(now_ms)
+    stop_extra_sshd "MFA sshd" "$MFA_PID"
+    stop_extra_sshd "bastion sshd" "$BASTION_PID"
     stop_pidfile sshd "$SSHD_PID"
     stop_slurm
     stop_pidfile munged "$MUNGED_PID"
@@ -622,7 +881,8 @@ packages() {  # packages [PACKAGE...]: install only (default: the cluster's PACK
 status() {
     local all=0 pair name file pid
     for pair in "munged:$MUNGED_PID" "slurmctld:$CTLD_PID" "slurmd gpu01:/run/slurmd-gpu01.pid" \
-        "slurmd gpu02:/run/slurmd-gpu02.pid" "sshd:$SSHD_PID"; do
+        "slurmd gpu02:/run/slurmd-gpu02.pid" "sshd:$SSHD_PID" "bastion sshd:$BASTION_PID" \
+        "MFA sshd:$MFA_PID"; do
         name=${pair%%:*} file=${pair#*:}
         pid=$(pid_of "$file")
         if alive "$pid"; then
