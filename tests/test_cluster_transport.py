@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -95,7 +96,7 @@ def test_proxy_jump(profile, tmp_path):
     transport = SSHTransport(jumped)
     try:
         assert transport.run("echo $SSH_CONNECTION").stdout.startswith("127.0.0.1")
-        assert transport._jump is not None
+        assert transport._live is not None and len(transport._live.hops) == 1
     finally:
         transport.close()
 
@@ -104,11 +105,11 @@ def test_a_dropped_connection_is_replaced(profile):
     transport = SSHTransport(profile)
     try:
         assert transport.run("echo first").stdout == "first\n"
-        first = transport._client
+        first = transport.session()
         first.close()  # the connection drops (laptop asleep, VPN gone)
         assert not transport.alive
         assert transport.run("echo second").stdout == "second\n"
-        assert transport._client is not first and transport.alive
+        assert transport.session() is not first and transport.alive
     finally:
         transport.close()
 
@@ -136,3 +137,83 @@ def test_threads_share_one_connection_attempt(profile):
         assert outputs == ["hi\n"] * 6 and made == [1]
     finally:
         transport.close()
+
+
+# --- a site's SSH: bastions, host certificates, a second factor (the test cluster's :2223 and :2224) ----
+
+STATE = Path("/tmp/hpcllm-testcluster")
+
+
+def site_profile(cluster_config, name: str):
+    from jupyter_hpcllm.config.profiles import load_profile
+
+    return load_profile(name, path=cluster_config)
+
+
+def test_two_hop_proxy_jump_through_a_bastion_trusted_by_its_host_certificate(cluster_config):
+    transport = SSHTransport(site_profile(cluster_config, "testcluster-twohop"))
+    try:
+        assert transport.run("whoami").stdout == "hpcuser\n"
+        live = transport._live
+        assert live is not None and len(live.hops) == 2  # the bastion, then the login node, then the target
+        # the bastion presented its certificate, and the CA line in known_hosts_ca is what trusted it
+        assert live.hops[0].host_key_type == "ssh-ed25519-cert-v01@openssh.com"
+        login_key = live.hops[1].get_remote_server_key()
+        assert live.hops[1].host_key_type == "ssh-ed25519" and login_key != live.hops[0].get_remote_server_key()
+        assert live.session.get_remote_server_key() == login_key
+    finally:
+        transport.close()
+
+
+def test_a_host_certificate_is_refused_without_the_cert_authority_line(cluster_config, tmp_path):
+    without = tmp_path / "known_hosts"
+    lines = (STATE / "known_hosts_ca").read_text().splitlines()
+    without.write_text("".join(line + "\n" for line in lines if not line.startswith("@cert-authority")))
+    config = tmp_path / "ssh_config"
+    config.write_text((STATE / "ssh_config").read_text().replace(str(STATE / "known_hosts_ca"), str(without)))
+    profile = replace(site_profile(cluster_config, "testcluster-twohop"), ssh_config=str(config))
+    with pytest.raises(HostKeyError) as caught:
+        SSHTransport(profile).connect()
+    assert "[127.0.0.1]:2223" in str(caught.value)
+
+
+def test_a_proxy_command_runs_through_the_shell(profile, tmp_path):
+    config = tmp_path / "ssh_config"
+    # OpenSSH's own client as the proxy, through the bastion: a pipe-free but shell-expanded command
+    config.write_text(
+        "Host viacommand\n  HostName 127.0.0.1\n  Port 2222\n  User hpcuser\n"
+        f"  IdentityFile {profile.identity_file}\n  UserKnownHostsFile {profile.known_hosts}\n"
+        f"  ProxyCommand ssh -F {STATE / 'ssh_config'} -o BatchMode=yes -W %h:%p tc-bastion 2>/dev/null\n")
+    via = replace(profile, host="viacommand", port=None, user=None, identity_file=None, known_hosts=None,
+                  ssh_config=str(config))
+    transport = SSHTransport(via)
+    try:
+        assert transport.run("echo through $0").stdout.startswith("through")
+    finally:
+        transport.close()
+
+
+def test_a_second_factor_is_asked_once_per_connection(cluster_config):
+    code = (STATE / "mfa" / "code").read_text().strip()
+    asked: list[tuple[str, bool]] = []
+
+    def prompt(text: str, echo: bool) -> str:
+        asked.append((text, echo))
+        return code
+
+    transport = SSHTransport(site_profile(cluster_config, "testcluster-mfa"), prompt=prompt)
+    try:
+        assert transport.run("whoami").stdout == "hpcuser\n" and transport.run("true").exit_status == 0
+        assert len(asked) == 1 and asked[0][1] is False  # once, not echoed
+        transport.session().close()  # a new connection asks again
+        assert transport.run("whoami").stdout == "hpcuser\n" and len(asked) == 2
+    finally:
+        transport.close()
+
+
+def test_a_second_factor_without_a_way_to_ask_is_a_clear_error_not_a_hang(cluster_config):
+    from jupyter_hpcllm.errors import AuthenticationError
+
+    with pytest.raises(AuthenticationError) as caught:
+        SSHTransport(site_profile(cluster_config, "testcluster-mfa")).connect()
+    assert "one-time code" in str(caught.value) and "ssh_backend" in str(caught.value)
