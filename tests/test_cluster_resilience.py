@@ -4,6 +4,7 @@ must notice, fail what was in flight cleanly and carry on with a new connection.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -48,10 +49,8 @@ def stopped() -> Iterator[list[int]]:
     yield pids
     for pid in pids:
         for sig in (signal.SIGCONT, signal.SIGKILL):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def test_a_silent_drop_is_detected_within_two_keepalives(profile, stopped):
@@ -64,7 +63,7 @@ def test_a_silent_drop_is_detected_within_two_keepalives(profile, stopped):
         def long_command() -> None:
             try:
                 transport.run("sleep 50", timeout=60)
-            except BaseException as error:  # noqa: BLE001 - recorded for the assertion below
+            except BaseException as error:
                 in_flight.append(error)
 
         runner = threading.Thread(target=long_command)
@@ -97,7 +96,7 @@ def test_a_killed_sshd_fails_the_command_in_flight_and_the_next_one_reconnects(t
     def long_command() -> None:
         try:
             transport.run("sleep 50", timeout=60)
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             failures.append(error)
 
     runner = threading.Thread(target=long_command)
@@ -127,7 +126,7 @@ def test_a_stream_through_the_forward_survives_a_killed_sshd(profile_with, no_le
             killed = time.monotonic()
             for pid in sshd_pids(local_port(cluster.transport)):  # type: ignore[arg-type]
                 os.kill(pid, signal.SIGKILL)
-            with pytest.raises(Exception) as broken:  # noqa: PT011 - openai's or its HTTP library's error
+            with pytest.raises(Exception) as broken:
                 for _ in chunks:
                     pass
             assert time.monotonic() - killed < 10, "the stream in flight hung instead of failing"

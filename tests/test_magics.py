@@ -145,7 +145,7 @@ def test_the_login_nodes_questions_are_asked_in_the_cell_never_from_a_background
     def in_background() -> None:
         try:
             magics._ask("Verification code: ", False)
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             failures.append(error)
 
     thread = threading.Thread(target=in_background)

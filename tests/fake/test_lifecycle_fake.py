@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from lifecycle_helpers import JOIN, Clock, reached, sent, stages
 
 import jupyter_hpcllm.lifecycle.cluster as cluster_module
-from jupyter_hpcllm.config.profiles import load_profile
-from jupyter_hpcllm.discovery import imageprobe, models
 from jupyter_hpcllm.edge.fake import VLLM_MAX_MODEL_LEN_ERROR, FakeJob, FakeTransport, Outcome
 from jupyter_hpcllm.edge.slurm import JobState, parse_probe, probe_command, submit_command
 from jupyter_hpcllm.errors import (
@@ -33,73 +30,6 @@ from jupyter_hpcllm.errors import (
 )
 from jupyter_hpcllm.lifecycle import Cluster, LaunchHandle, Progress, Server, Stage
 from jupyter_hpcllm.lifecycle.waiting import api_answers
-
-JOIN = 10.0  # seconds any thread or event is waited for, at most
-
-
-class Clock:
-    """Fake time: moves only when the code under test sleeps."""
-
-    def __init__(self, max_sleeps: int | None = None) -> None:
-        self.now = 1000.0
-        self.sleeps = 0
-        self.max_sleeps = max_sleeps  # a loop that should end but does not fails instead of hanging
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps += 1
-        assert self.max_sleeps is None or self.sleeps <= self.max_sleeps, "a polling loop did not end"
-        self.now += seconds
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No user config, no cache from another test (model facts and image parsers are cached on disk)."""
-    monkeypatch.delenv("HPCLLM_CONFIG", raising=False)
-    monkeypatch.delenv("HPCLLM_PROFILE", raising=False)
-    monkeypatch.setattr(models, "_cache_file", lambda: tmp_path / "model-facts.json")
-    monkeypatch.setattr(models, "_memory", {})
-    monkeypatch.setattr(imageprobe, "_cache_file", lambda: tmp_path / "image-parsers.json")
-
-
-@pytest.fixture
-def profile(tmp_path: Path) -> Any:
-    return load_profile("ebi", path=tmp_path / "no-config.toml")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeTransport]:
-    transport = FakeTransport()
-    yield transport
-    transport.close()
-    assert all(forward.closed for forward in transport.forwards)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def cluster(profile: Any, fake: FakeTransport, clock: Clock) -> Cluster:
-    return Cluster(profile, transport=fake, clock=clock, sleep=clock.sleep)
-
-
-def stages(history: list[Progress]) -> list[Stage]:
-    return [p.stage for p in history]
-
-
-def sent(fake: FakeTransport, prefix: str) -> list[str]:
-    return [c for c in fake.commands if c.startswith(prefix)]
-
-
-def reached(stage: Stage) -> tuple[threading.Event, Any]:
-    """An event set once a progress of `stage` is reported, and the callback that sets it."""
-    event = threading.Event()
-    return event, lambda p: event.set() if p.stage is stage else None
-
 
 # --- launching ------------------------------------------------------------------------------------------
 

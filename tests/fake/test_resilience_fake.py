@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from test_lifecycle_fake import JOIN, Clock, clock, cluster, fake, isolated, profile, sent  # noqa: F401
+from lifecycle_helpers import JOIN, Clock, sent
 
 from jupyter_hpcllm.edge.fake import FakeTransport, Outcome
 from jupyter_hpcllm.edge.transport import run_idempotent
