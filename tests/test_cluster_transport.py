@@ -47,7 +47,7 @@ def test_unknown_host_key_is_rejected_with_advice(profile, tmp_path):
     empty.write_text("")
     with pytest.raises(HostKeyError) as caught:
         SSHTransport(replace(profile, known_hosts=str(empty))).connect()
-    assert "ssh-keyscan -p 2222 127.0.0.1 >> ~/.ssh/known_hosts" in str(caught.value)
+    assert f"ssh-keyscan -p 2222 127.0.0.1 >> {empty}" in str(caught.value)
 
 
 def test_changed_host_key_is_rejected(profile, tmp_path):

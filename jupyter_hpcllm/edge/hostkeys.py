@@ -15,6 +15,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import os
 import re
 import struct
 import time
@@ -310,12 +311,15 @@ class _Advice:
     alias: str
     principal: str
     key_alias: str | None
+    known_file: str = "~/.ssh/known_hosts"  # where a trusted key goes: the first of the user's files
 
     @classmethod
     def of(cls, name: str, target: SSHTarget | None) -> _Advice:
         if target is not None:
+            files = target.user_known_hosts
             return cls(name, target.hostname, target.port, target.alias,
-                       target.host_key_alias or target.hostname.lower(), target.host_key_alias)
+                       target.host_key_alias or target.hostname.lower(), target.host_key_alias,
+                       _tilde(files[0]) if files else "~/.ssh/known_hosts")
         bracketed = re.fullmatch(r"\[(.+)\]:(\d+)", name)
         host, port = (bracketed.group(1), int(bracketed.group(2))) if bracketed else (name, 22)
         return cls(name, host, port, host, host, None)
@@ -323,10 +327,16 @@ class _Advice:
     def scan(self, key_type: str | None = None) -> str:
         kind = f"-t {key_type.removeprefix('ssh-').split('-')[0]} " if key_type else ""
         rename = f" | sed 's/^[^ ]*/{self.key_alias}/'" if self.key_alias else ""
-        return f"`ssh-keyscan {kind}-p {self.port} {self.hostname}{rename} >> ~/.ssh/known_hosts`"
+        return f"`ssh-keyscan {kind}-p {self.port} {self.hostname}{rename} >> {self.known_file}`"
 
     def default_file(self, line: _Line) -> bool:
         return Path(line.file) == Path("~/.ssh/known_hosts").expanduser()
+
+
+def _tilde(path: str) -> str:
+    """A path as a person would type it: the home directory as ~."""
+    home = str(Path.home())
+    return "~" + path[len(home):] if path == home or path.startswith(home + os.sep) else path
 
 
 def _date(stamp: int) -> str:
