@@ -434,7 +434,8 @@ def test_a_master_outlives_its_process_only_briefly(profile, cluster_config):
         "from dataclasses import replace\n"
         "from jupyter_hpcllm.config.profiles import load_profile\n"
         "from jupyter_hpcllm.edge import openssh\n"
-        "openssh._GRACE = 2\n"
+        "from jupyter_hpcllm.edge.openssh import master\n"
+        "master._GRACE = 2\n"
         "t = openssh.OpenSSHTransport(replace(load_profile('testcluster'), ssh_backend='openssh'))\n"
         "t.connect()\n"
         "print(t.master_pid, t.control_path, flush=True)\n"
@@ -496,9 +497,9 @@ def test_proxy_jump_through_the_bastion(named_profile):
 
 
 def test_the_keepalive_and_host_key_options(profile):
-    from jupyter_hpcllm.edge.openssh import _options
+    from jupyter_hpcllm.edge.openssh.options import ssh_options
 
-    options = _options(replace(profile, keepalive=7.5, connect_timeout=4))
+    options = ssh_options(replace(profile, keepalive=7.5, connect_timeout=4))
     pairs = dict(zip(options[::2], options[1::2], strict=True))
     assert pairs["-p"] == "2222" and pairs["-l"] == "hpcuser"
     text = " ".join(options)
@@ -506,10 +507,10 @@ def test_the_keepalive_and_host_key_options(profile):
                      "ConnectTimeout=4", "IdentitiesOnly=yes", f"UserKnownHostsFile={profile.known_hosts}"):
         assert expected in text
     assert "accept-new" not in text and "-F" not in options  # the default ssh_config is not forced
-    assert "ProxyJump=none" in _options(replace(profile, proxy_jump="none"))
+    assert "ProxyJump=none" in ssh_options(replace(profile, proxy_jump="none"))
     # A file of the profile's own replaces ~/.ssh/config (and the system file, as for paramiko); a missing
     # one reads as empty.
-    assert _options(replace(profile, ssh_config="/nonexistent/ssh_config"))[:2] == ["-F", os.devnull]
+    assert ssh_options(replace(profile, ssh_config="/nonexistent/ssh_config"))[:2] == ["-F", os.devnull]
 
 
 # -- questions: MFA ---------------------------------------------------------------------------------------
@@ -574,10 +575,11 @@ def test_without_a_prompt_ssh_asks_at_the_terminal(state, cluster_config):
         "from dataclasses import replace\n"
         "from jupyter_hpcllm.config.profiles import load_profile\n"
         "from jupyter_hpcllm.edge import openssh\n"
+        "from jupyter_hpcllm.edge.openssh.askpass import has_terminal\n"
         f"profile = replace(load_profile('testcluster-mfa', path=Path({str(cluster_config)!r})), "
         "ssh_backend='openssh')\n"
         "t = openssh.OpenSSHTransport(profile)\n"
-        "print('terminal', openssh._has_terminal(), flush=True)\n"
+        "print('terminal', has_terminal(), flush=True)\n"
         "print('RESULT', t.run('whoami').stdout.strip(), t.owns_master, flush=True)\n"
         "t.close()\n"
     )
