@@ -6,9 +6,12 @@ by skipping the tests that matter.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,3 +125,14 @@ def no_leftover_jobs(cluster):
     for row in rows:
         cluster.cancel(row.job_id)
     assert not left, f"jobs left behind: {[(r.job_id, r.raw_state) for r in left]}"
+
+
+@pytest.fixture
+def stopped() -> Iterator[list[int]]:
+    """Processes a test stopped (SIGSTOP, a silent drop): resumed and killed afterwards, whatever happened."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import socket
 import stat
 import subprocess
@@ -17,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sshd_processes import sshd_pids
 
 from jupyter_hpcllm.config.profiles import load_profile
 from jupyter_hpcllm.edge.openssh import OpenSSHTransport
@@ -367,16 +367,6 @@ def master_port(pid: int) -> int:
     raise AssertionError(f"no connection of the master {pid}: {out!r}")
 
 
-def sshd_pids(port: int) -> list[int]:
-    """The sshd processes serving the TCP connection from our `port` (the monitor and the user's child)."""
-    out = subprocess.run(["ss", "-tnpH", f"( sport = :2222 and dport = :{port} )"], capture_output=True,
-                         text=True, check=True).stdout
-    pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
-    assert pids, f"no sshd process serves port {port}: {out!r}"
-    return pids
-
-
-@pytest.mark.skipif(not shutil.which("ss"), reason="needs ss(8) to find the sshd of a connection")
 def test_a_silent_drop_is_noticed_within_two_keepalives(profile):
     """The login node stops answering (sshd frozen: a laptop asleep, a VPN gone): the master's own
     keepalives (ServerAliveInterval, ServerAliveCountMax=2) end it, the command running under it is
@@ -567,7 +557,6 @@ def test_without_a_prompt_the_error_says_how_to_open_a_master_by_hand(state, tmp
         subprocess.run(["ssh", "-S", path, "-O", "exit", "x"], capture_output=True)
 
 
-@pytest.mark.skipif(not shutil.which("script"), reason="needs script(1) for a pseudo-terminal")
 def test_without_a_prompt_ssh_asks_at_the_terminal(state, cluster_config):
     """No prompt, but a terminal: ssh asks there itself (a pseudo-terminal made by script(1) here)."""
     code = (

@@ -4,18 +4,16 @@ must notice, fail what was in flight cleanly and carry on with a new connection.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sshd_processes import sshd_pids
 
 from jupyter_hpcllm.edge.ssh import SSHTransport
 from jupyter_hpcllm.edge.transport import connect
@@ -31,26 +29,6 @@ def local_port(transport: SSHTransport) -> int:
     """The local TCP port of the transport's connection to sshd."""
     session = transport.session()
     return int(session.sock.getsockname()[1])
-
-
-def sshd_pids(port: int) -> list[int]:
-    """The sshd processes serving the TCP connection from our `port` (the monitor and the user's child)."""
-    out = subprocess.run(["ss", "-tnpH", f"( sport = :2222 and dport = :{port} )"], capture_output=True,
-                         text=True, check=True).stdout
-    pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
-    assert pids, f"no sshd process serves port {port}: {out!r}"
-    return pids
-
-
-@pytest.fixture
-def stopped() -> Iterator[list[int]]:
-    """Processes a test stopped: resumed and killed afterwards, whatever happened."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
 
 
 def test_a_silent_drop_is_detected_within_two_keepalives(profile, stopped):
