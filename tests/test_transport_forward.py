@@ -1,9 +1,19 @@
-"""The local transport and the port forward, without a cluster."""
+"""The local transport and the port forward: without a cluster, and (tests marked `cluster`) through
+the test cluster's sshd with the fast paramiko path (the transport writing to the local socket itself,
+the tuned packetizer), a dropped connection, a replaced transport and a close with streams in flight."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import re
+import signal
 import socket
+import subprocess
 import threading
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -119,3 +129,328 @@ def test_forward_close_is_idempotent(local, echo_server):
     forward = PortForward(lambda: local.open_channel("127.0.0.1", echo_server), "echo")
     forward.close()
     forward.close()
+
+
+# --- servers the forward relays to ---------------------------------------------------------------------
+
+class TCPServer:
+    """A TCP server on 127.0.0.1 that runs ``handle(conn)`` in a thread per connection."""
+
+    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.handle = handle
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        try:
+            self.handle(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+def echo(conn: socket.socket) -> None:
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+def endless(conn: socket.socket) -> None:
+    """A response that never ends (a long stream)."""
+    chunk = b"z" * 65536
+    while True:
+        conn.sendall(chunk)
+
+
+def deaf(conn: socket.socket) -> None:
+    """Reads nothing: whoever sends to it ends up waiting for the window (or the socket buffer)."""
+    while conn.recv(1, socket.MSG_PEEK) and conn.fileno() >= 0:
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[[Callable[[socket.socket], None]], TCPServer]]:
+    made: list[TCPServer] = []
+
+    def make(handle: Callable[[socket.socket], None]) -> TCPServer:
+        made.append(TCPServer(handle))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def forward_threads(target: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("hpcllm-") and target in t.name and t.is_alive()]
+
+
+def read_some(conn: socket.socket, size: int) -> bytes:
+    got = b""
+    while len(got) < size:
+        data = conn.recv(size - len(got))
+        assert data, "the connection closed early"
+        got += data
+    return got
+
+
+def assert_closed_within_a_second(forward: PortForward, target: str) -> None:
+    closed = time.monotonic()
+    forward.close()
+    while forward_threads(target) and time.monotonic() - closed < 1.0:
+        time.sleep(0.02)
+    assert not forward_threads(target), f"threads still alive 1 s after close: {forward_threads(target)}"
+    assert forward._listener.fileno() == -1  # the listening socket is closed
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", forward.local_port), timeout=1).close()
+
+
+def test_close_ends_every_thread_within_a_second_with_streams_in_flight(local, servers):
+    stream, sink = servers(endless), servers(deaf)
+    forward = PortForward(lambda: local.open_channel("127.0.0.1", stream.port), f"endless:{stream.port}")
+    upload = PortForward(lambda: local.open_channel("127.0.0.1", sink.port), f"deaf:{sink.port}")
+    readers = [socket.create_connection(("127.0.0.1", forward.local_port)) for _ in range(4)]
+    for conn in readers[:2]:
+        read_some(conn, 100_000)  # streams in flight; the other two are never read (their sends block)
+    sender = socket.create_connection(("127.0.0.1", upload.local_port))
+    sender.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        while True:
+            sender.send(b"u" * 65536)  # until every buffer on the way is full
+    time.sleep(0.2)
+    assert len(forward_threads(f"endless:{stream.port}")) >= 4
+    assert_closed_within_a_second(forward, f"endless:{stream.port}")
+    assert_closed_within_a_second(upload, f"deaf:{sink.port}")
+    for conn in [*readers, sender]:
+        conn.close()
+
+
+# --- through the test cluster's sshd: the paramiko path ----------------------------------------------
+
+def ssh_transport(profile):
+    """A paramiko transport to the test cluster, tuned the way jupyter_hpcllm's SSH connection is."""
+    import paramiko
+
+    from jupyter_hpcllm.edge import sshtuning
+
+    sock = socket.create_connection((profile.host, profile.port), timeout=10)
+    transport = paramiko.Transport(sock, **sshtuning.transport_options())
+    sshtuning.tune_transport(transport)
+    transport.connect(username=profile.user, pkey=paramiko.Ed25519Key.from_private_key_file(profile.identity_file))
+    return transport
+
+
+def opener(holder: list, port: int) -> Callable[[], object]:
+    """A channel factory on whatever transport holder[0] is now (as SSHTransport reconnects)."""
+    from jupyter_hpcllm.edge import sshtuning
+
+    return lambda: holder[0].open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=10,
+                                          **sshtuning.channel_options())
+
+
+def sshd_pids(local_port: int) -> list[int]:
+    """The sshd processes serving the SSH connection from our local_port."""
+    out = subprocess.run(["ss", "-tnpH", f"( sport = :2222 and dport = :{local_port} )"], capture_output=True,
+                         text=True, check=True).stdout
+    pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
+    assert pids, f"no sshd serves port {local_port}: {out!r}"
+    return pids
+
+
+@pytest.mark.cluster
+def test_the_fast_path_is_in_use(profile):
+    from jupyter_hpcllm.edge import sshtuning
+
+    transport = ssh_transport(profile)
+    try:
+        assert type(transport.packetizer) is sshtuning.transport_options()["packetizer_class"]
+        assert transport.remote_cipher == transport.local_cipher == "aes128-gcm@openssh.com"
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        transport.close()
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux only")
+def test_a_streamed_answer_is_not_held_back_by_delayed_acks(profile, servers):
+    """sshd leaves Nagle on: the first chunk after the head waits for our ACK of the head, which the
+    packetizer sends at once instead of up to 40 ms later."""
+
+    def stream(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while conn.recv(100):
+            conn.sendall(b"head")
+            time.sleep(0.005)
+            conn.sendall(b"chunk")
+
+    server = servers(stream)
+    holder = [ssh_transport(profile)]
+    try:
+        with PortForward(opener(holder, server.port), f"stream:{server.port}") as forward:
+            with socket.create_connection(("127.0.0.1", forward.local_port), timeout=5) as conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                times = []
+                for _ in range(7):
+                    started = time.perf_counter()
+                    conn.sendall(b"go")
+                    assert read_some(conn, 9) == b"headchunk"
+                    times.append(time.perf_counter() - started)
+        assert sorted(times)[3] < 0.025, f"the chunk after the head took {sorted(times)[3] * 1e3:.0f} ms"
+    finally:
+        holder[0].close()
+
+
+@pytest.mark.cluster
+def test_data_arrives_intact_across_rekeys_and_a_slow_reader(profile, servers, monkeypatch):
+    from jupyter_hpcllm.edge import sshtuning
+
+    # a rekey every 2 MB in each direction instead of every 512 MB
+    monkeypatch.setattr(sshtuning.transport_options()["packetizer_class"], "REKEY_BYTES", 1 << 21)
+    blob = os.urandom(12_000_000)
+
+    def serve_blob(conn: socket.socket) -> None:
+        size = int(read_some(conn, 9))
+        conn.sendall(blob[:size])
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(1)
+
+    server = servers(serve_blob)
+    holder = [ssh_transport(profile)]
+    try:
+        with PortForward(opener(holder, server.port), f"blob:{server.port}") as forward:
+            with socket.create_connection(("127.0.0.1", forward.local_port)) as fast:
+                fast.sendall(b"%09d" % len(blob))
+                got = bytearray()
+                while data := fast.recv(1 << 20):
+                    got += data
+            assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
+            with socket.create_connection(("127.0.0.1", forward.local_port)) as slow:
+                slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                slow.sendall(b"%09d" % len(blob))
+                # Not reading for a while: the socket buffers fill up, then the SSH window, and the
+                # rest comes through the relay thread's backlog as the reader catches up.
+                time.sleep(0.5)
+                got = bytearray()
+                while data := slow.recv(4096):
+                    got += data
+                    if len(got) % 65536 < 4096:
+                        time.sleep(0.001)
+            assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
+    finally:
+        holder[0].close()
+
+
+@pytest.mark.cluster
+def test_the_forward_survives_its_transport_being_replaced(profile, servers):
+    server = servers(echo)
+    holder = [ssh_transport(profile)]
+    try:
+        with PortForward(opener(holder, server.port), f"echo:{server.port}") as forward:
+            address = forward.address
+            with socket.create_connection(("127.0.0.1", forward.local_port)) as conn:
+                conn.sendall(b"before")
+                assert read_some(conn, 6) == b"before"
+            holder[0].close()  # the connection drops; the next one is made anew (SSHTransport does this)
+            holder[0] = ssh_transport(profile)
+            with socket.create_connection(("127.0.0.1", forward.local_port)) as conn:
+                conn.sendall(b"after")
+                assert read_some(conn, 5) == b"after"
+            assert forward.address == address and not forward.errors
+    finally:
+        holder[0].close()
+
+
+@pytest.mark.cluster
+def test_a_stream_in_flight_ends_when_the_connection_dies(profile, servers):
+    server = servers(endless)
+    holder = [ssh_transport(profile)]
+    try:
+        with PortForward(opener(holder, server.port), f"endless:{server.port}") as forward:
+            with socket.create_connection(("127.0.0.1", forward.local_port), timeout=10) as conn:
+                read_some(conn, 1_000_000)
+                killed = time.monotonic()
+                for pid in sshd_pids(holder[0].sock.getsockname()[1]):
+                    os.kill(pid, signal.SIGKILL)
+                try:
+                    while conn.recv(1 << 20):  # a hang would end in TimeoutError after 10 s
+                        pass
+                except ConnectionResetError:
+                    pass  # a reset ends it as well as an EOF
+                assert time.monotonic() - killed < 5, "the stream in flight hung instead of ending"
+    finally:
+        holder[0].close()
+
+
+@pytest.mark.cluster
+def test_ssh_transport_forward_reconnects_after_a_killed_sshd(profile, servers):
+    from jupyter_hpcllm.edge.ssh import SSHTransport
+
+    server = servers(echo)
+    before = _our_ssh_ports()
+    transport = SSHTransport(profile)
+    try:
+        forward = transport.forward("127.0.0.1", server.port)
+        host, port = forward.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(b"first")
+            assert read_some(conn, 5) == b"first"
+        for local in _our_ssh_ports() - before:
+            for pid in sshd_pids(local):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while transport.alive and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with socket.create_connection((host, int(port))) as conn:  # the same address, a new connection
+            conn.sendall(b"second")
+            assert read_some(conn, 6) == b"second"
+        forward.raise_if_failed()
+        assert_closed_within_a_second(forward, f"127.0.0.1:{server.port}")
+    finally:
+        transport.close()
+
+
+def _our_ssh_ports() -> set[int]:
+    out = subprocess.run(["ss", "-tnpH", "( dport = :2222 )"], capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if f"pid={os.getpid()}," in line}
+
+
+@pytest.mark.cluster
+def test_close_ends_every_thread_within_a_second_with_channels_in_flight(profile, servers):
+    stream, sink = servers(endless), servers(deaf)
+    holder = [ssh_transport(profile)]
+    try:
+        forward = PortForward(opener(holder, stream.port), f"endless:{stream.port}")
+        upload = PortForward(opener(holder, sink.port), f"deaf:{sink.port}")
+        readers = [socket.create_connection(("127.0.0.1", forward.local_port)) for _ in range(4)]
+        for conn in readers[:2]:
+            read_some(conn, 100_000)  # two streams flow; two are never read (window full, backlog)
+        sender = socket.create_connection(("127.0.0.1", upload.local_port))
+        sender.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            while True:
+                sender.send(b"u" * 65536)  # the channel's sendall now waits for window
+        time.sleep(0.3)
+        assert_closed_within_a_second(forward, f"endless:{stream.port}")
+        assert_closed_within_a_second(upload, f"deaf:{sink.port}")
+        assert not forward.errors and not upload.errors
+        for conn in [*readers, sender]:
+            conn.close()
+    finally:
+        holder[0].close()

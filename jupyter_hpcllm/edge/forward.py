@@ -1,24 +1,47 @@
 """A local port forwarded to the engine on the compute node, through the login node's SSH connection.
 
 Like fabric's tunnels, a ``PortForward`` is a context manager that tears down cleanly and re-raises
-what failed in its threads. Each accepted connection opens its own ``direct-tcpip`` channel (opened
-through a factory, so a dropped SSH connection is re-made on the next request).
+what failed in its threads. Each accepted connection opens its own ``direct-tcpip`` channel through a
+factory, so a dropped SSH connection is made anew on the next request, on the same local address.
+
+The fast path, for paramiko channels: the transport's own reader thread writes each arriving packet
+straight into the local socket when the socket can take it without blocking, so a response crosses no
+thread hand-off and no extra buffer. Measured through the test cluster's sshd (100 MB, AES-GCM, CPU
+time of the forwarding process): 0.22 s per 100 MB, against 0.38 s for a relay thread per direction
+reading the channel and 0.32 s for one selector thread serving every connection; with the packetizer
+of ``sshtuning``, 0.16 s, what OpenSSH's ``ssh -L`` spends. What the socket cannot take at once waits
+in a backlog that the connection's relay thread writes out; that thread also returns the window to
+the SSH server (in steps of a tenth of it, like paramiko's own ``recv``), so a slow local reader holds
+the server back instead of growing a buffer (at most one window per connection).
+
+Every other stream (a plain socket, another Stream) is copied by two threads. Every wait is bounded
+(``_POLL``) and watches the forward's closed flag, so ``close()`` ends every thread within about a
+second, whatever is in flight (a channel still being opened ends when its open returns). Only select()
+and non-blocking sockets are used, which work on Windows, macOS and Linux alike.
 """
 
 from __future__ import annotations
 
+import array
+import collections
 import contextlib
+import functools
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from ..errors import ForwardError
 from .transport import Stream
 
 __all__ = ["PortForward"]
 
-_CHUNK = 65536
+_CHUNK = 256 * 1024  # largest read, either direction
+_POLL = 0.2  # seconds a thread waits before it looks at the closed flag again (close() also wakes them)
+_JOIN = 1.0  # seconds close() waits for the threads, all together
 
 
 class PortForward:
@@ -34,22 +57,20 @@ class PortForward:
     ) -> None:
         self._open_channel = open_channel
         self.target = target
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self._listener.bind((local_host, local_port))
+            # create_server sets SO_REUSEADDR only where it does not let another program steal the port.
+            self._listener = socket.create_server((local_host, local_port), backlog=128)
         except OSError as error:
-            self._listener.close()
             raise ForwardError(
                 f"Cannot listen on {local_host}:{local_port} for the forward to {target}: {error}.",
                 "Choose another local port (or 0 for any free one).",
             ) from None
-        self._listener.listen(64)
+        self._listener.settimeout(_POLL)
         self.local_host, self.local_port = self._listener.getsockname()[:2]
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._pairs: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._links: set[_Link] = set()
         self.errors: list[BaseException] = []  # unexpected failures in the relay threads
         self.last_refusal: str | None = None  # why the last connection could not be relayed
         self._accept_thread = threading.Thread(target=self._accept_loop, name=f"hpcllm-forward-{target}",
@@ -64,68 +85,53 @@ class PortForward:
         while not self._closed.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 if not self._closed.is_set():
                     self._record(ForwardError(f"The forward to {self.target} stopped accepting connections."))
                 return
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            thread = threading.Thread(target=self._relay, args=(client,), daemon=True,
-                                      name=f"hpcllm-relay-{self.target}")
+            client.setblocking(False)  # every wait is a select() with a timeout: see the module's docstring
+            self._start(f"hpcllm-relay-{self.target}", self._relay, client)
+
+    def _start(self, name: str, work: Callable[..., None], *args: Any) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(work, *args), name=name, daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+        return thread
+
+    def _run(self, work: Callable[..., None], *args: Any) -> None:
+        try:
+            work(*args)
+        except (OSError, EOFError, ValueError):
+            pass  # a peer closed or reset its end (ValueError: a socket closed under a select)
+        except Exception as error:
+            self._record(error)
+        finally:
             with self._lock:
-                self._threads = [t for t in self._threads if t.is_alive()]
-                self._threads.append(thread)
-                self._pairs.add(client)
-            thread.start()
+                self._threads.discard(threading.current_thread())
 
     def _relay(self, client: socket.socket) -> None:
-        channel: Stream | None = None
+        link = _Link(self, client)
         try:
             try:
-                channel = self._open_channel()
+                link.stream = self._open_channel()
             except Exception as error:
                 # Nothing listens there (yet, or any more): the HTTP client sees a closed connection, as
                 # it would see a refused one. Normal while the engine loads, so not a thread failure.
                 self.last_refusal = f"Cannot open a channel to {self.target}: {error}."
                 return
-            self._pump(client, channel)
-        except (OSError, EOFError):
-            pass  # a peer closed or reset its end: normal for HTTP connections
-        except Exception as error:
-            self._record(error)
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                self._links.add(link)
+            link.relay()
         finally:
             with self._lock:
-                self._pairs.discard(client)
-            _close_quietly(client)
-            if channel is not None:
-                _close_quietly(channel)
-
-    def _pump(self, client: socket.socket, channel: Stream) -> None:
-        """Relay both directions, one blocking thread each: no select() and no wake-up pipe per chunk,
-        which halves the cost of a stream of small chunks (a token each) against a select loop."""
-        upstream = threading.Thread(target=self._copy, args=(client, channel), daemon=True,
-                                    name=f"hpcllm-relay-up-{self.target}")
-        upstream.start()
-        self._copy(channel, client)
-        # The server side ended: end the request side too, so the other thread returns.
-        with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_RDWR)
-        upstream.join(timeout=5)
-
-    def _copy(self, source: socket.socket | Stream, sink: socket.socket | Stream) -> None:
-        try:
-            while data := source.recv(_CHUNK):
-                sink.sendall(data)
-        except (OSError, EOFError):
-            pass  # a peer closed or reset its end: normal for HTTP connections
-        except Exception as error:
-            self._record(error)
-        finally:
-            # Tell the other side no more data comes (half-close), which ends its copy loop in turn.
-            with contextlib.suppress(Exception):
-                if isinstance(sink, socket.socket):
-                    sink.shutdown(socket.SHUT_WR)
-                else:
-                    getattr(sink, "shutdown_write", sink.close)()
+                self._links.discard(link)
+            link.close()
 
     def _record(self, error: BaseException) -> None:
         with self._lock:
@@ -140,23 +146,23 @@ class PortForward:
                 ) from first
 
     def close(self, *, raise_errors: bool = False) -> None:
-        """Stop listening, close every relayed connection and join the threads. Idempotent."""
+        """Stop listening, end every relayed connection and join the threads (about a second at most,
+        whatever is in flight). Idempotent."""
         if not self._closed.is_set():
             self._closed.set()
-            # shutdown() wakes the thread blocked in accept(); close() alone may not.
             with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() at once where it can (Linux)
             self._listener.close()
             with self._lock:
-                pairs = list(self._pairs)
+                links = list(self._links)
+            for link in links:
+                link.abort()
+            deadline = time.monotonic() + _JOIN
+            self._accept_thread.join(max(0.0, deadline - time.monotonic()))
+            with self._lock:
                 threads = list(self._threads)
-            for client in pairs:
-                # shutdown() (not close()) so the relay thread's select() wakes and it closes its ends.
-                with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_RDWR)
-            self._accept_thread.join(timeout=5)
             for thread in threads:
-                thread.join(timeout=5)
+                thread.join(max(0.0, deadline - time.monotonic()))
         if raise_errors:
             self.raise_if_failed()
 
@@ -169,6 +175,226 @@ class PortForward:
         self.close(raise_errors=kind is None)
 
 
+class _Link:
+    """One local connection and the stream (an SSH channel, or a socket) it is relayed to."""
+
+    def __init__(self, forward: PortForward, client: socket.socket) -> None:
+        self.forward = forward
+        self.closed = forward._closed
+        self.client = client
+        self.stream: Stream | None = None
+        self.pipe: Any = None  # the channel's input pipe, when the transport writes to the client itself
+        self._done = False
+
+    def relay(self) -> None:
+        stream = self.stream
+        assert stream is not None
+        if isinstance(stream, socket.socket):
+            stream.setblocking(False)
+        self.pipe = _attach(stream, self.client)
+        upstream = self.forward._start(f"hpcllm-relay-up-{self.forward.target}", self._upstream)
+        try:
+            if self.pipe is not None:
+                self.pipe.drain(stream, self.closed)
+            else:
+                self._downstream()
+        finally:
+            # The server side ended: end the request side too, so the upstream thread returns.
+            with contextlib.suppress(OSError):
+                self.client.shutdown(socket.SHUT_RDWR)
+            upstream.join(_JOIN)
+
+    def _upstream(self) -> None:
+        """Request bytes: local socket → stream, until the local side closes."""
+        stream = self.stream
+        assert stream is not None
+        try:
+            while data := _recv(self.client, self.closed):
+                _send(stream, data, self.closed)
+        finally:
+            # Tell the server no more data comes (half-close); its answer still flows back.
+            with contextlib.suppress(Exception):
+                if isinstance(stream, socket.socket):
+                    stream.shutdown(socket.SHUT_WR)
+                else:
+                    getattr(stream, "shutdown_write", stream.close)()
+
+    def _downstream(self) -> None:
+        """Response bytes, for streams the transport does not write out itself: stream → local socket."""
+        stream = self.stream
+        assert stream is not None
+        while data := (_recv(stream, self.closed) if isinstance(stream, socket.socket) else stream.recv(_CHUNK)):
+            _send(self.client, data, self.closed)
+
+    def abort(self) -> None:
+        """From close(): wake both threads now (the stream's close ends a paramiko channel's waits)."""
+        with contextlib.suppress(OSError):
+            self.client.shutdown(socket.SHUT_RDWR)
+        stream = self.stream
+        if stream is not None:
+            _close_quietly(stream)
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.pipe is not None:
+            self.pipe.detach()
+        _close_quietly(self.client)
+        if self.stream is not None:
+            _close_quietly(self.stream)
+
+
+def _recv(sock: socket.socket, closed: threading.Event) -> bytes:
+    """Read what a non-blocking socket has (b"" at its end, or once the forward closes)."""
+    while not closed.is_set():
+        try:
+            return sock.recv(_CHUNK)
+        except BlockingIOError:
+            select.select([sock], [], [], _POLL)
+    return b""
+
+
+def _send(sink: Any, data: bytes | memoryview, closed: threading.Event) -> None:
+    """Write all of data to a non-blocking socket (waiting in select()), or to any other stream."""
+    if not isinstance(sink, socket.socket):
+        sink.sendall(data)
+        return
+    view = memoryview(data)
+    while view:
+        if closed.is_set():
+            raise ConnectionAbortedError("the forward was closed")
+        try:
+            view = view[sink.send(view):]
+        except BlockingIOError:
+            select.select([], [sink], [], _POLL)
+
+
 def _close_quietly(stream: socket.socket | Stream) -> None:
     with contextlib.suppress(Exception):
         stream.close()
+
+
+def _attach(stream: Stream, client: socket.socket) -> Any:
+    """Make a paramiko channel deliver to ``client`` from the transport's thread. None: not a channel
+    this works for (the two-thread copy is used then)."""
+    pipe = getattr(stream, "in_buffer", None)
+    if pipe is None or not all(hasattr(stream, name) for name in ("_check_add_window", "remote_chanid")):
+        return None
+    direct = _pipe_class()
+    if type(pipe) is not direct.__base__:
+        return None
+    with pipe._lock:
+        # The same object gets the new behaviour (no swap the transport thread could miss); whatever
+        # arrived before is the backlog's start.
+        pending = pipe._buffer.tobytes()
+        del pipe._buffer[:]
+        pipe.__class__ = direct
+        pipe.setup(client, getattr(stream, "in_window_threshold", 0) or 1 << 18)
+        if pending:
+            pipe.backlog.append(pending)
+    return pipe
+
+
+@functools.cache
+def _pipe_class() -> Any:
+    from paramiko.buffered_pipe import BufferedPipe
+    from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
+    from paramiko.message import Message
+
+    class DirectPipe(BufferedPipe):  # type: ignore[type-arg]  # (not subscriptable at run time)
+        """A channel's ``in_buffer`` that writes to the local socket as data arrives (see the module)."""
+
+        # BufferedPipe's own state, used under its lock as BufferedPipe does
+        _lock: threading.Lock
+        _cv: threading.Condition
+        _buffer: array.array[int]
+        _closed: bool
+
+        sink: socket.socket | None
+        backlog: collections.deque[bytes | memoryview]
+        owned: bool  # the relay thread is writing the backlog out: the transport queues behind it
+        delivered: int  # bytes written to the local socket whose window is not returned yet
+        threshold: int
+        broken: bool
+
+        def setup(self, sink: socket.socket, threshold: int) -> None:
+            self.sink = sink
+            self.backlog = collections.deque()
+            self.owned = False
+            self.delivered = 0
+            self.threshold = threshold
+            self.broken = False
+
+        def feed(self, data: bytes) -> None:
+            """Called by the transport's thread with each packet's data: must never block."""
+            with self._lock:
+                if self.sink is None or self.broken:
+                    return  # the local side is gone: the channel is being closed
+                if len(self._buffer):  # a feed that began before setup() (see _attach)
+                    self.backlog.append(self._buffer.tobytes())
+                    del self._buffer[:]
+                if not self.backlog and not self.owned:
+                    try:
+                        sent = self.sink.send(data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:
+                        self.broken = True  # the local reader went away
+                        self._cv.notify_all()
+                        return
+                    self.delivered += sent
+                    if sent == len(data):
+                        if self.delivered >= self.threshold:
+                            self._cv.notify_all()
+                        return
+                    self.backlog.append(memoryview(data)[sent:])
+                else:
+                    self.backlog.append(data)
+                self._cv.notify_all()
+
+        def drain(self, channel: Any, closed: threading.Event) -> None:
+            """The relay thread: write the backlog out and return the window, until the channel ends."""
+            while True:
+                with self._lock:
+                    while not (self.backlog or self.delivered >= self.threshold or self._closed
+                               or self.broken or closed.is_set() or len(self._buffer)):
+                        self._cv.wait(_POLL)
+                    if self.broken or closed.is_set():
+                        return
+                    if len(self._buffer):  # a feed that began before setup() (see _attach)
+                        self.backlog.append(self._buffer.tobytes())
+                        del self._buffer[:]
+                    pieces = list(self.backlog)
+                    self.backlog.clear()
+                    self.owned = bool(pieces)
+                    credit, self.delivered = self.delivered, 0
+                    sink = self.sink
+                    ended = self._closed and not pieces
+                self._credit(channel, credit)
+                if ended or sink is None:
+                    return
+                for piece in pieces:
+                    _send(sink, piece, closed)
+                    self._credit(channel, len(piece))
+                with self._lock:
+                    if not self.backlog:
+                        self.owned = False
+
+        def _credit(self, channel: Any, size: int) -> None:
+            # What Channel.recv does for the bytes it returns: the server may send that much more.
+            ack = channel._check_add_window(size) if size else 0
+            if ack > 0:
+                message = Message()
+                message.add_byte(cMSG_CHANNEL_WINDOW_ADJUST)
+                message.add_int(channel.remote_chanid)
+                message.add_int(ack)
+                channel.transport._send_user_message(message)
+
+        def detach(self) -> None:
+            with self._lock:
+                self.sink = None
+                self.backlog.clear()
+                self._cv.notify_all()
+
+    return DirectPipe
