@@ -1,8 +1,9 @@
 """A local port forwarded to the engine on the compute node, through the login node's SSH connection.
 
 Like fabric's tunnels, a ``PortForward`` is a context manager that tears down cleanly and re-raises
-what failed in its threads. Each accepted connection opens its own ``direct-tcpip`` channel through a
-factory, so a dropped SSH connection is made anew on the next request, on the same local address.
+what failed in its threads (``edge.listener``, shared with the OpenSSH backend's forward). Each accepted
+connection opens its own ``direct-tcpip`` channel through a factory, so a dropped SSH connection is made
+anew on the next request, on the same local address.
 
 The fast path, for paramiko channels: the transport's own reader thread writes each arriving packet
 straight into the local socket when the socket can take it without blocking, so a response crosses no
@@ -29,23 +30,22 @@ import functools
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
-from ..errors import ForwardError
+from .listener import POLL, LocalListener
 from .transport import Stream
 
 __all__ = ["PortForward"]
 
 _CHUNK = 256 * 1024  # largest read, either direction
-_POLL = 0.2  # seconds a thread waits before it looks at the closed flag again (close() also wakes them)
-_JOIN = 1.0  # seconds close() waits for the threads, all together
+_POLL = POLL
+_JOIN = 1.0  # seconds a relay waits for its upstream thread
 
 
-class PortForward:
-    """Listen on ``local_host:local_port`` (0: any free port) and relay every connection to the target."""
+class PortForward(LocalListener):
+    """Listen on ``local_host:local_port`` (0: any free port) and relay every connection to the target,
+    each through a stream of its own from ``open_channel`` (a dropped SSH connection is made anew there)."""
 
     def __init__(
         self,
@@ -56,64 +56,11 @@ class PortForward:
         local_port: int = 0,
     ) -> None:
         self._open_channel = open_channel
-        self.target = target
-        try:
-            # create_server sets SO_REUSEADDR only where it does not let another program steal the port.
-            self._listener = socket.create_server((local_host, local_port), backlog=128)
-        except OSError as error:
-            raise ForwardError(
-                f"Cannot listen on {local_host}:{local_port} for the forward to {target}: {error}.",
-                "Choose another local port (or 0 for any free one).",
-            ) from None
-        self._listener.settimeout(_POLL)
-        self.local_host, self.local_port = self._listener.getsockname()[:2]
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._threads: set[threading.Thread] = set()
         self._links: set[_Link] = set()
-        self.errors: list[BaseException] = []  # unexpected failures in the relay threads
-        self.last_refusal: str | None = None  # why the last connection could not be relayed
-        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"hpcllm-forward-{target}",
-                                               daemon=True)
-        self._accept_thread.start()
+        super().__init__(target, local_host=local_host, local_port=local_port)
 
-    @property
-    def address(self) -> str:
-        return f"{self.local_host}:{self.local_port}"
-
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if not self._closed.is_set():
-                    self._record(ForwardError(f"The forward to {self.target} stopped accepting connections."))
-                return
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client.setblocking(False)  # every wait is a select() with a timeout: see the module's docstring
-            self._start(f"hpcllm-relay-{self.target}", self._relay, client)
-
-    def _start(self, name: str, work: Callable[..., None], *args: Any) -> threading.Thread:
-        thread = threading.Thread(target=self._run, args=(work, *args), name=name, daemon=True)
-        with self._lock:
-            self._threads.add(thread)
-        thread.start()
-        return thread
-
-    def _run(self, work: Callable[..., None], *args: Any) -> None:
-        try:
-            work(*args)
-        except (OSError, EOFError, ValueError):
-            pass  # a peer closed or reset its end (ValueError: a socket closed under a select)
-        except Exception as error:
-            self._record(error)
-        finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
-
-    def _relay(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket) -> None:
+        client.setblocking(False)  # every wait is a select() with a timeout: see the module's docstring
         link = _Link(self, client)
         try:
             try:
@@ -133,46 +80,14 @@ class PortForward:
                 self._links.discard(link)
             link.close()
 
-    def _record(self, error: BaseException) -> None:
+    def _interrupt(self) -> None:
         with self._lock:
-            self.errors.append(error)
-
-    def raise_if_failed(self) -> None:
-        with self._lock:
-            if self.errors:
-                first = self.errors[0]
-                raise first if isinstance(first, ForwardError) else ForwardError(
-                    f"The forward to {self.target} failed: {first!r}."
-                ) from first
-
-    def close(self, *, raise_errors: bool = False) -> None:
-        """Stop listening, end every relayed connection and join the threads (about a second at most,
-        whatever is in flight). Idempotent."""
-        if not self._closed.is_set():
-            self._closed.set()
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() at once where it can (Linux)
-            self._listener.close()
-            with self._lock:
-                links = list(self._links)
-            for link in links:
-                link.abort()
-            deadline = time.monotonic() + _JOIN
-            self._accept_thread.join(max(0.0, deadline - time.monotonic()))
-            with self._lock:
-                threads = list(self._threads)
-            for thread in threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
-        if raise_errors:
-            self.raise_if_failed()
+            links = list(self._links)
+        for link in links:
+            link.abort()
 
     def __enter__(self) -> PortForward:
         return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        # Re-raise a thread's failure, unless the body already failed (that error matters more).
-        self.close(raise_errors=kind is None)
 
 
 class _Link:

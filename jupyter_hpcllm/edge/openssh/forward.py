@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 from collections.abc import Callable
-from types import TracebackType
 
-from ...errors import ForwardError, HpcllmError
+from ...errors import HpcllmError
+from ..listener import LocalListener
 
 __all__ = ["HandOver", "MuxForward"]
 
@@ -24,58 +23,21 @@ __all__ = ["HandOver", "MuxForward"]
 HandOver = Callable[[socket.socket, str, int, float], socket.socket]
 
 
-class MuxForward:
+class MuxForward(LocalListener):
     """Listen on ``local_host:local_port`` (0: any free port); every accepted connection is handed to the
     master (``hand_over``), which relays it itself. A thread per connection only waits for the end of its
-    control connection. Like PortForward: a context manager, idempotent ``close()``."""
+    control connection."""
 
     def __init__(self, hand_over: HandOver, host: str, port: int, *, local_host: str = "127.0.0.1",
                  local_port: int = 0, timeout: float = 10.0) -> None:
         self._hand_over = hand_over
         self._host, self._port, self._timeout = host, port, timeout
-        self.target = f"{host}:{port}"
-        try:
-            self._listener = socket.create_server((local_host, local_port), backlog=128)
-        except OSError as error:
-            raise ForwardError(
-                f"Cannot listen on {local_host}:{local_port} for the forward to {self.target}: {error}.",
-                "Choose another local port (or 0 for any free one).",
-            ) from None
-        self.local_host, self.local_port = self._listener.getsockname()[:2]
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
         self._controls: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
-        self.errors: list[BaseException] = []  # unexpected failures in the forward's threads
-        self.last_refusal: str | None = None  # why the last connection could not be relayed
-        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"hpcllm-forward-{self.target}",
-                                               daemon=True)
-        self._accept_thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"{self.local_host}:{self.local_port}"
-
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                if not self._closed.is_set():
-                    self._record(ForwardError(f"The forward to {self.target} stopped accepting connections."))
-                return
-            thread = threading.Thread(target=self._serve, args=(client,), daemon=True,
-                                      name=f"hpcllm-relay-{self.target}")
-            with self._lock:
-                self._threads = [t for t in self._threads if t.is_alive()]
-                self._threads.append(thread)
-            thread.start()
+        super().__init__(f"{host}:{port}", local_host=local_host, local_port=local_port)
 
     def _serve(self, client: socket.socket) -> None:
         control: socket.socket | None = None
         try:
-            with contextlib.suppress(OSError):
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 control = self._hand_over(client, self._host, self._port, self._timeout)
             except HpcllmError as error:
@@ -93,47 +55,19 @@ class MuxForward:
             with contextlib.suppress(OSError):
                 while control.recv(4096):
                     pass
-        except Exception as error:
-            self._record(error)
         finally:
             if control is not None:
                 with self._lock:
                     self._controls.discard(control)
                 control.close()
 
-    def _record(self, error: BaseException) -> None:
+    def _interrupt(self) -> None:
+        # The master closes each relayed connection when its control connection ends.
         with self._lock:
-            self.errors.append(error)
-
-    def raise_if_failed(self) -> None:
-        with self._lock:
-            first = self.errors[0] if self.errors else None
-        if first is not None:
-            raise first if isinstance(first, ForwardError) else ForwardError(
-                f"The forward to {self.target} failed: {first!r}.") from first
-
-    def close(self, *, raise_errors: bool = False) -> None:
-        """Stop listening and end every relayed connection (the master closes them when their control
-        connection ends). Idempotent."""
-        if not self._closed.is_set():
-            self._closed.set()
+            controls = list(self._controls)
+        for control in controls:
             with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone may not
-            self._listener.close()
-            with self._lock:
-                controls, threads = list(self._controls), list(self._threads)
-            for control in controls:
-                with contextlib.suppress(OSError):
-                    control.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes it
-            self._accept_thread.join(timeout=5)
-            for thread in threads:
-                thread.join(timeout=5)
-        if raise_errors:
-            self.raise_if_failed()
+                control.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes it
 
     def __enter__(self) -> MuxForward:
         return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close(raise_errors=kind is None)
