@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..config.profiles import Profile
 from ..errors import CommandTimeout, ConnectError, ConnectionLost, TransportError
 from .sshconfig import SSHTarget
-from .transport import CommandResult, Forward, Prompt, Stream, check_result
+from .transport import REACH_HINT, CommandResult, Forward, Prompt, Stream, check_result
 
 if TYPE_CHECKING:
     import paramiko
@@ -101,7 +101,7 @@ class SSHTransport:
         while True:
             with self._lock:
                 if self._closed:
-                    raise ConnectError(f"The connection to {self.description} was closed.", _REACH_HINT)
+                    raise ConnectError(f"The connection to {self.description} was closed.", REACH_HINT)
                 live = self._live
                 if live is not None and live.active:
                     return live.session
@@ -150,7 +150,7 @@ class SSHTransport:
             stale.close()
         if closed:
             fresh.close()
-            raise ConnectError(f"The connection to {self.description} was closed.", _REACH_HINT)
+            raise ConnectError(f"The connection to {self.description} was closed.", REACH_HINT)
         return fresh.session
 
     def _connect(self) -> _Connection:
@@ -175,7 +175,7 @@ class SSHTransport:
                                                      timeout=timeout, **channel_options())
                     except Exception as error:
                         raise ConnectError(f"The jump host {chain[index - 1].display} cannot reach {hop.display}: "
-                                           f"{error or type(error).__name__}.", _REACH_HINT) from None
+                                           f"{error or type(error).__name__}.", REACH_HINT) from None
                 made.append(start_session(sock, hop, KnownHosts.for_target(hop), timeout=timeout,
                                           prompt=self._prompt))
         except BaseException:
@@ -195,7 +195,7 @@ class SSHTransport:
         except Exception as error:
             if not transport.is_active():
                 raise self._lost(command, str(error) or "the connection closed") from None
-            raise TransportError(f"Cannot open a session on {self.description}: {error}.", _REACH_HINT) from None
+            raise TransportError(f"Cannot open a session on {self.description}: {error}.", REACH_HINT) from None
         with channel:
             try:
                 channel.exec_command(command)
@@ -220,7 +220,7 @@ class SSHTransport:
         words = command.split()
         return ConnectionLost(
             f"The SSH connection to {self.description} broke while running `{' '.join(words[:1]) or command}` "
-            f"({why}); the next command connects anew.", _REACH_HINT)
+            f"({why}); the next command connects anew.", REACH_HINT)
 
     def open_channel(self, host: str, port: int, timeout: float = 10.0) -> Stream:
         from .sshtuning import channel_options
@@ -242,9 +242,9 @@ class SSHTransport:
                 try:
                     sftp = paramiko.SFTPClient.from_transport(session)
                 except Exception as error:
-                    raise TransportError(f"Cannot open SFTP on {self.description}: {error}.", _REACH_HINT) from None
+                    raise TransportError(f"Cannot open SFTP on {self.description}: {error}.", REACH_HINT) from None
                 if sftp is None:
-                    raise TransportError(f"Cannot open SFTP on {self.description}.", _REACH_HINT)
+                    raise TransportError(f"Cannot open SFTP on {self.description}.", REACH_HINT)
                 self._sftp, self._sftp_of = sftp, session
                 channel = sftp.get_channel()
                 if channel is not None:
@@ -274,10 +274,6 @@ class SSHTransport:
             live.close()
 
 
-_REACH_HINT = (
-    "Check the host name and your network or VPN, and that `ssh` to it works from a terminal; "
-    "`hpcllm config show` prints the settings in use."
-)
 
 
 def _first_socket(hop: SSHTarget, timeout: float) -> Any:
@@ -290,11 +286,11 @@ def _first_socket(hop: SSHTarget, timeout: float) -> Any:
         try:
             return paramiko.ProxyCommand(command)
         except Exception as error:
-            raise ConnectError(f"The ProxyCommand for {hop.alias} did not start: {error}.", _REACH_HINT) from None
+            raise ConnectError(f"The ProxyCommand for {hop.alias} did not start: {error}.", REACH_HINT) from None
     try:
         sock = socket.create_connection((hop.hostname, hop.port), timeout=timeout)
     except OSError as error:
-        raise ConnectError(f"Cannot reach {hop.display}: {error}.", _REACH_HINT) from None
+        raise ConnectError(f"Cannot reach {hop.display}: {error}.", REACH_HINT) from None
     # paramiko leaves Nagle on: each exec then waits ~44 ms for a delayed ACK instead of ~2 ms.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock

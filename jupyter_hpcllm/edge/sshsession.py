@@ -28,7 +28,7 @@ from ..errors import AuthenticationError, ConnectError, HpcllmError
 from .hostkeys import CERT_SUFFIX, Certificate, KnownHosts
 from .sshconfig import SSHTarget
 from .sshtuning import transport_options, tune_transport
-from .transport import Prompt
+from .transport import REACH_HINT, Prompt
 
 if TYPE_CHECKING:
     import paramiko
@@ -38,10 +38,6 @@ __all__ = ["start_session"]
 # After the person answers, the server may wait for more (a push to approve on a phone): this long at least.
 ANSWER_WAIT = 90.0
 
-REACH_HINT = (
-    "Check the host name and your network or VPN, and that `ssh` to it works from a terminal; "
-    "`hpcllm config show` prints the settings in use."
-)
 
 
 def start_session(

@@ -25,9 +25,23 @@ if TYPE_CHECKING:
     from .files import Files
 
 __all__ = [
-    "CommandResult", "DirectAddress", "Forward", "LocalTransport", "Prompt", "Stream", "Transport", "connect",
+    "REACH_HINT",
+    "CommandResult",
+    "DirectAddress",
+    "Forward",
+    "LocalTransport",
+    "Prompt",
+    "Stream",
+    "Transport",
+    "connect",
     "run_idempotent",
 ]
+
+# What every "cannot reach the cluster" error of every transport suggests.
+REACH_HINT = (
+    "Check the host name and your network or VPN, and that `ssh` to it works from a terminal; "
+    "`hpcllm config show` prints the settings in use."
+)
 
 # Asks the person at the keyboard: (prompt text, echo the answer?) -> the answer. A face supplies one
 # (terminal: getpass; notebook: the kernel's password input); without one, a prompt is an error, never a hang.

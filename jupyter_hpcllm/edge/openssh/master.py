@@ -19,7 +19,7 @@ import subprocess
 import time
 
 from ...errors import AuthenticationError, ConnectError, HostKeyError
-from ..transport import Prompt
+from ..transport import REACH_HINT, Prompt
 from .askpass import AskpassBridge, StderrCollector, has_terminal
 from .mux import master_still_runs, mux_connect, mux_terminate
 from .options import LoginRoute, escape_tokens, shown_options
@@ -32,10 +32,6 @@ _GRACE = 30
 # How long a person at a terminal may take to answer ssh's questions (an MFA code, a key touch).
 _INTERACTIVE_TIMEOUT = 300.0
 
-REACH_HINT = (
-    "Check the host name and your network or VPN, and that `ssh` to it works from a terminal; "
-    "`hpcllm config show` prints the settings in use."
-)
 
 
 def start_master(route: LoginRoute, path: str, *, prompt: Prompt | None, connect_timeout: float) -> str | None:

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 
 from ...config.profiles import Profile
 from ...errors import CommandTimeout, ConfigError, ConnectError, ConnectionLost, TransportError
-from ..transport import CommandResult, Forward, Prompt, Stream, check_result
+from ..transport import REACH_HINT, CommandResult, Forward, Prompt, Stream, check_result
 from .files import ShellFiles
 from .forward import MuxForward
-from .master import REACH_HINT, release, start_error, start_master, unlink_stale
+from .master import release, start_error, start_master, unlink_stale
 from .mux import ChannelSocket, MuxRefused, master_still_runs, mux_alive, mux_connect, mux_stdio_forward
 from .options import ensure_private_dir, escape_tokens, resolve_route
 
