@@ -173,3 +173,23 @@ def test_failed_connections_leave_no_thread_and_no_socket(profile, tmp_path: Pat
             transport.connect()
     time.sleep(0.5)  # paramiko's threads end on their own clock
     assert counts() == before, f"threads and fds before {before}, after {counts()}"
+
+
+def test_a_submission_runs_sbatch_at_most_once_per_token(profile_with, no_leftover_jobs):
+    import secrets
+
+    from jupyter_hpcllm.edge.slurm import parse_queue, parse_sbatch, queue_command, submit_command
+
+    with Cluster(profile_with(delay=60)) as cluster:
+        plan = cluster.plan("Qwen3-8B", gpus=1)
+        token = secrets.token_hex(6)
+        command = submit_command(token, f"{plan.spec.comment};submission={token}")
+        first = parse_sbatch(cluster.transport.run(command, stdin=plan.script).stdout)
+        try:
+            # what a retry after a lost answer runs: the same command answers with the same job
+            again = parse_sbatch(cluster.transport.run(command, stdin=plan.script).stdout)
+            assert again == first
+            rows = parse_queue(cluster.transport.run(queue_command(plan.job_name)).stdout)
+            assert [r.job_id for r in rows if r.comment_field("submission") == token] == [first]
+        finally:
+            cluster.cancel(first)

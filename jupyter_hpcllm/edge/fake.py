@@ -295,6 +295,7 @@ class FakeTransport:
         self.jobs: dict[str, FakeJob] = {}
         self.commands: list[str] = []
         self.fresh_connections = 0
+        self.submissions: dict[str, _Out] = {}  # token -> what sbatch answered (a retry gets the same)
         self._drops: list[tuple[re.Pattern[str], str, list[int]]] = []  # pattern, when, [times left]
         self._files = FakeFiles(models, model_root)
         self.forwards: list[FakeForward] = []  # every forward opened (closed ones too)
@@ -307,7 +308,8 @@ class FakeTransport:
                  rf"echo @@hpcllm:log; tail -c (\d+) {_J}/\2/engine\.log 2>/dev/null; echo; "
                  rf"echo @@hpcllm:slurm; tail -c 2000 {_J}/slurm-\2\.out 2>/dev/null; true")
         self._commands: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], _Out]]] = [
-            (re.compile(rf"cd && mkdir -p {_J} && chmod 700 \.hpcllm {_J} && sbatch --parsable(?: --comment=(\S+))?"),
+            (re.compile(rf"cd && mkdir -p {_J} && chmod 700 \.hpcllm {_J} \|\| exit 1; trap '' HUP; find .*; "
+                        rf"if mkdir {_J}/\.submit-([0-9a-f]+) 2>/dev/null; then sbatch --parsable --comment=(\S+) .*"),
              self._sbatch),
             (re.compile(rf'squeue -h -u "\$USER" -o {_FMT}(?: -n (\S+))?(?: -t ([A-Z,]+))?'), self._squeue),
             (re.compile(rf"scancel {_ID}"), self._scancel),
@@ -403,10 +405,16 @@ class FakeTransport:
     # -- the commands
 
     def _sbatch(self, match: re.Match[str], script: str) -> _Out:
+        token = match[1]
+        if token in self.submissions:  # the same submission again: answered, never submitted twice
+            return self.submissions[token]
+        self.submissions[token] = answer = self._submit(script, shlex.split(match[2])[0])
+        return answer
+
+    def _submit(self, script: str, given: str) -> _Out:
         sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(.*)$", script, re.MULTILINE))
-        if match[1]:  # sbatch's own --comment wins over the script's, as in Slurm
-            sbatch["comment"] = shlex.split(match[1])[0]
         comment = {k: v for k, _, v in (part.partition("=") for part in sbatch.get("comment", "").split(";")[1:])}
+        sbatch["comment"] = given  # sbatch's own --comment wins over the script's, as in Slurm
         if not script.startswith("#!/bin/bash") or not sbatch.get("job-name") or "model" not in comment:
             return 1, "", "sbatch: error: not a jupyter-hpcllm job script (no --job-name or --comment=hpcllm;...)\n"
         if self.sbatch_error:

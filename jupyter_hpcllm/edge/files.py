@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from ..errors import TransportError
+from ..errors import ConnectionLost, TransportError
+from .transport import REACH_HINT
 
 if TYPE_CHECKING:
+    import paramiko
+
     from .ssh import SSHTransport
+
+_T = TypeVar("_T")
 
 __all__ = ["FileInfo", "Files", "LocalFiles", "SFTPFiles"]
 
@@ -42,6 +48,9 @@ def _info(name: str, mode: int | None, size: int | None, mtime: float | None) ->
 
 
 class SFTPFiles:
+    """Files over the connection's SFTP session. A read or listing that breaks because the connection
+    died is made once more on a new connection (reads are safe to repeat), as commands are."""
+
     def __init__(self, transport: SSHTransport) -> None:
         self._transport = transport
 
@@ -51,22 +60,32 @@ class SFTPFiles:
         return path[2:] if path.startswith("~/") else ("." if path == "~" else path)
 
     def list(self, path: str) -> list[FileInfo]:
-        try:
-            entries = self._transport.sftp().listdir_attr(self._path(path))
-        except OSError as error:
-            if isinstance(error, FileNotFoundError) or getattr(error, "errno", None) == 2:
-                raise FileNotFoundError(path) from None
-            raise TransportError(f"Cannot list {path} on the cluster: {error}.") from None
+        entries = self._retrying(f"list {path}", lambda sftp: sftp.listdir_attr(self._path(path)))
         return [_info(e.filename, e.st_mode, e.st_size, e.st_mtime) for e in entries]
 
     def read(self, path: str, limit: int = 4_000_000) -> bytes:
-        try:
-            with self._transport.sftp().open(self._path(path), "rb") as handle:
+        def read(sftp: paramiko.SFTPClient) -> bytes:
+            with sftp.open(self._path(path), "rb") as handle:
                 return bytes(handle.read(limit))
-        except OSError as error:
-            if isinstance(error, FileNotFoundError) or getattr(error, "errno", None) == 2:
-                raise FileNotFoundError(path) from None
-            raise TransportError(f"Cannot read {path} on the cluster: {error}.") from None
+
+        return self._retrying(f"read {path}", read)
+
+    def _retrying(self, what: str, operation: Callable[[paramiko.SFTPClient], _T]) -> _T:
+        import paramiko
+
+        broken: BaseException | None = None
+        for _ in range(2):  # a second time only when the connection broke under the first
+            try:
+                return operation(self._transport.sftp())
+            except FileNotFoundError:
+                raise FileNotFoundError(what.split(" ", 1)[1]) from None
+            except (ConnectionLost, paramiko.SSHException, EOFError) as error:
+                broken = error  # the connection (or its SFTP channel) died under the request
+            except OSError as error:
+                if getattr(error, "errno", None) == 2:
+                    raise FileNotFoundError(what.split(" ", 1)[1]) from None
+                raise TransportError(f"Cannot {what} on the cluster: {error}.") from None
+        raise ConnectionLost(f"Cannot {what} on the cluster: the connection broke ({broken}).", REACH_HINT)
 
 
 class LocalFiles:

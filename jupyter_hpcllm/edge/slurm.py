@@ -14,6 +14,7 @@ from ..errors import SlurmOutputError
 from ..planning.script import JOB_NAME_PREFIX, JOBS_DIR
 
 __all__ = [
+    "SUBMIT_UNFINISHED",
     "JobRow",
     "JobState",
     "Probe",
@@ -80,12 +81,30 @@ _ACTIVE = {
 # --- remote commands ----------------------------------------------------------------------------------
 
 
-def submit_command(comment: str | None = None) -> str:
-    """sbatch reading the script on stdin, from the home directory (the relative --output needs it).
-    ``comment`` replaces the script's ``--comment``: it carries a submission token, so a job whose sbatch
-    lost its connection can be found by name and token instead of being submitted twice."""
-    tail = f" --comment={shlex.quote(_check_comment(comment))}" if comment is not None else ""
-    return f"cd && mkdir -p {JOBS_DIR} && chmod 700 .hpcllm {JOBS_DIR} && sbatch --parsable{tail}"
+SUBMIT_UNFINISHED = 75  # exit status: an earlier run of the same submission never said how sbatch ended
+
+
+def submit_command(token: str, comment: str) -> str:
+    """sbatch reading the script on stdin, from the home directory (the relative --output needs it), at
+    most once per ``token``: the first run claims ``.submit-TOKEN`` (mkdir is atomic) and keeps sbatch's
+    output and status there; a second run of the same command (its connection died, the id never came
+    back) submits nothing and answers what the first one got, so a lost answer is never a second job.
+    sbatch ignores SIGHUP, so a connection that dies under it does not kill it half way. ``comment``
+    replaces the script's ``--comment`` (it carries the token, for people looking at the queue). Claims
+    older than a day are removed."""
+    if not re.fullmatch(r"[0-9a-f]{8,32}", token):
+        raise ValueError(f"a submission token is 8-32 hex digits, not {token!r}")
+    claim = f"{JOBS_DIR}/.submit-{token}"
+    return (
+        f"cd && mkdir -p {JOBS_DIR} && chmod 700 .hpcllm {JOBS_DIR} || exit 1; trap '' HUP; "
+        f"find {JOBS_DIR} -maxdepth 1 -name '.submit-*' -mmin +1440 -exec rm -rf {{}} + 2>/dev/null; "
+        f"if mkdir {claim} 2>/dev/null; then "
+        f"sbatch --parsable --comment={shlex.quote(_check_comment(comment))} >{claim}/out 2>{claim}/err; "
+        f"echo $? >{claim}/status; "
+        f"else cat >/dev/null; i=0; while [ ! -e {claim}/status ] && [ $i -lt 45 ]; do sleep 1; i=$((i+1)); done; fi; "
+        f"cat {claim}/out; cat {claim}/err >&2; "
+        f"exit $(cat {claim}/status 2>/dev/null || echo {SUBMIT_UNFINISHED})"
+    )
 
 
 def _check_comment(comment: str) -> str:

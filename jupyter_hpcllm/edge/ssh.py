@@ -35,6 +35,10 @@ __all__ = ["SSHTransport"]
 
 _BACKOFF_MAX = 30.0  # seconds between attempts to replace a connection, at most
 
+# paramiko logs a refused forward channel or a login it gave up on as an ERROR; with no logging configured
+# Python would print it on stderr. Our errors say what matters. (Once, not per transport.)
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
 
 @dataclass
 class _Connection:
@@ -60,9 +64,6 @@ class SSHTransport:
     """One paramiko connection to the login node, reused for every command and tunnel."""
 
     def __init__(self, profile: Profile, *, prompt: Prompt | None = None) -> None:
-        # paramiko logs a refused forward channel or a login it gave up on as an ERROR; with no logging
-        # configured Python would print it on stderr. Our errors say what matters.
-        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         self.profile = profile
         self._prompt = prompt
         self.target = SSHTarget.resolve(profile)
@@ -80,7 +81,10 @@ class SSHTransport:
         self._closed = False
 
     def connect(self) -> SSHTransport:
-        """Open the connection now (it opens on first use otherwise); errors say what to do."""
+        """Open the connection now (it opens on first use otherwise); errors say what to do. Asked for
+        explicitly, it tries at once, whatever the backoff of earlier failed attempts."""
+        with self._lock:
+            self._retry_at = 0.0
         self._session()
         return self
 
@@ -125,6 +129,13 @@ class SSHTransport:
                 continue  # it finished without a connection (closed, interrupted): try ourselves
         try:
             fresh = self._connect()
+            try:
+                from .heartbeat import Heartbeat
+
+                fresh.heartbeat = Heartbeat(fresh.session, self.profile.keepalive)
+            except BaseException:
+                fresh.close()  # a connection nobody watches is not kept (and not leaked)
+                raise
         except BaseException as error:
             with self._lock:
                 # Share what other threads can act on; an interrupt belongs to this thread alone.
@@ -136,9 +147,6 @@ class SSHTransport:
             if done is not None:
                 done.set()
             raise
-        from .heartbeat import Heartbeat
-
-        fresh.heartbeat = Heartbeat(fresh.session, self.profile.keepalive)
         with self._lock:
             closed = self._closed
             stale, self._live = self._live, (None if closed else fresh)

@@ -23,6 +23,7 @@ from ..config.profiles import Profile, load_profile
 from ..discovery.imageprobe import check_plan_parsers, image_parsers
 from ..discovery.models import ModelSummary, list_models, model_facts, summarize
 from ..edge.slurm import (
+    SUBMIT_UNFINISHED,
     JobRow,
     JobState,
     Probe,
@@ -37,7 +38,15 @@ from ..edge.slurm import (
     submit_command,
 )
 from ..edge.transport import CommandResult, Forward, Prompt, Transport, connect, run_idempotent
-from ..errors import ConfigError, ConnectionLost, JobNotFound, RemoteCommandError, SubmitError, TransportError
+from ..errors import (
+    CommandTimeout,
+    ConfigError,
+    ConnectionLost,
+    JobNotFound,
+    RemoteCommandError,
+    SubmitError,
+    TransportError,
+)
 from ..planning.plan import LaunchPlan, plan_launch
 from .handle import LaunchHandle
 from .progress import ProgressCallback
@@ -160,19 +169,21 @@ class Cluster:
     def submit(self, plan: LaunchPlan) -> str:
         """sbatch the plan's script (fed on stdin: nothing is written to disk first); the job id.
 
-        If the connection dies under sbatch, the job may or may not exist: it is looked for by its name and
-        a token of this submission (in its comment) before sbatch runs once more, never submitted blindly."""
+        The command submits at most once per token (see ``submit_command``): if the connection dies under
+        it, or it times out, the same command runs once more on a new connection and answers with the job
+        the first run made, if it made one. Never a second job for a lost answer."""
         token = secrets.token_hex(6)
-        command = submit_command(f"{plan.spec.comment};submission={token}")
+        command = submit_command(token, f"{plan.spec.comment};submission={token}")
         try:
             try:
                 result = self.transport.run(command, stdin=plan.script)
-            except ConnectionLost:
-                made = self._submitted(plan, token)
-                if made is not None:
-                    return made
+            except (ConnectionLost, CommandTimeout):
                 result = self.transport.run(command, stdin=plan.script)
+        except (ConnectionLost, CommandTimeout) as error:
+            raise _submission_unknown(error, token) from None
         except RemoteCommandError as error:
+            if error.exit_status == SUBMIT_UNFINISHED:
+                raise _submission_unknown(error, token) from None
             lines = (error.stderr.strip() or error.stdout.strip()).splitlines()
             message = "; ".join(line.removeprefix("sbatch: error: ").strip() for line in lines if line.strip())
             raise SubmitError(
@@ -181,11 +192,6 @@ class Cluster:
                 "(`sinfo -o '%P %G %l'` on the login node); `hpcllm script` shows what was submitted.",
             ) from None
         return parse_sbatch(result.stdout)
-
-    def _submitted(self, plan: LaunchPlan, token: str) -> str | None:
-        """The job a submission with this token made, if Slurm has it."""
-        rows = parse_queue(self._read(queue_command(plan.job_name, active_only=False)).stdout)
-        return next((row.job_id for row in rows if row.comment_field("submission") == token), None)
 
     def wait(self, job_id: str, *, report: ProgressCallback, timeout: float | None, submitted: bool,
              sleep: Callable[[float], None], started: float | None = None) -> Server:
@@ -306,6 +312,14 @@ class Cluster:
                 or job_id.startswith("_") or job_id.endswith("_")):
             raise ConfigError(f"{job_id!r} is not a Slurm job id.", "Job ids are numbers; `hpcllm list` shows yours.")
         return job_id
+
+
+def _submission_unknown(error: Exception, token: str) -> SubmitError:
+    """sbatch may have run, but its answer never came back, twice."""
+    return SubmitError(
+        f"the answer to sbatch was lost ({error}), so the job may or may not exist",
+        f"`hpcllm list` shows it if it does (its comment ends with submission={token}); stop it with "
+        "`hpcllm down JOB`, or launch again.")
 
 
 # --- conveniences: one shared Cluster per profile ------------------------------------------------------

@@ -203,22 +203,23 @@ class LaunchHandle:
                 server.close()
                 raise LaunchCancelled(f"The launch of {self.options.model} was cancelled.")
         except BaseException as error:
+            connection_failed = isinstance(error, TransportError)
             if self._cancel.is_set() and isinstance(error, Exception) and not isinstance(error, LaunchCancelled):
                 # Stopped by the user: what the stop caused on the way (the job seen cancelled, a step that
                 # broke) is not the story; the cancel is.
                 error = LaunchCancelled(f"The launch of {self.options.model} was cancelled.")
             try:
-                self._fail(error)
+                self._fail(error, fresh=connection_failed)
             finally:
                 if not self._future.done():  # whatever failed while failing, the launch ends
                     self._future.set_exception(error)
         self._finished()
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException, *, fresh: bool) -> None:
         if self.submitted and self.job_id is not None:
             # Cancelled, timed out or failed: never leave an allocation behind that nobody will use. If the
-            # connection is what failed, the scancel goes over a new one.
-            freed = self.cluster.cancel_quietly(self.job_id, fresh=isinstance(error, TransportError))
+            # connection is what failed (`fresh`), the scancel goes over a new one.
+            freed = self.cluster.cancel_quietly(self.job_id, fresh=fresh)
             freed = self.freed = freed or bool(self.freed)  # stop() may have cancelled it already
             if not freed and isinstance(error, HpcllmError) and not isinstance(error, (LaunchCancelled, JobFailed)):
                 # The job may still hold its GPUs: say which, and how to free them.

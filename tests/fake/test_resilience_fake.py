@@ -11,7 +11,7 @@ from lifecycle_helpers import JOIN, Clock, sent
 
 from jupyter_hpcllm.edge.fake import FakeTransport, Outcome
 from jupyter_hpcllm.edge.transport import run_idempotent
-from jupyter_hpcllm.errors import ConnectionLost, LaunchCancelled, ServerNotReady
+from jupyter_hpcllm.errors import ConnectionLost, LaunchCancelled, ServerNotReady, SubmitError
 from jupyter_hpcllm.lifecycle import Cluster, Stage
 
 
@@ -24,30 +24,40 @@ def test_a_read_is_run_once_more_on_a_new_connection(fake: FakeTransport):
         run_idempotent(fake, 'squeue -h -u "$USER" -o \'%i|%j|%T|%N|%L|%r|%S|%k|%b|%M\'')
 
 
-def test_sbatch_that_ran_before_the_drop_is_found_not_submitted_again(cluster: Cluster, fake: FakeTransport):
+def test_sbatch_whose_answer_was_lost_is_asked_again_not_submitted_again(cluster: Cluster, fake: FakeTransport):
     fake.drop("sbatch", when="after")  # the job exists, its id never came back
     server = cluster.launch("Qwen3-8B").result(timeout=JOIN)
     assert list(fake.jobs) == ["1000"] and server.job_id == "1000"
-    assert len(sent(fake, "cd && mkdir")) == 1  # sbatch ran once
-    # it was found by its name and this submission's token, which sbatch put in the job's comment
+    submits = sent(fake, "cd && mkdir")
+    assert len(submits) == 2 and submits[0] == submits[1]  # the same command, the same token: one job
     token = fake.jobs["1000"].sbatch["comment"].rpartition(";submission=")[2]
-    assert len(token) == 12 and any(token not in c and " -n " in c for c in sent(fake, "squeue"))
+    assert f".submit-{token} " in submits[0] and len(token) == 12
     server.close()
 
 
-def test_sbatch_that_never_ran_is_submitted_once_more(cluster: Cluster, fake: FakeTransport):
+def test_sbatch_that_never_ran_is_submitted_by_the_second_try(cluster: Cluster, fake: FakeTransport):
     fake.drop("sbatch", when="before")
     server = cluster.launch("Qwen3-8B").result(timeout=JOIN)
     assert list(fake.jobs) == ["1000"] and len(sent(fake, "cd && mkdir")) == 2
     server.close()
 
 
-def test_a_twin_of_another_submission_is_not_taken_for_ours(cluster: Cluster, fake: FakeTransport):
+def test_two_launches_are_two_submissions(cluster: Cluster, fake: FakeTransport):
     first = cluster.launch("Qwen3-8B", reuse=False).result(timeout=JOIN)
-    fake.drop("sbatch", when="before")
+    fake.drop("sbatch", when="after")
     second = cluster.launch("Qwen3-8B", reuse=False).result(timeout=JOIN)
-    assert (first.job_id, second.job_id) == ("1000", "1001")  # same name, other token: submitted anew
+    assert (first.job_id, second.job_id) == ("1000", "1001")  # same script, other token: a job of its own
     first.close(), second.close()
+
+
+def test_an_answer_lost_twice_says_how_to_find_the_job(cluster: Cluster, fake: FakeTransport):
+    fake.drop("sbatch", when="after", times=2)
+    handle = cluster.launch("Qwen3-8B")
+    with pytest.raises(SubmitError) as raised:
+        handle.result(timeout=JOIN)
+    token = fake.jobs["1000"].sbatch["comment"].rpartition(";submission=")[2]
+    assert "may or may not exist" in str(raised.value) and f"submission={token}" in str(raised.value)
+    assert "`hpcllm list`" in str(raised.value) and list(fake.jobs) == ["1000"]
 
 
 def test_a_launch_failing_on_a_dead_connection_cancels_over_a_fresh_one(cluster: Cluster, fake: FakeTransport):
