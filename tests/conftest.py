@@ -104,7 +104,7 @@ def profile_with(profile, make_image):
 def _close_shared_clusters():
     """`hpc.up(profile=...)` keeps one Cluster (one SSH connection) per profile: close them after each test."""
     yield
-    from jupyter_hpcllm.lifecycle import cluster as module
+    from jupyter_hpcllm.lifecycle import shared as module
 
     with module._shared_lock:
         clusters = list(module._shared.values())

@@ -76,7 +76,7 @@ def fake(shell, monkeypatch):
     """Every profile reaches the same FakeTransport: the whole lifecycle, no SSH."""
     from jupyter_hpcllm.edge.fake import FakeTransport
     from jupyter_hpcllm.lifecycle import Cluster
-    from jupyter_hpcllm.lifecycle import cluster as module
+    from jupyter_hpcllm.lifecycle import shared as module
 
     transport = FakeTransport()
     clusters = {}

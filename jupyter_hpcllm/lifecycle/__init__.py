@@ -2,10 +2,11 @@
 launch in progress, the Server it gives, and waiting as a pure step."""
 
 from ..edge.slurm import JobState
-from .cluster import Cluster, attach, cancel, cluster_for, launch, list_servers, up
+from .cluster import Cluster
 from .handle import LaunchHandle
 from .progress import Progress, ProgressCallback, Stage
 from .server import Server, ServerInfo
+from .shared import attach, cancel, cluster_for, launch, list_servers, up
 
 __all__ = [
     "Cluster",

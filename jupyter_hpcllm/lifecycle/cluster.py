@@ -5,15 +5,13 @@ attaches to, lists, shows and cancels model servers.
     handle = cluster.launch("gpt-oss-120b", gpus=4)   # returns at once; handle.progress, handle.cancel()
     server = handle.result()                      # the Server once its OpenAI API answers
 
-The transport is passed in (or made from the profile); nothing here is global. The module-level
-``up``/``launch``/``attach``/``list_servers``/``cancel`` are conveniences over one shared ``Cluster`` per
-profile, so a notebook does not open a connection per call.
+The transport is passed in (or made from the profile); nothing here is global (``lifecycle.shared`` keeps
+the conveniences over one shared ``Cluster`` per profile).
 """
 
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -53,7 +51,7 @@ from .progress import ProgressCallback
 from .server import Server, ServerInfo
 from .waiting import Endpoint, api_answers, wait_for_server
 
-__all__ = ["Cluster", "attach", "cancel", "cluster_for", "launch", "list_servers", "up"]
+__all__ = ["Cluster"]
 
 
 def _options(model: str | LaunchOptions, options: dict[str, Any]) -> LaunchOptions:
@@ -320,55 +318,3 @@ def _submission_unknown(error: Exception, token: str) -> SubmitError:
         f"the answer to sbatch was lost ({error}), so the job may or may not exist",
         f"`hpcllm list` shows it if it does (its comment ends with submission={token}); stop it with "
         "`hpcllm down JOB`, or launch again.")
-
-
-# --- conveniences: one shared Cluster per profile ------------------------------------------------------
-
-_shared: dict[str, Cluster] = {}
-_shared_lock = threading.Lock()
-
-
-def cluster_for(profile: Profile | str | None = None, *, prompt: Prompt | None = None) -> Cluster:
-    """The shared `Cluster` of a profile (made on first use, with `prompt` to answer what the login node
-    asks; making one does not connect)."""
-    resolved = profile if isinstance(profile, Profile) else load_profile(profile)
-    key = repr(resolved)
-    with _shared_lock:
-        cluster = _shared.get(key)
-        if cluster is None:
-            cluster = _shared[key] = Cluster(resolved, prompt=prompt)
-        return cluster
-
-
-def up(model: str | LaunchOptions, *, profile: Profile | str | None = None,
-       on_progress: ProgressCallback | None = None, **options: Any) -> Server:
-    """Start (or reuse) a model server and return it once its OpenAI API answers.
-
-    The model's facts (config, chat template, size) are read from the cluster first: they choose the
-    parsers and, unless `gpus` / `gpu_type` say otherwise, the smallest allocation that holds the model.
-    `options` are `LaunchOptions` fields (gpus, gpu_type, engine, time, cpus, mem, partition, account,
-    qos, tool_call_parser, reasoning_parser, engine_args, check_parsers, timeout, reuse).
-    """
-    return cluster_for(profile).up(model, on_progress=on_progress, **options)
-
-
-def launch(model: str | LaunchOptions, *, profile: Profile | str | None = None,
-           on_progress: ProgressCallback | None = None, **options: Any) -> LaunchHandle:
-    """Like `up`, but returns at once with a `LaunchHandle` (progress, cancel, result)."""
-    return cluster_for(profile).launch(model, on_progress=on_progress, **options)
-
-
-def attach(job_id: str, *, profile: Profile | str | None = None, on_progress: ProgressCallback | None = None,
-           timeout: float | None = None) -> Server:
-    """Connect to a job started earlier (by this or another session); waits if it is still starting."""
-    return cluster_for(profile).attach(job_id, on_progress=on_progress, timeout=timeout)
-
-
-def list_servers(profile: Profile | str | None = None) -> list[ServerInfo]:
-    """This user's jupyter-hpcllm jobs on the cluster, pending or running."""
-    return cluster_for(profile).list()
-
-
-def cancel(job_id: str, *, profile: Profile | str | None = None, wait: float = 15.0) -> JobState:
-    """Cancel a job and free its GPUs."""
-    return cluster_for(profile).cancel(job_id, wait=wait)

@@ -14,7 +14,7 @@ import openai
 import pytest
 from lifecycle_helpers import JOIN, Clock, reached, sent, stages
 
-import jupyter_hpcllm.lifecycle.cluster as cluster_module
+import jupyter_hpcllm.lifecycle.shared as cluster_module
 from jupyter_hpcllm.edge.fake import VLLM_MAX_MODEL_LEN_ERROR, FakeJob, FakeTransport, Outcome
 from jupyter_hpcllm.edge.slurm import JobState, parse_probe, probe_command, submit_command
 from jupyter_hpcllm.errors import (
