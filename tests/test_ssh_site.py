@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from paramiko.common import AUTH_FAILED, AUTH_PARTIALLY_SUCCESSFUL, AUTH_SUCCESS
 from paramiko.pkey import PublicBlob
 from paramiko.server import InteractiveQuery
 
+import jupyter_hpcllm.edge
 from jupyter_hpcllm.config.profiles import Profile
 from jupyter_hpcllm.edge.hostkeys import KnownHosts
 from jupyter_hpcllm.edge.sshconfig import SSHTarget, jump_chain
@@ -46,11 +48,12 @@ def keygen(path: Path, kind: str = "ed25519", passphrase: str = "") -> Path:
 
 
 def sign(ca: Path, key: Path, *, host: bool = True, principals: str = "login.example.org",
-         validity: str | None = None) -> Path:
+         validity: str | None = None, algorithm: str | None = None) -> Path:
     """Certify key.pub with ca: key-cert.pub."""
     args = ["ssh-keygen", "-q", "-s", str(ca), "-I", "test", "-n", principals]
     args += ["-h"] if host else []
     args += ["-V", validity] if validity else []
+    args += ["-t", algorithm] if algorithm else []
     subprocess.run([*args, f"{key}.pub"], check=True, capture_output=True)
     return Path(f"{key}-cert.pub")
 
@@ -202,6 +205,53 @@ Host bad
         SSHTarget.resolve(replace(site, host="bad"))
 
 
+@pytest.mark.parametrize(("keys", "config", "why"), [
+    ({"host": "login;id"}, "", "The host name 'login;id' (in the profile 'site') contains the shell metacharacter ';'"),
+    ({"host": "-oProxyCommand=id"}, "", "The host name '-oProxyCommand=id' (in the profile 'site') starts with '-'"),
+    ({"host": "login node"}, "", "'login node' (in the profile 'site') contains whitespace"),
+    ({"host": "login\x01"}, "", "contains a control character"),
+    ({"user": "me`id`"}, "", "The user name 'me`id`' (in the profile 'site') contains the shell metacharacter '`'"),
+    ({"user": "me -oX"}, "", "The user name 'me -oX' (in the profile 'site') has a '-' after whitespace"),
+    ({"user": "me\\"}, "", "ends with a backslash"),
+    ({"proxy_jump": "gw,eve;id@b"}, "", "The user name 'eve;id' (in the jump host 'eve;id@b') contains"),
+    ({"proxy_jump": "alice@g$w"}, "", "The host name 'g$w' (in the jump host 'alice@g$w') contains the shell"),
+    ({}, "Host login\n  ProxyJump al|ice@gw\n", "The user name 'al|ice' (in the jump host 'al|ice@gw')"),
+])
+def test_names_with_shell_metacharacters_are_refused_as_openssh_does(
+    tmp_path: Path, keys: dict[str, object], config: str, why: str
+) -> None:
+    site = profile(tmp_path, config, **keys)
+    with pytest.raises(ConfigError, match="CVE-2023-51385") as caught:
+        jump_chain(site, SSHTarget.resolve(site))
+    assert why in str(caught.value)
+
+
+def test_names_openssh_accepts_are_accepted(tmp_path: Path) -> None:
+    for keys in ({"host": "login-1.example.org", "user": "first last"}, {"host": "::1", "user": "DOM\\me$"},
+                 {"proxy_jump": "ssh://al.ice@[::1]:2222,bob@gw_1:22"}):
+        site = profile(tmp_path, **keys)
+        jump_chain(site, SSHTarget.resolve(site))
+
+
+def test_no_name_changes_the_shell_structure_of_a_proxy_command(tmp_path: Path) -> None:
+    """ssh_config's own HostName (not checked, as in OpenSSH) and a user name with a space (allowed)
+    reach the command quoted for where they land: bare, in '...' or in "..."."""
+    hostname = "h*st;$(echo pwned)'\"`echo x`\\ #"
+    config = (f"Host login\n  HostName {hostname}\n"
+              "  ProxyCommand printf '<%%s>\\n' %h \"%h\" '%h' x%r\"%r\"'%r' %n:%p \\%n\n")
+    target = SSHTarget.resolve(profile(tmp_path, config, user="first last"))
+    assert target.hostname == hostname
+    assert target.proxy_command is not None
+    assert target.proxy_command.endswith(" login:22 \\login")  # plain values stay as they are
+    printed = subprocess.run(["/bin/sh", "-c", "exec " + target.proxy_command], capture_output=True, text=True,
+                             check=True).stdout
+    assert printed.splitlines() == [f"<{hostname}>"] * 3 + ["<xfirst lastfirst lastfirst last>", "<login:22>",
+                                                             "<login>"]
+    # After a backslash no quoting helps: refused rather than run.
+    with pytest.raises(ConfigError, match="after a backslash"):
+        SSHTarget.resolve(profile(tmp_path, "Host login\n  ProxyCommand nc \\%r %p\n", user="first last"))
+
+
 def test_host_key_alias_and_the_known_hosts_name(tmp_path: Path) -> None:
     site = profile(tmp_path, "Host aliased\n  HostName Login.Example.org\n  HostKeyAlias cluster-login\n"
                              "Host *\n  HostName Login.Example.org\n")
@@ -285,11 +335,36 @@ def test_unknown_and_changed_keys_are_refused_with_advice(tmp_path: Path) -> Non
     with pytest.raises(HostKeyError) as caught:
         hosts.check("[login]:2222", presented(Path(f"{host}.pub")))
     assert "does not match known_hosts" in str(caught.value)
-    assert f"`ssh-keygen -R [login]:2222 -f {known}`" in str(caught.value)
+    assert f"`ssh-keygen -R '[login]:2222' -f {known}`" in str(caught.value)  # zsh would glob [login]
     with pytest.raises(HostKeyError) as caught:
         hosts.check("[login]:2223", presented(Path(f"{host}.pub")))
     assert "ssh-keyscan -p 2223 login >> ~/.ssh/known_hosts" in str(caught.value)
     hosts.check("[login]:2222", presented(Path(f"{other}.pub")))
+
+
+def test_the_advice_runs_as_written_in_any_shell(tmp_path: Path) -> None:
+    """Quoted where a shell would split or glob it (zsh fails on an unquoted [host]:port)."""
+    host, other = keygen(tmp_path / "host"), keygen(tmp_path / "other")
+    known = tmp_path / "my known_hosts [site]"
+    known.write_text(f"[login]:2222 {public(other)}\nkeep {public(other)}\n")
+    with pytest.raises(HostKeyError) as caught:
+        KnownHosts([str(known)]).check("[login]:2222", presented(Path(f"{host}.pub")))
+    remove = str(caught.value).split("remove the old line with `")[1].split("`")[0]
+    assert remove == f"ssh-keygen -R '[login]:2222' -f {shlex.quote(str(known))}"
+    subprocess.run(["/bin/sh", "-c", remove], check=True, capture_output=True)
+    assert known.read_text().splitlines() == [f"keep {public(other)}"]
+    # The keyscan advice: the file and the sed that writes a HostKeyAlias, quoted.
+    hosts = tmp_path / "site hosts"
+    config = f'Host login\n  HostKeyAlias cl&us/ter\n  UserKnownHostsFile "{hosts}"\n'
+    target = SSHTarget.resolve(profile(tmp_path, config, port=2222))
+    with pytest.raises(HostKeyError) as caught:
+        KnownHosts.for_target(target).check(target.known_hosts_name, presented(Path(f"{host}.pub")), target=target)
+    scan = str(caught.value).split("trust it with `")[1].split("`")[0]
+    assert scan == (f"ssh-keyscan -p 2222 login | sed 's/^[^ ]*/cl\\&us\\/ter/' >> {shlex.quote(str(hosts))}")
+    scanned = f"[login]:2222 {public(host)}"  # what ssh-keyscan would print
+    subprocess.run(["/bin/sh", "-c", scan.replace("ssh-keyscan -p 2222 login", f"echo {shlex.quote(scanned)}")],
+                   check=True)
+    KnownHosts.for_target(target).check(target.known_hosts_name, presented(Path(f"{host}.pub")), target=target)
 
 
 def test_other_key_types_only_is_not_a_change(tmp_path: Path) -> None:
@@ -377,6 +452,21 @@ def test_an_rsa_ca_signature_is_verified(tmp_path: Path, host_key: Path) -> None
     rsa_ca = keygen(tmp_path / "rsa_ca", "rsa")
     trusting(tmp_path, f"@cert-authority login.example.org {public(rsa_ca)}").check(
         "login.example.org", presented(sign(rsa_ca, host_key)))
+
+
+def test_a_host_certificate_signed_with_sha1_rsa_is_refused(tmp_path: Path, host_key: Path) -> None:
+    """OpenSSH 8.2+ refuses CA signatures made with ssh-rsa (SHA-1): CASignatureAlgorithms."""
+    rsa_ca = keygen(tmp_path / "rsa_ca", "rsa")
+    cert = sign(rsa_ca, host_key, algorithm="ssh-rsa")
+    listed = subprocess.run(["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True)
+    assert "(using ssh-rsa)" in listed.stdout
+    ca_line = f"@cert-authority login.example.org {public(rsa_ca)}"
+    with pytest.raises(HostKeyError, match="cannot be trusted") as caught:
+        trusting(tmp_path, ca_line).check("login.example.org", presented(cert))
+    assert "its CA signature uses ssh-rsa (RSA with SHA-1), which OpenSSH 8.2 and later refuse" in str(caught.value)
+    assert "-t rsa-sha2-512" in str(caught.value)
+    # As in OpenSSH, the host's own key still counts when known_hosts lists it.
+    trusting(tmp_path, ca_line, f"login.example.org {public(host_key)}").check("login.example.org", presented(cert))
 
 
 def test_a_forged_certificate_is_refused(tmp_path: Path, ca: Path, host_key: Path) -> None:
@@ -794,3 +884,35 @@ def test_an_agent_key_with_a_certificate_file(tmp_path: Path, site: tuple[Profil
     with sshd(server, host) as (client, _):
         connect(client, profile_).close()
     assert server.offered == [blob(cert)]
+
+
+@pytest.mark.parametrize("broken", ["missing", "changed"])
+def test_an_agent_paramiko_cannot_use_is_skipped_with_a_note(
+    tmp_path: Path, site: tuple[Profile, paramiko.PKey], agent: Path, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    """The agent is reached through paramiko's private AgentSSH._connect: if it is gone or fails, the
+    login goes on without the agent, and says so if it fails."""
+    from paramiko.agent import AgentSSH
+
+    profile_, host = site
+    user, other = keygen(tmp_path / "user"), keygen(tmp_path / "other")
+    add_to_agent(agent, other)
+    Path(profile_.ssh_config).write_text(f"Host login\n  IdentityAgent {agent}\n")
+    if broken == "missing":
+        monkeypatch.delattr(AgentSSH, "_connect")
+    else:
+        monkeypatch.setattr(AgentSSH, "_connect", lambda self, conn, more: None)  # a new signature: TypeError
+    server = Sshd(keys=(blob(Path(f"{user}.pub")),))
+    with sshd(server, host) as (client, _):
+        connect(client, replace(profile_, identity_file=str(user))).close()
+    assert server.offered == [blob(Path(f"{user}.pub"))]  # the agent's key was never offered
+    with sshd(Sshd(keys=(b"none of them",)), host) as (client, _):
+        with pytest.raises(AuthenticationError, match=f"the ssh-agent at {agent} was skipped: paramiko could not "
+                                                      "use it .(AttributeError|TypeError)"):
+            connect(client, replace(profile_, identity_file=str(user)))
+
+
+def test_the_ssh_modules_stay_small_enough_to_read_in_one_sitting() -> None:
+    edge = Path(jupyter_hpcllm.edge.__file__).parent
+    for name in ("hostkeys", "sshcert", "sshconfig", "sshkeys", "sshlogin", "sshsession", "sshtokens"):
+        assert len((edge / f"{name}.py").read_text().splitlines()) <= 300, name

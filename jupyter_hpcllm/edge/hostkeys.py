@@ -3,9 +3,10 @@
 ``KnownHosts`` reads known_hosts files (the user's, then the global ones; missing files are skipped):
 plain and hashed (``|1|``) host names, ``*``/``?`` wildcards and ``!`` negation, ``@revoked`` keys and
 ``@cert-authority`` CAs. ``check`` accepts a host key that known_hosts lists, or a host certificate
-signed by a CA trusted for the host (signature, principal and validity checked here, since paramiko
-does not); a certificate that fails falls back to its plain key, as in OpenSSH. Every refusal is a
-``HostKeyError`` that says why and what to do.
+signed by a CA trusted for the host (``sshcert`` reads it; its signature and signature algorithm, no
+SHA-1, its principal and validity are checked here, since paramiko does not); a certificate that fails
+falls back to its plain key, as in OpenSSH. Every refusal is a ``HostKeyError`` that says why and what
+to do, its commands quoted so that any shell (zsh too) runs them as written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import hmac
 import os
 import re
-import struct
+import shlex
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,119 +26,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import HostKeyError
+from .sshcert import CA_SIGNATURE_ALGORITHMS, CERT_SUFFIX, HOST_CERT, Certificate, blob_type, fingerprint
 
 if TYPE_CHECKING:
     import paramiko
 
     from .sshconfig import SSHTarget
 
-__all__ = ["CERT_SUFFIX", "Certificate", "KnownHosts", "fingerprint"]
+__all__ = ["KnownHosts"]
 
-CERT_SUFFIX = "-cert-v01@openssh.com"
 # The host key algorithms paramiko speaks, in its order of preference.
 _ALGORITHMS = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
                "rsa-sha2-512", "rsa-sha2-256")
-# How many public-key fields follow the type (and, in a certificate, the nonce) for each key type.
-_KEY_FIELDS = {"ssh-ed25519": 1, "ssh-rsa": 2, "ssh-dss": 4, "sk-ssh-ed25519@openssh.com": 2}
-_USER_CERT, _HOST_CERT = 1, 2
-
-
-def fingerprint(blob: bytes) -> str:
-    """OpenSSH's SHA256 fingerprint of a public key blob."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def _key_type(algorithm: str) -> str:
     """The key type of a host key algorithm (``rsa-sha2-512`` → ``ssh-rsa``)."""
     return "ssh-rsa" if algorithm.startswith("rsa-sha2-") else algorithm
-
-
-class _Reader:
-    """Reads the SSH wire format: uint32, uint64 and length-prefixed strings."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.at = data, 0
-
-    def take(self, size: int) -> bytes:
-        if self.at + size > len(self.data):
-            raise ValueError("truncated")
-        self.at += size
-        return self.data[self.at - size:self.at]
-
-    def uint32(self) -> int:
-        return int(struct.unpack(">I", self.take(4))[0])
-
-    def uint64(self) -> int:
-        return int(struct.unpack(">Q", self.take(8))[0])
-
-    def string(self) -> bytes:
-        return self.take(self.uint32())
-
-
-def _string(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-def _blob_type(blob: bytes) -> str:
-    return _Reader(blob).string().decode(errors="replace")
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """An OpenSSH certificate (PROTOCOL.certkeys), parsed."""
-
-    key_type: str  # e.g. ssh-ed25519-cert-v01@openssh.com
-    public_key: bytes  # the certified key, as a plain public key blob
-    cert_type: int  # 1: user, 2: host
-    key_id: str
-    principals: tuple[str, ...]
-    valid_after: int
-    valid_before: int
-    critical_options: bytes
-    ca_key: bytes
-    signed: bytes  # everything the CA signed
-    signature: bytes
-
-    @classmethod
-    def parse(cls, blob: bytes) -> Certificate:
-        """Raises ValueError if the blob is not a certificate of a key type known here."""
-        reader = _Reader(blob)
-        key_type = reader.string().decode(errors="replace")
-        plain = key_type.removesuffix(CERT_SUFFIX)
-        fields = 2 if plain.startswith(("ecdsa-sha2-", "sk-ecdsa-")) else _KEY_FIELDS.get(plain)
-        if not key_type.endswith(CERT_SUFFIX) or fields is None:
-            raise ValueError(f"not a certificate of a known key type: {key_type}")
-        reader.string()  # nonce
-        start = reader.at
-        for _ in range(fields + (plain == "sk-ecdsa-sha2-nistp256@openssh.com")):
-            reader.string()
-        public_key = _string(plain.encode()) + blob[start:reader.at]
-        reader.uint64()  # serial
-        cert_type = reader.uint32()
-        key_id = reader.string().decode(errors="replace")
-        packed = _Reader(reader.string())
-        principals = []
-        while packed.at < len(packed.data):
-            principals.append(packed.string().decode(errors="replace"))
-        valid_after, valid_before = reader.uint64(), reader.uint64()
-        critical_options = reader.string()
-        reader.string()  # extensions
-        reader.string()  # reserved
-        ca_key = reader.string()
-        signed = blob[:reader.at]
-        signature = reader.string()
-        return cls(key_type, public_key, cert_type, key_id, tuple(principals), valid_after, valid_before,
-                   critical_options, ca_key, signed, signature)
-
-    def signature_ok(self) -> bool:
-        """Whether the CA key's signature over the certificate verifies."""
-        import paramiko
-
-        try:
-            ca = paramiko.PKey.from_type_string(_blob_type(self.ca_key), self.ca_key)
-            return bool(ca.verify_ssh_sig(self.signed, paramiko.Message(self.signature)))
-        except Exception:  # an unknown CA key type or a mangled signature: not verified
-            return False
 
 
 @dataclass(frozen=True)
@@ -228,11 +133,12 @@ class KnownHosts:
         keys = [x for x in lines if not x.marker]
         if any(x.blob == plain for x in keys):
             return  # the plain key is known (also when its certificate is not trusted, as in OpenSSH)
-        plain_type = _blob_type(plain)
+        plain_type = blob_type(plain)
         changed = [x for x in keys if x.key_type == plain_type]
         if changed:
             line = changed[0]
-            remove = f"`ssh-keygen -R {name}" + ("`" if advice.default_file(line) else f" -f {line.file}`")
+            remove = f"`ssh-keygen -R {shlex.quote(name)}" + (
+                "`" if advice.default_file(line) else f" -f {_shell_path(line.file)}`")
             remove += "" if line.user_file else " (as root: it is a global known_hosts file)"
             raise HostKeyError(
                 f"The host key of {advice.hostname} does not match known_hosts ({line.where}): it changed, or "
@@ -254,7 +160,7 @@ class KnownHosts:
         raise HostKeyError(
             f"The host {name} is not in your known_hosts, so jupyter-hpcllm will not connect to it.",
             f"Check its fingerprint ({fingerprint(plain)}) with your cluster's documentation, then trust it with "
-            f"{advice.scan()} (or connect once with `ssh {advice.alias}` and answer yes).",
+            f"{advice.scan()} (or connect once with `ssh {shlex.quote(advice.alias)}` and answer yes).",
         )
 
     def _certificate_problem(
@@ -272,6 +178,13 @@ class KnownHosts:
                 f"({revoked[cert.ca_key].where}).",
                 "Do not connect; ask your cluster's admins which CA signs the login node's key now.",
             )
+        algorithm = cert.signature_algorithm
+        if algorithm not in CA_SIGNATURE_ALGORITHMS:
+            weak = " (RSA with SHA-1)" if algorithm == "ssh-rsa" else ""
+            return (f"its CA signature uses {algorithm or 'an unreadable algorithm'}{weak}, which OpenSSH 8.2 "
+                    "and later refuse (CASignatureAlgorithms)",
+                    admins + "re-sign the login node's host key with `ssh-keygen -s CA_KEY -t rsa-sha2-512 -h ...`, "
+                    f"or trust the host's own key with {advice.scan()}.")
         if not cert.signature_ok():
             return "its CA signature does not verify", admins + "check it: it is damaged or forged."
         if not any(x.marker == "@cert-authority" and x.blob == cert.ca_key for x in lines):
@@ -281,7 +194,7 @@ class KnownHosts:
                 "Add your cluster's CA key as `@cert-authority PATTERN KEY` to ~/.ssh/known_hosts (its "
                 f"documentation gives it), or trust the host's own key with {advice.scan()}.",
             )
-        if cert.cert_type != _HOST_CERT:
+        if cert.cert_type != HOST_CERT:
             return "it is a user certificate, not a host certificate", admins + (
                 "sign the login node's host key with `ssh-keygen -h`.")
         now = time.time()
@@ -326,11 +239,20 @@ class _Advice:
 
     def scan(self, key_type: str | None = None) -> str:
         kind = f"-t {key_type.removeprefix('ssh-').split('-')[0]} " if key_type else ""
-        rename = f" | sed 's/^[^ ]*/{self.key_alias}/'" if self.key_alias else ""
-        return f"`ssh-keyscan {kind}-p {self.port} {self.hostname}{rename} >> {self.known_file}`"
+        rename = ""
+        if self.key_alias:
+            alias = re.sub(r"([\\/&])", r"\\\1", self.key_alias)  # literal in sed's replacement
+            rename = f" | sed {shlex.quote(f's/^[^ ]*/{alias}/')}"
+        return (f"`ssh-keyscan {kind}-p {self.port} {shlex.quote(self.hostname)}{rename} >> "
+                f"{_shell_path(self.known_file)}`")
 
     def default_file(self, line: _Line) -> bool:
         return Path(line.file) == Path("~/.ssh/known_hosts").expanduser()
+
+
+def _shell_path(path: str) -> str:
+    """A path quoted for any POSIX shell (zsh's globbing included), a leading ``~/`` left to expand."""
+    return "~/" + shlex.quote(path[2:]) if path.startswith("~/") else shlex.quote(path)
 
 
 def _tilde(path: str) -> str:
@@ -358,7 +280,7 @@ def _read(path: Path, user: bool) -> list[_Line]:
             continue
         try:
             blob = base64.b64decode(fields[2], validate=True)
-            if _blob_type(blob) != fields[1]:
+            if blob_type(blob) != fields[1]:
                 continue
         except (ValueError, binascii.Error):
             continue  # a line OpenSSH would skip too

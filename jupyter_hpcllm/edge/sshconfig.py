@@ -3,8 +3,10 @@
 ``SSHTarget.resolve(profile)`` gives the settings for the profile's host (profile keys win over
 ssh_config), ``SSHTarget.resolve(profile, hop)`` those of a jump host, and ``jump_chain`` the hosts to
 go through, first hop first. paramiko's ``SSHConfig`` matches the Host and Match blocks; this module
-adds what it lacks: ``Include``, OpenSSH's %-tokens and ${VAR} in the keys used here, CertificateFile
-given more than once, and "whichever of ProxyJump and ProxyCommand comes first wins".
+adds what it lacks: ``Include``, OpenSSH's %-tokens and ${VAR} in the keys used here (``sshtokens``:
+quoted in a ProxyCommand), CertificateFile given more than once, and "whichever of ProxyJump and
+ProxyCommand comes first wins". The profile's host and user and each jump host's are checked as OpenSSH
+checks names from its command line: shell metacharacters are refused.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import io
 import os
 import re
 import shlex
-import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..config.profiles import Profile
 from ..errors import ConfigError
+from .sshtokens import check_host, check_user, expand, expand_path, local_tokens, shell_command
 
 __all__ = ["DEFAULT_IDENTITY_FILES", "SSHTarget", "jump_chain"]
 
@@ -83,10 +85,15 @@ class SSHTarget:
         own = hop is None
         if hop is None:
             alias, user, port = profile.host, profile.user, profile.port
+            where = f"in the profile {profile.name!r}"
         else:
             user, alias, port = _split_hop(hop)
+            where = f"in the jump host {hop!r}"
+        check_host(alias, where)  # as OpenSSH checks names given on its command line
+        if user:
+            check_user(user, where)
         entry = _lookup(profile.ssh_config, alias)
-        hostname = _tokens(entry.get("hostname", alias), {"h": alias}, "HostName")
+        hostname = expand(entry.get("hostname", alias), {"h": alias}, "HostName")
         port = port or _port(entry.get("port"), alias)
         user = user or entry.get("user") or getpass.getuser()
         alias_key = entry.get("hostkeyalias")
@@ -97,11 +104,11 @@ class SSHTarget:
         elif jump is not None:
             proxy = None  # the profile's proxy_jump (even "none") wins, as `ssh -J` does
         short = {"h": hostname, "n": alias, "p": str(port), "r": user}
-        tokens = {**short, **_local_tokens(), "k": alias_key or alias, "j": jump or ""}
+        tokens = {**short, **local_tokens(), "k": alias_key or alias, "j": jump or ""}
         tokens["C"] = hashlib.sha1("".join(tokens[t] for t in "lhprj").encode()).hexdigest()
 
         def paths(key: str, values: list[str]) -> tuple[str, ...]:
-            return tuple(_path(value, tokens, key) for value in values)
+            return tuple(expand_path(value, tokens, key) for value in values)
 
         files = entry.get("identityfile", [])
         identities = paths("IdentityFile", [f for f in files if not f.startswith(_CERT)])
@@ -111,7 +118,7 @@ class SSHTarget:
             known = tuple(os.path.expanduser(p) for p in profile.known_hosts.split())
         else:
             known = _files(entry.get("userknownhostsfile"), USER_KNOWN_HOSTS, tokens, "UserKnownHostsFile")
-        hops = "" if jump is None or jump.strip().lower() == "none" else _tokens(jump, short, "ProxyJump")
+        hops = "" if jump is None or jump.strip().lower() == "none" else expand(jump, short, "ProxyJump")
         return cls(
             alias=alias,
             hostname=hostname,
@@ -122,7 +129,7 @@ class SSHTarget:
             identities_only=str(entry.get("identitiesonly", "no")).lower() == "yes",
             identity_agent=_agent(entry.get("identityagent"), tokens),
             proxy_jump=tuple(h.strip() for h in hops.split(",") if h.strip()),
-            proxy_command=_tokens(proxy, short, "ProxyCommand") if proxy else None,
+            proxy_command=shell_command(proxy, short, "ProxyCommand") if proxy else None,
             user_known_hosts=known,
             global_known_hosts=_files(entry.get("globalknownhostsfile"), GLOBAL_KNOWN_HOSTS, tokens,
                                       "GlobalKnownHostsFile"),
@@ -204,6 +211,12 @@ def _read(path: Path, base: Path, depth: int) -> str:
             line = f"ProxyCommand {_JUMP}{_unquote(value)}"
         elif key == "certificatefile":
             line = f"IdentityFile {_CERT}{_unquote(value)}"
+        elif key in ("userknownhostsfile", "globalknownhostsfile"):  # paramiko would unquote "a b" into two files
+            try:
+                line = f"{key} {' '.join(shlex.quote(p) for p in shlex.split(value))}"
+            except ValueError as error:
+                raise ConfigError(f"Cannot read the line {line!r} in {path}: {error}.",
+                                  "Quote each file name with a space in it, with matching quotes.") from None
         lines.append(line)
     return "\n".join(lines)
 
@@ -236,51 +249,12 @@ def _port(value: str | None, alias: str) -> int:
         raise ConfigError(f"Port {value!r} for {alias} in your ssh config is not a number.") from None
 
 
-def _local_tokens() -> dict[str, str]:
-    local = socket.gethostname()
-    return {
-        "d": os.path.expanduser("~"),
-        "i": str(os.getuid()) if hasattr(os, "getuid") else "",
-        "L": local.split(".")[0],
-        "l": local,
-        "u": getpass.getuser(),
-    }
-
-
-def _tokens(value: str, tokens: dict[str, str], key: str) -> str:
-    """OpenSSH's %-tokens (``%%`` is a percent sign); an unknown one is an error, as in ssh."""
-
-    def one(match: re.Match[str]) -> str:
-        token = match.group(1)
-        if token == "%":
-            return "%"
-        if token not in tokens:
-            raise ConfigError(
-                f"{key} {value!r} in your ssh config uses %{token}, which is not available for {key}.",
-                "See TOKENS in `man ssh_config`; write %% for a percent sign.",
-            )
-        return tokens[token]
-
-    return re.sub(r"%(.)", one, value)
-
-
-def _path(value: str, tokens: dict[str, str], key: str) -> str:
-    """A file name as OpenSSH expands it: ``~``, then %-tokens and ${VAR}."""
-
-    def env(match: re.Match[str]) -> str:
-        if match.group(1) not in os.environ:
-            raise ConfigError(f"{key} {value!r} in your ssh config uses ${{{match.group(1)}}}, which is not set.")
-        return os.environ[match.group(1)]
-
-    return re.sub(r"\$\{(\w+)\}", env, _tokens(os.path.expanduser(value), tokens, key))
-
-
 def _files(value: str | None, default: tuple[str, ...], tokens: dict[str, str], key: str) -> tuple[str, ...]:
     if value is None:
         return tuple(os.path.expanduser(p) for p in default)
     if value.strip().lower() == "none":
         return ()
-    return tuple(_path(p, tokens, key) for p in shlex.split(value))
+    return tuple(expand_path(p, tokens, key) for p in shlex.split(value))
 
 
 def _agent(value: str | None, tokens: dict[str, str]) -> str | None:
@@ -290,4 +264,4 @@ def _agent(value: str | None, tokens: dict[str, str]) -> str | None:
         return "none"
     if value.startswith("$"):  # an environment variable that holds the socket's path
         return os.environ.get(value[1:].strip("{}")) or "none"
-    return _path(value, tokens, "IdentityAgent")
+    return expand_path(value, tokens, "IdentityAgent")
