@@ -214,6 +214,7 @@ def test_a_server_gone_from_outside_is_explained(shell, capsys, transport):
     assert isinstance(result.error_in_exec, UsageError)  # the cell fails: "Run All" stops here
     message = str(result.error_in_exec)
     assert "%%llm cannot reach the server" in message and "`%hpcllm status` shows it" in message
+    assert f"Cannot open a channel to {magics.server.node}:{magics.server.port}" in message  # what the forward met
     assert len(message.strip().splitlines()) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -261,6 +261,7 @@ class FakeForward:
                                         name=f"fake-forward-{host}:{port}")  # polls often: close() is quick
         self._thread.start()
         self.closed = False
+        self.last_refusal: str | None = None
 
     @property
     def address(self) -> str:

@@ -70,6 +70,10 @@ class Forward(Protocol):
 
     @property
     def address(self) -> str: ...
+    @property
+    def last_refusal(self) -> str | None:
+        """Why the last connection could not be relayed (None: none was refused), for error messages."""
+        ...
     def raise_if_failed(self) -> None: ...
     def close(self) -> None: ...
 
@@ -127,6 +131,10 @@ class DirectAddress:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def last_refusal(self) -> str | None:
+        return None  # nothing in between to refuse
 
     def raise_if_failed(self) -> None:
         pass

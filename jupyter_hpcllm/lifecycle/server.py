@@ -84,6 +84,12 @@ class Server:
         return f"http://{self._forward.address}/v1"
 
     @property
+    def connection_problem(self) -> str | None:
+        """Why the forward could not reach the engine the last time it failed to (None: it never did):
+        what a face adds when a request cannot connect."""
+        return self._forward.last_refusal
+
+    @property
     def api_key(self) -> str:
         """The per-job API key. Kept out of repr and of every message jupyter-hpcllm prints."""
         return self._api_key

@@ -394,7 +394,8 @@ class HpcllmMagics(Magics):
             renderer.finish()
             _fail("%%llm: interrupted.")
         except Exception as error:  # the openai client's errors, explained in one paragraph
-            _fail(_explain_api_error(error, endpoint))
+            server = self.server if endpoint.client is self.endpoint.client else None
+            _fail(_explain_api_error(error, endpoint, server.connection_problem if server else None))
         if args.chat or args.new:
             self.history += [prompt, *added]
         text = renderer.answer.content
@@ -414,12 +415,13 @@ class HpcllmMagics(Magics):
     llm.__doc__ = LLM_HELP
 
 
-def _explain_api_error(error: Exception, endpoint: Endpoint) -> str:
+def _explain_api_error(error: Exception, endpoint: Endpoint, problem: str | None = None) -> str:
     import openai
 
     where = endpoint.label
     if isinstance(error, openai.APIConnectionError):
-        return (f"%%llm cannot reach the server ({where}): {error}. Is the job still running? "
+        why = f" {problem}" if problem else ""  # what the forward met: a dead job, a login that needs a code
+        return (f"%%llm cannot reach the server ({where}): {error}.{why} Is the job still running? "
                 "`%hpcllm status` shows it; `%hpcllm attach JOB` reconnects.")
     if isinstance(error, openai.AuthenticationError):
         return f"%%llm: the server ({where}) refused the API key. Reconnect with `%hpcllm attach JOB`."
