@@ -7,17 +7,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
+from sshd_processes import sshd_pids
 
 from jupyter_hpcllm.config.profiles import Profile
+from jupyter_hpcllm.edge import forward as forward_module
+from jupyter_hpcllm.edge import sshtuning
 from jupyter_hpcllm.edge.forward import PortForward
 from jupyter_hpcllm.edge.transport import LocalTransport
 from jupyter_hpcllm.errors import CommandTimeout, ForwardError, RemoteCommandError
@@ -123,6 +127,104 @@ def test_forward_reraises_what_failed_in_its_threads():
     with pytest.raises(ForwardError, match="boom in the relay"), PortForward(Broken, "broken") as forward:
         with socket.create_connection(("127.0.0.1", forward.local_port)) as conn:
             assert conn.recv(10) == b""
+
+
+def test_an_ssh_error_in_one_relayed_connection_is_a_reset_not_a_forward_failure():
+    """The SSH connection dying under a relayed request (paramiko raises SSHException, e.g. "Key-exchange
+    timed out"): `hpcllm forward` calls raise_if_failed() every second and must survive the reconnect."""
+    from paramiko import SSHException
+
+    class Dying:
+        def __init__(self):
+            self.ends = socket.socketpair()
+
+        def fileno(self):
+            return self.ends[0].fileno()
+
+        def recv(self, size):
+            raise SSHException("Key-exchange timed out waiting for key negotiation")
+
+        def sendall(self, data):
+            raise SSHException("Key-exchange timed out waiting for key negotiation")
+
+        def close(self):
+            for end in self.ends:
+                end.close()
+
+    with PortForward(Dying, "dying") as forward:
+        with socket.create_connection(("127.0.0.1", forward.local_port)) as conn:
+            conn.sendall(b"a request")
+            assert conn.recv(10) == b""
+        time.sleep(0.1)
+        assert not forward.errors
+        forward.raise_if_failed()
+
+
+class FakeChannel:
+    """What _attach looks at on a paramiko Channel, with a real paramiko BufferedPipe as its input."""
+
+    def __init__(self):
+        from paramiko.buffered_pipe import BufferedPipe
+
+        self.in_buffer = BufferedPipe()
+        self.remote_chanid = 7
+        self.transport = SimpleNamespace(_send_user_message=lambda message: None)
+
+    def _check_add_window(self, size):
+        return 0
+
+
+def test_a_channel_buffer_shaped_otherwise_falls_back_to_the_two_thread_copy(monkeypatch):
+    client, other = socket.socketpair()
+    with client, other:
+        channel = FakeChannel()
+        channel.in_buffer.feed(b"early")
+        attached = forward_module._attach(channel, client)
+        assert attached is channel.in_buffer and list(attached.backlog) == [b"early"]  # as paramiko 5 has it
+        for missing in ("_lock", "_buffer"):  # something paramiko might rename: the swap gives up untouched
+            channel = FakeChannel()
+            channel.in_buffer.feed(b"early")
+            delattr(channel.in_buffer, missing)
+            assert forward_module._attach(channel, client) is None
+            assert type(channel.in_buffer).__name__ == "BufferedPipe"
+        channel = FakeChannel()
+        del channel.remote_chanid
+        assert forward_module._attach(channel, client) is None
+        # a BufferedPipe without the state DirectPipe uses: checked once, then always the copy
+        monkeypatch.setattr(forward_module, "_PIPE_STATE", (*forward_module._PIPE_STATE, "_renamed"))
+        forward_module._pipe_class.cache_clear()
+        try:
+            channel = FakeChannel()
+            assert forward_module._attach(channel, client) is None
+        finally:
+            forward_module._pipe_class.cache_clear()
+
+
+def fast_packetizer_reading(data: bytes):
+    """A FastPacketizer in its AES-GCM state, reading ``data`` from a socket that then ends."""
+    cls = sshtuning.transport_options()["packetizer_class"]
+    assert cls.__name__ == "FastPacketizer"
+    ours, theirs = socket.socketpair()
+    ours.settimeout(0.1)
+    packetizer = cls(ours)
+    packetizer._Packetizer__aead_in = True
+    packetizer._Packetizer__block_size_in = 16
+    packetizer._Packetizer__mac_size_in = 16
+    packetizer._Packetizer__block_engine_in = object()  # never reached: the length is refused first
+    theirs.sendall(data)
+    theirs.close()
+    return packetizer, ours
+
+
+@pytest.mark.parametrize("length", [300 * 1024, 256 * 1024 + 16, 100, 0])
+def test_a_bad_packet_length_is_refused_before_anything_is_read_or_allocated(length):
+    """Larger than OpenSSH's PACKET_MAX_SIZE (256 KiB), or not whole cipher blocks: refused as OpenSSH
+    refuses it, before the tag is checked (a corrupt length could ask for 4 GiB)."""
+    from paramiko import SSHException
+
+    packetizer, ours = fast_packetizer_reading(struct.pack(">I", length) + b"\0" * 64)
+    with ours, pytest.raises(SSHException, match="Bad packet length"):
+        packetizer.read_message()
 
 
 def test_forward_close_is_idempotent(local, echo_server):
@@ -265,15 +367,6 @@ def opener(holder: list, port: int) -> Callable[[], object]:
                                           **sshtuning.channel_options())
 
 
-def sshd_pids(local_port: int) -> list[int]:
-    """The sshd processes serving the SSH connection from our local_port."""
-    out = subprocess.run(["ss", "-tnpH", f"( sport = :2222 and dport = :{local_port} )"], capture_output=True,
-                         text=True, check=True).stdout
-    pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
-    assert pids, f"no sshd serves port {local_port}: {out!r}"
-    return pids
-
-
 @pytest.mark.cluster
 def test_the_fast_path_is_in_use(profile):
     from jupyter_hpcllm.edge import sshtuning
@@ -283,6 +376,7 @@ def test_the_fast_path_is_in_use(profile):
         assert type(transport.packetizer) is sshtuning.transport_options()["packetizer_class"]
         assert transport.remote_cipher == transport.local_cipher == "aes128-gcm@openssh.com"
         assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert transport.packetizer.arrivals > 0  # what arrives is counted, for the heartbeat
     finally:
         transport.close()
 
@@ -355,6 +449,36 @@ def test_data_arrives_intact_across_rekeys_and_a_slow_reader(profile, servers, m
             assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
     finally:
         holder[0].close()
+
+
+@pytest.mark.cluster
+def test_without_the_expected_paramiko_internals_the_fallbacks_relay_intact(profile, servers, monkeypatch):
+    """A paramiko whose private state differs: paramiko's own packetizer (still counting what arrives)
+    and the two-thread copy instead of the transport writing to the local socket."""
+    monkeypatch.setattr(sshtuning, "_STATE", (*sshtuning._STATE, "_Packetizer__renamed"))
+    monkeypatch.setattr(forward_module, "_PIPE_STATE", (*forward_module._PIPE_STATE, "_renamed"))
+    sshtuning._packetizer_class.cache_clear()
+    forward_module._pipe_class.cache_clear()
+    attached: list[object] = []
+    real_attach = forward_module._attach
+    monkeypatch.setattr(forward_module, "_attach", lambda *args: attached.append(real_attach(*args)) or attached[-1])
+    blob = os.urandom(3_000_000)
+    server = servers(echo)
+    holder: list = []
+    try:
+        holder.append(ssh_transport(profile))
+        packetizer = holder[0].packetizer
+        assert type(packetizer).__name__ != "FastPacketizer" and packetizer.arrivals > 0
+        with PortForward(opener(holder, server.port), f"echo:{server.port}") as forward:
+            with socket.create_connection(("127.0.0.1", forward.local_port), timeout=10) as conn:
+                threading.Thread(target=conn.sendall, args=(blob,), daemon=True).start()
+                assert read_some(conn, len(blob)) == blob
+        assert attached == [None] and not forward.errors
+    finally:
+        if holder:
+            holder[0].close()
+        sshtuning._packetizer_class.cache_clear()
+        forward_module._pipe_class.cache_clear()
 
 
 @pytest.mark.cluster

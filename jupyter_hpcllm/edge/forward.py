@@ -15,7 +15,8 @@ in a backlog that the connection's relay thread writes out; that thread also ret
 the SSH server (in steps of a tenth of it, like paramiko's own ``recv``), so a slow local reader holds
 the server back instead of growing a buffer (at most one window per connection).
 
-Every other stream (a plain socket, another Stream) is copied by two threads. Every wait is bounded
+Every other stream (a plain socket, another Stream, a channel of a paramiko whose private state is not
+the one this path uses) is copied by two threads. Every wait is bounded
 (``_POLL``) and watches the forward's closed flag, so ``close()`` ends every thread within about a
 second, whatever is in flight (a channel still being opened ends when its open returns). Only select()
 and non-blocking sockets are used, which work on Windows, macOS and Linux alike.
@@ -190,32 +191,53 @@ def _close_quietly(stream: socket.socket | Stream) -> None:
         stream.close()
 
 
+# paramiko's private state the direct path uses, checked once (BufferedPipe's) or per channel (Channel's,
+# and its transport's): a paramiko that renamed any of it gets the two-thread copy, never an AttributeError.
+_PIPE_STATE = ("_lock", "_cv", "_buffer", "_closed")
+_CHANNEL_STATE = ("_check_add_window", "remote_chanid", "transport")
+
+
 def _attach(stream: Stream, client: socket.socket) -> Any:
     """Make a paramiko channel deliver to ``client`` from the transport's thread. None: not a channel
     this works for (the two-thread copy is used then)."""
-    pipe = getattr(stream, "in_buffer", None)
-    if pipe is None or not all(hasattr(stream, name) for name in ("_check_add_window", "remote_chanid")):
-        return None
+    pipe: Any = getattr(stream, "in_buffer", None)
     direct = _pipe_class()
-    if type(pipe) is not direct.__base__:
+    if (direct is None or type(pipe) is not direct.__base__ or not all(hasattr(stream, n) for n in _CHANNEL_STATE)
+            or not hasattr(getattr(stream, "transport", None), "_send_user_message")):
         return None
-    with pipe._lock:
-        # The same object gets the new behaviour (no swap the transport thread could miss); whatever
-        # arrived before is the backlog's start.
-        pending = pipe._buffer.tobytes()
-        del pipe._buffer[:]
-        pipe.__class__ = direct
-        pipe.setup(client, getattr(stream, "in_window_threshold", 0) or 1 << 18)
-        if pending:
-            pipe.backlog.append(pending)
+    base = type(pipe)
+    try:
+        with pipe._lock:
+            # The same object gets the new behaviour (no swap the transport thread could miss); whatever
+            # arrived before is the backlog's start. Anything unexpected leaves the pipe as it was.
+            pending = pipe._buffer.tobytes()
+            pipe.__class__ = direct
+            try:
+                pipe.setup(client, getattr(stream, "in_window_threshold", 0) or 1 << 18)
+                del pipe._buffer[:]
+            except BaseException:
+                pipe.__class__ = base
+                raise
+            if pending:
+                pipe.backlog.append(pending)
+    except Exception:
+        return None
     return pipe
 
 
 @functools.cache
 def _pipe_class() -> Any:
-    from paramiko.buffered_pipe import BufferedPipe
-    from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
-    from paramiko.message import Message
+    """DirectPipe, or None if this paramiko's BufferedPipe does not keep the state it uses."""
+    try:
+        from paramiko.buffered_pipe import BufferedPipe
+        from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
+        from paramiko.message import Message
+
+        probe: Any = BufferedPipe()
+        if not (all(hasattr(probe, name) for name in _PIPE_STATE) and isinstance(probe._buffer, array.array)):
+            return None
+    except Exception:
+        return None
 
     class DirectPipe(BufferedPipe):  # type: ignore[type-arg]  # (not subscriptable at run time)
         """A channel's ``in_buffer`` that writes to the local socket as data arrives (see the module)."""

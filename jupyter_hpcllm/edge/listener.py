@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -91,7 +92,8 @@ class LocalListener:
         except (OSError, EOFError, ValueError):
             pass  # a peer closed or reset its end (ValueError: a socket closed under a select)
         except Exception as error:
-            self._record(error)
+            if not _ssh_connection_broke(error):
+                self._record(error)
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
@@ -132,3 +134,12 @@ class LocalListener:
                  traceback: TracebackType | None) -> None:
         # Re-raise a thread's failure, unless the body already failed (that error matters more).
         self.close(raise_errors=kind is None)
+
+
+def _ssh_connection_broke(error: Exception) -> bool:
+    """paramiko's SSHException (e.g. "Key-exchange timed out" from a send when the connection died): one
+    relayed connection ended with its SSH connection, like a peer reset, not a failure of the forward,
+    which carries on over the next connection. paramiko is only looked at if something imported it."""
+    paramiko = sys.modules.get("paramiko")
+    ssh_error = getattr(paramiko, "SSHException", None)
+    return isinstance(ssh_error, type) and isinstance(error, ssh_error)
