@@ -140,7 +140,11 @@ def test_an_interrupt_right_after_sbatch_on_a_dead_connection_leaves_no_job(prof
         # freed over a new connection, not by waiting for the dead one's keepalives (2 × 15 s) to end it
         assert not handle.join(0)
         job = handle.job_id
-        out = connect(cluster.profile).run(f"squeue -h -j {job} -o %T").stdout.strip()
+        other = connect(cluster.profile)
+        try:
+            out = other.run(f"squeue -h -j {job} -o %T").stdout.strip()
+        finally:
+            other.close()
         assert out in ("", "COMPLETING", "CANCELLED"), out
 
 

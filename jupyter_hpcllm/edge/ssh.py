@@ -132,7 +132,8 @@ class SSHTransport:
             try:
                 from .heartbeat import Heartbeat
 
-                fresh.heartbeat = Heartbeat(fresh.session, self.profile.keepalive)
+                # A silent connection is closed whole: the jump hosts' sessions under it too.
+                fresh.heartbeat = Heartbeat(fresh.session, self.profile.keepalive, on_dead=fresh.close)
             except BaseException:
                 fresh.close()  # a connection nobody watches is not kept (and not leaked)
                 raise
