@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -212,6 +215,46 @@ def test_files_of_the_model_root(ssh, profile):
     some = sorted(models)[0]
     assert b'"architectures"' in ssh.files().read(f"{profile.model_root}/{some}/config.json")
 
+
+@contextlib.contextmanager
+def master_killed_under(transport, *, every_time: bool):
+    """Within the block, the transport's run_bytes loses its master while the command runs (the first call,
+    or every call): the master is killed 0.5 s into a command that first sleeps. Yields the masters' pids,
+    one per call."""
+    original = transport.run_bytes
+    masters: list[int] = []
+
+    def dying(command, **options):
+        masters.append(transport.connect().master_pid)
+        if len(masters) == 1 or every_time:
+            threading.Timer(0.5, os.kill, (masters[-1], 9)).start()
+            command = "sleep 3; " + command
+        return original(command, **options)
+
+    transport.run_bytes = dying
+    try:
+        yield masters
+    finally:
+        del transport.run_bytes
+
+
+def test_file_reads_are_retried_once_when_the_master_dies_under_them(ssh, remote_dir):
+    ssh.run(f"printf content > '{remote_dir}/f'")
+    with master_killed_under(ssh, every_time=False) as masters:
+        assert ssh.files().read(f"{remote_dir}/f") == b"content"
+    assert len(masters) == 2 and masters[0] != masters[1]  # once more, on a new master
+    with master_killed_under(ssh, every_time=False) as masters:
+        assert [e.name for e in ssh.files().list(remote_dir)] == ["f"]
+    assert len(masters) == 2 and masters[0] != masters[1]
+
+
+def test_file_reads_are_retried_only_once(ssh, remote_dir):
+    with master_killed_under(ssh, every_time=True) as masters, pytest.raises(ConnectionLost):
+        ssh.files().read(f"{remote_dir}/f")
+    assert len(masters) == 2
+    with master_killed_under(ssh, every_time=True) as masters, pytest.raises(ConnectionLost):
+        ssh.files().list(remote_dir)
+    assert len(masters) == 2
 
 # -- channels and forwards --------------------------------------------------------------------------------
 
@@ -548,6 +591,8 @@ def test_without_a_prompt_the_error_says_how_to_open_a_master_by_hand(state, tmp
                    start_new_session=True)
     path = command.split(" -S ")[1].split()[0]
     try:
+        assert any("ServerAliveInterval=" in line and "ServerAliveCountMax=2" in line
+                   for line in processes_with(path))
         transport = connect(profile)
         assert transport.run("whoami").stdout == "hpcuser\n"
         assert transport.control_path == path and not transport.owns_master
@@ -555,6 +600,22 @@ def test_without_a_prompt_the_error_says_how_to_open_a_master_by_hand(state, tmp
         assert subprocess.run(["ssh", "-S", path, "-O", "check", "x"], capture_output=True).returncode == 0
     finally:
         subprocess.run(["ssh", "-S", path, "-O", "exit", "x"], capture_output=True)
+
+
+def test_the_command_for_a_master_by_hand_keeps_the_keepalives(named_profile, monkeypatch):
+    """A master opened by hand (the MFA case) must notice a silent drop as ours do."""
+    from jupyter_hpcllm.edge.openssh import master
+
+    monkeypatch.setattr(master, "has_terminal", lambda: False)
+    profile = replace(named_profile("testcluster-mfa"), keepalive=7.5)
+    route = OpenSSHTransport(profile)._route
+    error = master.start_error(route, "Permission denied (keyboard-interactive).", route.shared_path,
+                               asked=False, known_hosts=profile.known_hosts)
+    assert isinstance(error, AuthenticationError)
+    command = re.search(r"from a terminal: `([^`]*)`", str(error)).group(1)
+    assert "-o ServerAliveInterval=8 -o ServerAliveCountMax=2" in command
+    assert f"-M -S {route.shared_path} -fN -- {profile.host}" in command
+    assert "ConnectTimeout" not in command
 
 
 def test_without_a_prompt_ssh_asks_at_the_terminal(state, cluster_config):
@@ -589,6 +650,216 @@ def test_without_a_prompt_ssh_asks_at_the_terminal(state, cluster_config):
         assert b"RESULT hpcuser True" in seen + rest, seen + rest
     finally:
         program.unlink()
+
+
+# -- other users: sockets and directories that are not ours ----------------------------------------------
+
+NOBODY = pwd.getpwnam("nobody")
+
+# A ControlMaster as far as our checks go (hello, alive check), run by user nobody; prints what it is sent.
+FAKE_MASTER = r"""
+import os, socket, struct, sys, threading
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen(8)
+print("ready", flush=True)
+
+def recv(c, n):
+    data = b""
+    while len(data) < n:
+        chunk = c.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+def serve(c):
+    print("connected", flush=True)
+    try:
+        while True:
+            body = recv(c, struct.unpack(">I", recv(c, 4))[0])
+            kind = struct.unpack(">I", body[:4])[0]
+            print(f"message {kind:#x}", flush=True)
+            if kind == 1:
+                c.sendall(struct.pack(">III", 8, 1, 4))
+            elif kind == 0x10000004:
+                c.sendall(struct.pack(">II", 12, 0x80000005) + body[4:8] + struct.pack(">I", os.getpid()))
+    except (EOFError, OSError):
+        c.close()
+
+while True:
+    connection, _ = listener.accept()
+    threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""
+
+
+def as_nobody(*argv: str) -> list[str]:
+    return ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups", *argv]
+
+
+@contextlib.contextmanager
+def fake_master_of_nobody(path: str):
+    """A fake master of user nobody listening at path; the list it yields holds, once the block ends,
+    what it saw (connections, messages)."""
+    server = subprocess.Popen(as_nobody("/usr/bin/python3", "-I", "-c", FAKE_MASTER, path),
+                              stdout=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        assert server.stdout.readline() == "ready\n"
+        yield seen
+    finally:
+        time.sleep(0.5)  # what it was sent is printed
+        server.kill()
+        seen += server.communicate(timeout=10)[0].splitlines()
+
+
+@pytest.fixture
+def runtime_dir(monkeypatch):
+    """A short XDG_RUNTIME_DIR of the test's own (our socket directory goes in it), that nobody can enter."""
+    base = tempfile.mkdtemp(prefix="hx", dir="/tmp")
+    os.chmod(base, 0o711)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", base)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("trap", ["owned by another user", "open to every user", "a link"])
+def test_a_socket_directory_that_is_not_private_is_refused_before_any_use(profile, runtime_dir, trap):
+    """Another user made our socket directory first (its name is predictable) and put a fake master at the
+    shared path in it: refused before it is even connected to."""
+    transport = OpenSSHTransport(profile)
+    route = transport._route
+    if trap == "a link":
+        target = tempfile.mkdtemp(dir=runtime_dir)
+        os.chown(target, NOBODY.pw_uid, NOBODY.pw_gid)
+        os.symlink(target, route.socket_dir)
+    else:
+        os.mkdir(route.socket_dir, 0o700)
+        if trap == "owned by another user":
+            os.chown(route.socket_dir, NOBODY.pw_uid, NOBODY.pw_gid)
+        else:
+            os.chmod(route.socket_dir, 0o777)
+    try:
+        with fake_master_of_nobody(route.shared_path) as seen, pytest.raises(ConfigError) as caught:
+            transport.connect()
+        expected = "can be used by other users" if trap == "open to every user" else "is not a directory of yours"
+        assert expected in str(caught.value) and route.socket_dir in str(caught.value)
+        assert seen == []  # never connected to
+        assert transport.control_path is None
+    finally:
+        transport.close()
+
+
+def test_a_socket_directory_in_a_directory_others_can_change_is_refused(profile, runtime_dir):
+    os.chmod(runtime_dir, 0o777)  # no sticky bit: another user could swap our directory for theirs
+    transport = OpenSSHTransport(profile)
+    try:
+        with pytest.raises(ConfigError, match="can be changed by other users"):
+            transport.connect()
+        assert not os.path.exists(transport._route.socket_dir)
+    finally:
+        transport.close()
+
+
+def test_a_master_of_another_user_at_the_users_control_path_is_refused(profile, tmp_path):
+    """The user's own ControlPath is theirs to choose (/tmp/ssh-%r@%h:%p, say), but a master there that
+    runs as another user is never used: it would see every socket we hand it."""
+    theirs = tempfile.mkdtemp(prefix="hx", dir="/tmp")
+    os.chown(theirs, NOBODY.pw_uid, NOBODY.pw_gid)
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host mylogin\n  HostName 127.0.0.1\n  Port 2222\n  User hpcuser\n  IdentityFile {profile.identity_file}\n"
+        f"  UserKnownHostsFile {profile.known_hosts}\n  ControlPath {theirs}/cm\n"
+    )
+    alias = replace(profile, host="mylogin", port=None, user=None, identity_file=None, known_hosts=None,
+                    ssh_config=str(config))
+    transport = connect(alias)
+    try:
+        with fake_master_of_nobody(f"{theirs}/cm") as seen, pytest.raises(ConnectError) as caught:
+            transport.connect()
+        assert f"{theirs}/cm is served by another user (uid {NOBODY.pw_uid})" in str(caught.value)
+        assert seen == ["connected"]  # not one message: the check comes before the hello
+        assert transport.control_path is None
+    finally:
+        transport.close()
+        shutil.rmtree(theirs, ignore_errors=True)
+
+
+def test_a_master_of_another_user_at_the_shared_path_is_refused(profile, runtime_dir):
+    """Even in our private directory (put there by root, or by a race): the peer's user is checked."""
+    transport = OpenSSHTransport(profile)
+    route = transport._route
+    theirs = tempfile.mkdtemp(dir=runtime_dir)
+    os.chown(theirs, NOBODY.pw_uid, NOBODY.pw_gid)
+    os.mkdir(route.socket_dir, 0o700)
+    try:
+        with fake_master_of_nobody(f"{theirs}/s") as seen:
+            os.rename(f"{theirs}/s", route.shared_path)  # still nobody's listening socket
+            with pytest.raises(ConnectError, match="served by another user"):
+                transport.connect()
+        assert seen == ["connected"]
+    finally:
+        transport.close()
+
+
+def test_the_askpass_bridge_is_private(runtime_dir):
+    from jupyter_hpcllm.edge.openssh.askpass import AskpassBridge
+
+    directory = os.path.join(runtime_dir, "hpcllm-ssh")
+    os.mkdir(directory, 0o700)
+    os.chown(directory, NOBODY.pw_uid, NOBODY.pw_gid)
+    with pytest.raises(ConfigError, match="not a directory of yours"):
+        AskpassBridge(directory)
+    os.chown(directory, os.geteuid(), os.getegid())
+    bridge, other = AskpassBridge(directory), AskpassBridge(directory)
+    try:
+        assert bridge.directory != other.directory  # one of its own per start
+        for path in (os.path.dirname(bridge.socket_path), os.path.dirname(bridge.script)):
+            info = os.lstat(path)
+            assert path == bridge.directory and os.path.dirname(path) == directory
+            assert info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) == 0o700
+    finally:
+        bridge.close()
+        other.close()
+    assert os.listdir(directory) == []
+
+
+def test_the_askpass_bridge_answers_no_other_user(runtime_dir):
+    """Were its socket reachable, a process of another user asking first still gets no answer (the code)."""
+    from jupyter_hpcllm.edge.openssh.askpass import _ASKPASS_CODE, AskpassBridge, StderrCollector
+
+    directory = os.path.join(runtime_dir, "hpcllm-ssh")
+    os.mkdir(directory, 0o700)
+    bridge = AskpassBridge(directory)
+    for path, mode in ((directory, 0o711), (bridge.directory, 0o711), (bridge.socket_path, 0o777)):
+        os.chmod(path, mode)  # as if the directories did not keep others out
+    ssh = subprocess.Popen(["sleep", "60"], stderr=subprocess.PIPE)  # stands for ssh while it asks
+    asked: list[str] = []
+    answers: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def ask(who: str, argv: list[str]) -> None:
+        env = dict(os.environ, **bridge.env)
+        answers[who] = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=20)
+
+    def askers() -> None:
+        try:
+            ask("nobody", as_nobody("/usr/bin/python3", "-I", "-S", "-c", _ASKPASS_CODE, "nobody's question"))
+            ask("us", [bridge.script, "our question"])
+        finally:
+            ssh.kill()
+
+    thread = threading.Thread(target=askers)
+    thread.start()
+    try:
+        bridge.serve(ssh, lambda text, echo: asked.append(text) or "123456",
+                     StderrCollector(ssh.stderr, echo=False), time.monotonic() + 30)
+    finally:
+        thread.join(30)
+        ssh.wait()
+        bridge.close()
+    assert asked == ["our question"]
+    assert (answers["nobody"].returncode, answers["nobody"].stdout) == (1, "")
+    assert (answers["us"].returncode, answers["us"].stdout) == (0, "123456\n")
 
 
 # -- portability ------------------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ The modules, each readable alone:
   its death), commands (``ssh -S PATH ... HOST COMMAND``), channels, forwards, files, ``fresh``, ``close``.
 - ``master``: starting a master (``ssh -M -N -f``), ssh's complaints as errors with advice, stopping it.
 - ``askpass``: what ssh asks while it logs in, passed to the face's prompt (SSH_ASKPASS) or the terminal.
-- ``options``: the profile as ssh options, what ``ssh -G`` makes of them, the control sockets' directory.
+- ``options``: the profile as ssh options, what ``ssh -G`` makes of them, the control sockets' directory
+  (checked to be ours and private before any path in it is used).
 - ``mux``: the master's multiplexing protocol (OpenSSH's PROTOCOL.mux), spoken here as ``ssh -W`` does,
   so the master relays a socket of ours itself: no ``ssh`` process per connection, no byte copied in Python.
+  Every control connection first checks that the master runs as our own user.
 - ``forward``: a local port whose every connection is handed to the master in use at the time.
 - ``files``: ``find``/``head`` over commands (GNU findutils and coreutils on the cluster).
 

@@ -15,12 +15,15 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import IO
 
 from ...errors import AuthenticationError
 from ..transport import Prompt
+from .mux import peer_uid
+from .options import ensure_private_dir
 
 __all__ = ["AskpassBridge", "StderrCollector", "has_terminal"]
 
@@ -93,24 +96,26 @@ sys.stdout.write(answer + "\\n")
 
 
 class AskpassBridge:
-    """SSH_ASKPASS for one master start: ssh runs a small program that asks us over a unix socket in our
-    private directory; ``serve`` answers with the face's prompt, in the calling thread."""
+    """SSH_ASKPASS for one master start: ssh runs a small program that asks us over a unix socket; ``serve``
+    answers with the face's prompt, in the calling thread. The answer (a one-time code) reaches no other
+    user: the socket and the program are in a new directory (0700) in our private one, and a connection
+    from a process of another user is closed unanswered."""
 
-    def __init__(self, socket_path: str, directory: str) -> None:
-        self.socket_path = socket_path
-        self.script = socket_path + ".sh"
+    def __init__(self, directory: str) -> None:
+        ensure_private_dir(directory)
+        self.directory = tempfile.mkdtemp(prefix="ask-", dir=directory)  # 0700, made anew: nobody else's
+        self.socket_path = os.path.join(self.directory, "s")
+        self.script = os.path.join(self.directory, "askpass")
         python = shlex.quote(sys.executable or "python3")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)
-        descriptor = os.open(self.script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+        descriptor = os.open(self.script, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
         with os.fdopen(descriptor, "w") as script:
             script.write(f"#!/bin/sh\nexec {python} -I -S -c {shlex.quote(_ASKPASS_CODE)} \"$@\"\n")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(socket_path)
+        self._listener.bind(self.socket_path)
         self._listener.listen(4)
         self._listener.settimeout(0.2)
         self.env = {"SSH_ASKPASS": self.script, "SSH_ASKPASS_REQUIRE": "force",
-                    "HPCLLM_ASKPASS_SOCKET": socket_path}
+                    "HPCLLM_ASKPASS_SOCKET": self.socket_path}
 
     def serve(self, process: subprocess.Popen[bytes], prompt: Prompt, errors: StderrCollector, deadline: float) -> None:
         """Answer ssh's questions until it exits (authenticated, or failed) or the deadline passes."""
@@ -124,6 +129,8 @@ class AskpassBridge:
             except TimeoutError:
                 continue
             with connection:
+                if peer_uid(connection) not in (None, os.geteuid()):
+                    continue  # not the program ssh ran (that runs as us): never shown the answer
                 connection.settimeout(10.0)
                 data = b""
                 while not data.endswith(b"\n"):
@@ -159,3 +166,5 @@ class AskpassBridge:
         for path in (self.socket_path, self.script):
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.directory)

@@ -3,7 +3,8 @@
 The system ssh has no SFTP client we could drive in-process, so each call is one shell command over
 ``OpenSSHTransport.run_bytes`` (GNU findutils and coreutils on the cluster). Paths are quoted for the
 shell, except a leading ``~/`` that the shell must expand; a missing path is the exit status
-``_MISSING``, read as FileNotFoundError.
+``_MISSING``, read as FileNotFoundError. Every command only reads, so one that the master's death broke
+(ConnectionLost) runs once more, on a new master.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING
 
-from ...errors import TransportError
+from ...errors import ConnectionLost, TransportError
 from ..files import FileInfo
 
 if TYPE_CHECKING:
@@ -39,12 +40,19 @@ class ShellFiles:
     def __init__(self, transport: OpenSSHTransport) -> None:
         self._transport = transport
 
+    def _run(self, command: str) -> tuple[int, bytes, bytes]:
+        """Run a command that only reads; once more on a new connection if the master died under it."""
+        try:
+            return self._transport.run_bytes(command)
+        except ConnectionLost:
+            return self._transport.run_bytes(command)
+
     def list(self, path: str) -> list[FileInfo]:
         where = _shell_path(path)
         command = (f"if [ -d {where} ]; then exec find -H {where} -mindepth 1 -maxdepth 1 "
                    f"-printf '%y %s %T@ %P\\0'; elif [ -e {where} ] || [ -L {where} ]; then "
                    f"echo 'Not a directory' >&2; exit 1; else exit {_MISSING}; fi")
-        status, out, err = self._transport.run_bytes(command)
+        status, out, err = self._run(command)
         if status == _MISSING:
             raise FileNotFoundError(path)
         if status != 0:
@@ -62,7 +70,7 @@ class ShellFiles:
     def read(self, path: str, limit: int = 4_000_000) -> bytes:
         where = _shell_path(path)
         command = f"if [ -e {where} ]; then exec head -c {int(limit)} -- {where}; else exit {_MISSING}; fi"
-        status, out, err = self._transport.run_bytes(command)
+        status, out, err = self._run(command)
         if status == _MISSING:
             raise FileNotFoundError(path)
         if status != 0:

@@ -21,10 +21,10 @@ import time
 from ...errors import AuthenticationError, ConnectError, HostKeyError
 from ..transport import REACH_HINT, Prompt
 from .askpass import AskpassBridge, StderrCollector, has_terminal
-from .mux import master_still_runs, mux_connect, mux_terminate
+from .mux import ForeignMaster, master_still_runs, mux_alive, mux_connect, mux_terminate
 from .options import LoginRoute, escape_tokens, shown_options
 
-__all__ = ["REACH_HINT", "release", "start_error", "start_master", "unlink_stale"]
+__all__ = ["REACH_HINT", "attach", "release", "start_error", "start_master", "unlink_stale"]
 
 # Seconds a master we started outlives its last client (our keeper): only matters when our process ended
 # without close() (killed), so it is short.
@@ -32,6 +32,20 @@ _GRACE = 30
 # How long a person at a terminal may take to answer ssh's questions (an MFA code, a key touch).
 _INTERACTIVE_TIMEOUT = 300.0
 
+
+def attach(path: str, timeout: float) -> tuple[socket.socket, int] | None:
+    """A keeper connection to the master at ``path`` and its process id; None if none answers there,
+    ForeignMaster if one of another user does."""
+    keeper = mux_connect(path, timeout=timeout, quiet=True)
+    if keeper is None:
+        return None
+    try:
+        pid = mux_alive(keeper)
+    except OSError:
+        keeper.close()
+        return None
+    keeper.setblocking(False)  # see master_still_runs
+    return keeper, pid
 
 
 def start_master(route: LoginRoute, path: str, *, prompt: Prompt | None, connect_timeout: float) -> str | None:
@@ -47,7 +61,7 @@ def start_master(route: LoginRoute, path: str, *, prompt: Prompt | None, connect
         argv += ["-o", "BatchMode=yes"]
     argv += ["--", route.destination]
     timeout = connect_timeout + (_INTERACTIVE_TIMEOUT if asking or interactive else 30.0)
-    bridge = AskpassBridge(path + ".ask", route.socket_dir) if asking else None
+    bridge = AskpassBridge(route.socket_dir) if asking else None
     try:
         env = dict(os.environ, **bridge.env) if bridge is not None else None
         try:
@@ -164,7 +178,12 @@ def release(keeper: socket.socket, path: str, pid: int, owned: bool) -> None:
 
 
 def unlink_stale(path: str) -> None:
-    """Remove a control socket that no master answers on (left by a master killed with SIGKILL)."""
-    if os.path.exists(path) and mux_connect(path, timeout=2.0, quiet=True) is None:
+    """Remove a control socket of ours (in our private directory) that no master of ours answers on (left
+    by a master killed with SIGKILL)."""
+    try:
+        stale = os.path.exists(path) and mux_connect(path, timeout=2.0, quiet=True) is None
+    except ForeignMaster:
+        stale = True
+    if stale:
         with contextlib.suppress(OSError):
             os.unlink(path)

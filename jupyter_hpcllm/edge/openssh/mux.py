@@ -4,18 +4,25 @@ A control connection is a unix socket to the master's ControlPath. Over it we ch
 (MUX_C_ALIVE_CHECK: its process id), stop one (MUX_C_TERMINATE, as ``ssh -O exit``), and have it relay a
 socket of ours to host:port (MUX_C_NEW_STDIO_FWD, the socket passed by SCM_RIGHTS, as ``ssh -W`` does):
 the master copies the bytes itself, so no ``ssh`` process runs per connection and none is copied in
-Python. Only the calls touch AF_UNIX and SCM_RIGHTS, so importing this works everywhere.
+Python. Every control connection is checked first: the master at the other end must run as our own user
+(``peer_uid``), or it could read every socket handed to it. Only the calls touch AF_UNIX and SCM_RIGHTS,
+so importing this works everywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import socket
 import struct
+import sys
+
+from ...errors import ConnectError
 
 __all__ = [
-    "ChannelSocket", "MuxRefused", "master_still_runs", "mux_alive", "mux_connect", "mux_stdio_forward",
-    "mux_terminate",
+    "ChannelSocket", "ForeignMaster", "MuxRefused", "master_still_runs", "mux_alive", "mux_connect",
+    "mux_stdio_forward", "mux_terminate", "peer_uid",
 ]
 
 _MUX_VERSION = 4
@@ -32,6 +39,40 @@ _MUX_S_SESSION_OPENED = 0x80000006
 
 class MuxRefused(Exception):
     """The master (or the server behind it) refused a request; the message is its reason."""
+
+
+class ForeignMaster(ConnectError):
+    """The process behind a control socket runs as another user: never used (it would see our traffic)."""
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The user id of the process at the other end of a connected unix socket; None where we cannot tell."""
+    if sys.platform.startswith("linux"):
+        data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", data)[1])  # struct ucred: pid, uid, gid
+    if sys.platform.startswith("openbsd"):
+        data = sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_PEERCRED", 0x1022), 12)
+        return int(struct.unpack("3I", data)[0])  # struct sockpeercred: uid, gid, pid
+    if sys.platform == "darwin" or sys.platform.startswith(("freebsd", "dragonfly")):
+        # getpeereid(3) is LOCAL_PEERCRED at level SOL_LOCAL (0): struct xucred, cr_version then cr_uid.
+        data = sock.getsockopt(0, getattr(socket, "LOCAL_PEERCRED", 1), 76)
+        return int(struct.unpack("=2I", data[:8])[1])
+    return None
+
+
+def _check_peer(sock: socket.socket, path: str) -> None:
+    """ForeignMaster unless the process behind ``path`` runs as us (where the system cannot say who it is:
+    unless the socket file is ours)."""
+    uid = peer_uid(sock)
+    if uid is None:
+        uid = os.stat(path).st_uid
+    if uid != os.geteuid():
+        raise ForeignMaster(
+            f"The ssh control socket {path} is served by another user (uid {uid}), not by you: jupyter-hpcllm "
+            "does not use it, as that user would see your connections.",
+            f"Remove {path} if you can, or point ControlPath elsewhere; if you did not expect it there, tell "
+            "your admins.",
+        )
 
 
 def _u32(value: int) -> bytes:
@@ -76,18 +117,20 @@ def _reason(body: bytes) -> str:
 
 
 def mux_connect(path: str, *, timeout: float, quiet: bool = False) -> socket.socket | None:
-    """A control connection to the master at ``path`` after the hello exchange; None if none answers."""
+    """A control connection to the master at ``path`` after the hello exchange; None if none answers (with
+    ``quiet``). ForeignMaster, before a byte is sent, if the master runs as another user."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(path)
+        _check_peer(sock, path)
         _mux_send(sock, _MUX_HELLO, _u32(_MUX_VERSION))
         kind, body = _mux_recv(sock)
         if kind != _MUX_HELLO or len(body) < 4 or struct.unpack(">I", body[:4])[0] != _MUX_VERSION:
             raise ConnectionResetError(f"the ssh master at {path} speaks another multiplexing protocol")
-    except OSError:
+    except BaseException as error:
         sock.close()
-        if quiet:
+        if quiet and isinstance(error, OSError):
             return None
         raise
     return sock
@@ -110,14 +153,17 @@ def mux_terminate(sock: socket.socket) -> None:
         _mux_recv(sock)  # MUX_S_OK
 
 
-def master_still_runs(keeper: socket.socket) -> bool:
+def master_still_runs(keeper: socket.socket, wait: float = 0.0) -> bool:
     """Whether the master behind an idle control connection (non-blocking: a socket with a timeout would
-    wait for data first) still runs. It never writes to an idle one, so readable means EOF: it exited."""
+    wait for data first) still runs. It never writes to an idle one, so readable means EOF: it exited.
+    With ``wait``: up to that long for it to exit (it may end a session a moment before our keeper)."""
     try:
+        if wait:
+            select.select([keeper], [], [], wait)
         return keeper.recv(1, socket.MSG_PEEK) != b""
     except BlockingIOError:
         return True
-    except OSError:
+    except (OSError, ValueError):  # ValueError: closed meanwhile (by another thread)
         return False
 
 

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import math
 import os
+import shlex
 import stat
 import subprocess
 import tempfile
@@ -96,9 +97,11 @@ def ssh_options(profile: Profile) -> list[str]:
 
 
 def shown_options(options: list[str]) -> list[str]:
-    """The options for a command shown to the user (the generated timeouts left out)."""
+    """The options for a command shown to the user (a master opened by hand): all but ConnectTimeout and
+    StrictHostKeyChecking (a person at a terminal can wait, and answer). The keepalives stay, so that a
+    master opened by hand notices a silent drop as ours do."""
     shown: list[str] = []
-    skip = ("ServerAliveInterval=", "ServerAliveCountMax=", "ConnectTimeout=", "StrictHostKeyChecking=")
+    skip = ("ConnectTimeout=", "StrictHostKeyChecking=")
     pairs = iter(options)
     for option in pairs:
         value = next(pairs)
@@ -149,12 +152,21 @@ def socket_dir() -> str:
 
 
 def ensure_private_dir(path: str) -> None:
-    """Make the socket directory (0700) and check that it is ours and private, not a trap set by another user."""
+    """Make the socket directory (0700), and check that it is ours and private before any path in it is
+    used: another user who made it first (it has a predictable name in /tmp) could have put a fake master
+    there. ConfigError otherwise, with advice."""
+    parent = os.path.dirname(path)
+    info = os.stat(parent)  # /tmp itself may be a link (macOS)
+    if info.st_uid not in (0, os.geteuid()) or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+        raise ConfigError(f"{parent} can be changed by other users, so it cannot hold ssh's control sockets.",
+                          "Set XDG_RUNTIME_DIR (or TMPDIR) to a directory of your own.")
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+    info = os.lstat(path)  # not followed: a link is refused too
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise ConfigError(f"{path} is not a directory of yours, so it cannot hold ssh's control sockets.",
-                          "Remove it (it may be a leftover of another user), then try again.")
+                          "Remove it (it may be a leftover of another user, or a trap), then try again.")
     if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
+        raise ConfigError(f"{path} can be used by other users (mode {stat.S_IMODE(info.st_mode):o}), so it "
+                          "cannot hold ssh's control sockets: someone may have put one there.",
+                          f"Remove it (`rm -r {shlex.quote(path)}`), then try again: it is made anew, private.")

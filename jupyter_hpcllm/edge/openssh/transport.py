@@ -2,7 +2,8 @@
 read and tunnel, and started anew when it dies.
 
 - The master (``master``): started on first use, or reused, never stopped by us, if one already runs at
-  the user's own ControlPath (~/.ssh/config) or at the path our error message suggests.
+  the user's own ControlPath (~/.ssh/config) or at the path our error message suggests. Only a master
+  that runs as us (``mux``), in our private directory (``options``) but for the user's own ControlPath.
 - A *keeper*: one idle control connection to the master, held while the transport lives. It tells at
   once (EOF) that the master died, so the next call starts a new one; and as ssh counts it as an open
   client, the master outlives idle periods, yet exits ControlPersist seconds after our process does,
@@ -19,7 +20,6 @@ read and tunnel, and started anew when it dies.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -32,8 +32,8 @@ from ...errors import CommandTimeout, ConfigError, ConnectError, ConnectionLost,
 from ..transport import REACH_HINT, CommandResult, Forward, Prompt, Stream, check_result
 from .files import ShellFiles
 from .forward import MuxForward
-from .master import release, start_error, start_master, unlink_stale
-from .mux import ChannelSocket, MuxRefused, master_still_runs, mux_alive, mux_connect, mux_stdio_forward
+from .master import attach, release, start_error, start_master, unlink_stale
+from .mux import ChannelSocket, MuxRefused, master_still_runs, mux_connect, mux_stdio_forward
 from .options import ensure_private_dir, escape_tokens, resolve_route
 
 if TYPE_CHECKING:
@@ -143,40 +143,24 @@ class OpenSSHTransport:
             return path
 
     def _attach_or_start(self) -> tuple[socket.socket, str, int, bool]:
+        # Each control connection checks that the master runs as us (mux_connect: ForeignMaster), and our
+        # directory is checked before any path in it is touched: another user could have made it first.
         for path in (self._route.user_control_path, self._route.shared_path):
-            if path and len(path.encode()) < 104:
-                keeper = mux_connect(path, timeout=5.0, quiet=True)
-                if keeper is not None:
-                    try:
-                        pid = mux_alive(keeper)
-                    except OSError:
-                        keeper.close()
-                        continue
-                    keeper.setblocking(False)  # see master_still_runs
-                    return keeper, path, pid, False
+            if path == self._route.shared_path:
+                ensure_private_dir(self._route.socket_dir)
+            if path and len(path.encode()) < 104 and (found := attach(path, 5.0)) is not None:
+                return found[0], path, found[1], False
         path = self._own_path
-        for attempt in (1, 2):
-            ensure_private_dir(self._route.socket_dir)
-            unlink_stale(path)
-            error = self._start_master(path)
-            if error is None:
-                break
-            if attempt == 1 and "unix_listener" in error:
-                continue  # our directory was removed under us (another transport's close): once more
+        unlink_stale(path)
+        error = self._start_master(path)
+        if error is not None:
             raise start_error(self._route, error, path, asked=self._prompt is not None,
                               known_hosts=self.profile.known_hosts)
-        keeper = mux_connect(path, timeout=self.profile.connect_timeout)
-        if keeper is None:
+        found = attach(path, self.profile.connect_timeout)
+        if found is None:
             raise ConnectError(f"ssh connected to {self.description} but its control socket {path} does not "
                                "answer.", REACH_HINT)
-        try:
-            pid = mux_alive(keeper)
-        except OSError as error:
-            keeper.close()
-            raise ConnectError(f"The ssh master for {self.description} does not answer: {error}.",
-                               REACH_HINT) from None
-        keeper.setblocking(False)  # see master_still_runs
-        return keeper, path, pid, True
+        return found[0], path, found[1], True
 
     def _start_master(self, path: str) -> str | None:
         """Start our master at ``path``: None once it runs, else ssh's complaint (``master.start_master``)."""
@@ -219,6 +203,9 @@ class OpenSSHTransport:
             text = done.stderr.decode(errors="replace").strip()
             why = text.splitlines()[-1] if text else ""
             word = command.split()[0] if command.split() else command
+            keeper = self._keeper
+            if keeper is not None:
+                master_still_runs(keeper, wait=0.5)  # a master that just ended the session: until it exits
             if self._live() is None:  # the master died under the command: it may or may not have run
                 raise ConnectionLost(
                     f"The SSH connection to {self.description} broke while running `{word}`"
@@ -299,8 +286,8 @@ class OpenSSHTransport:
             self._keeper, self._path, self._pid, self._owned = None, None, 0, False
         if keeper is not None and path is not None:
             release(keeper, path, pid, owned)
-        with contextlib.suppress(OSError):
-            os.rmdir(self._route.socket_dir)  # only when empty: another transport's socket keeps it
+        # The socket directory stays (as tmux's does): removed, another user could make it anew, between our
+        # check and a bind of ssh's, for a transport of ours that starts a master at that time.
 
     def __enter__(self) -> OpenSSHTransport:
         return self
