@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sshd_processes import sshd_pids
+from processes import sshd_pids, zombie_children
 
 from jupyter_hpcllm.config.profiles import load_profile
 from jupyter_hpcllm.edge.openssh import OpenSSHTransport
@@ -67,19 +67,6 @@ def processes_with(text: str) -> list[str]:
     """Command lines of live processes that contain text (zombies have none)."""
     found = subprocess.run(["pgrep", "-af", text], capture_output=True, text=True).stdout
     return [line for line in found.splitlines() if str(os.getpid()) not in line.split()[0]]
-
-
-def zombie_children() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and int(fields[1]) == os.getpid():
-                pids.append(int(entry.name))
-    return pids
 
 
 def gone(pid: int, within: float) -> bool:
@@ -365,20 +352,6 @@ def test_changed_host_key_is_rejected(profile, tmp_path):
     with pytest.raises(HostKeyError, match="does not match known_hosts") as caught:
         connect(replace(profile, known_hosts=str(known))).connect()
     assert "fingerprint now SHA256:" in str(caught.value) and f"ssh-keygen -f {known} -R" in str(caught.value)
-
-
-def test_wrong_key_is_an_authentication_error(profile, tmp_path):
-    wrong = tmp_path / "wrong_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
-    with pytest.raises(AuthenticationError, match="refused our keys"):
-        connect(replace(profile, identity_file=str(wrong))).connect()
-
-
-def test_unreachable_host(profile):
-    with pytest.raises(ConnectError, match="Cannot reach .*Connection refused"):
-        connect(replace(profile, port=1, connect_timeout=3)).connect()
-    with pytest.raises(ConnectError, match="Cannot reach .*resolve"):
-        connect(replace(profile, host="no-such-host.invalid", connect_timeout=3)).connect()
 
 
 @pytest.mark.parametrize("signal_number", [15, 9])

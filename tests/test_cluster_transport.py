@@ -7,8 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from processes import zombie_children
 
 from jupyter_hpcllm.edge.ssh import SSHTransport
+from jupyter_hpcllm.edge.transport import connect
 from jupyter_hpcllm.errors import (
     AuthenticationError,
     CommandTimeout,
@@ -59,16 +61,20 @@ def test_changed_host_key_is_rejected(profile, tmp_path):
         SSHTransport(replace(profile, known_hosts=str(known))).connect()
 
 
+@pytest.mark.parametrize("ssh_backend", ["paramiko", "openssh"])
 def test_wrong_key_is_an_authentication_error(profile, tmp_path):
     wrong = tmp_path / "wrong_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
     with pytest.raises(AuthenticationError, match="refused our keys"):
-        SSHTransport(replace(profile, identity_file=str(wrong))).connect()
+        connect(replace(profile, identity_file=str(wrong))).connect()
 
 
+@pytest.mark.parametrize("ssh_backend", ["paramiko", "openssh"])
 def test_unreachable_host(profile):
-    with pytest.raises(ConnectError, match="Cannot reach"):
-        SSHTransport(replace(profile, port=1, connect_timeout=3)).connect()
+    with pytest.raises(ConnectError, match="Cannot reach .*Connection refused"):
+        connect(replace(profile, port=1, connect_timeout=3)).connect()
+    with pytest.raises(ConnectError, match="Cannot reach .*(resolve|Name or service not known)"):
+        connect(replace(profile, host="no-such-host.invalid", connect_timeout=3)).connect()
 
 
 def test_ssh_config_alias_with_all_its_settings(profile, tmp_path):
@@ -191,6 +197,7 @@ def test_a_proxy_command_runs_through_the_shell(profile, tmp_path):
         assert transport.run("echo through $0").stdout.startswith("through")
     finally:
         transport.close()
+    assert zombie_children() == []  # the ProxyCommand's process was waited for
 
 
 def test_a_second_factor_is_asked_once_per_connection(cluster_config):

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from paramiko import Message, SSHException
 from paramiko.common import MSG_REQUEST_FAILURE, MSG_REQUEST_SUCCESS
-from sshd_processes import sshd_pids
+from processes import sshd_pids
 
 from jupyter_hpcllm.edge import heartbeat as heartbeat_module
 from jupyter_hpcllm.edge.heartbeat import Heartbeat

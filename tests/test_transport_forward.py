@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pytest
-from sshd_processes import sshd_pids
+from processes import sshd_pids
 
 from jupyter_hpcllm.config.profiles import Profile
 from jupyter_hpcllm.edge import forward as forward_module

@@ -11,10 +11,7 @@ advice on how to trust it, never added), and a login that may ask the person for
 from __future__ import annotations
 
 import logging
-import os
 import select
-import shlex
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..config.profiles import Profile
 from ..errors import CommandTimeout, ConnectError, ConnectionLost, TransportError
 from .sshconfig import SSHTarget
+from .sshsocket import first_socket, reap
 from .transport import REACH_HINT, CommandResult, Forward, Prompt, Stream, check_result
 
 if TYPE_CHECKING:
@@ -48,6 +46,7 @@ class _Connection:
     session: paramiko.Transport
     hops: list[paramiko.Transport] = field(default_factory=list)
     heartbeat: Heartbeat | None = None
+    proxy: Any = None  # the first hop's ProxyCommand (a paramiko.ProxyCommand), if it has one
 
     @property
     def active(self) -> bool:
@@ -58,6 +57,7 @@ class _Connection:
             self.heartbeat.stop()
         for transport in (self.session, *reversed(self.hops)):
             transport.close()
+        reap(self.proxy)
 
 
 class SSHTransport:
@@ -173,11 +173,13 @@ class SSHTransport:
         timeout = self.profile.connect_timeout
         chain = [*jump_chain(self.profile, self.target), self.target]
         made: list[paramiko.Transport] = []
+        proxy: Any = None
         try:
             for index, hop in enumerate(chain):
                 sock: Any
                 if index == 0:
-                    sock = _first_socket(hop, timeout)
+                    sock = first_socket(hop, timeout)
+                    proxy = sock if hop.proxy_command else None
                 else:
                     try:
                         sock = made[-1].open_channel("direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0),
@@ -190,8 +192,9 @@ class SSHTransport:
         except BaseException:
             for transport in reversed(made):
                 transport.close()
+            reap(proxy)
             raise
-        return _Connection(made[-1], made[:-1])
+        return _Connection(made[-1], made[:-1], proxy=proxy)
 
     def run(
         self, command: str, *, stdin: str | None = None, timeout: float | None = None, check: bool = True
@@ -283,26 +286,6 @@ class SSHTransport:
             live.close()
 
 
-
-
-def _first_socket(hop: SSHTarget, timeout: float) -> Any:
-    """The socket to the first hop: its ProxyCommand's pipes, or TCP."""
-    if hop.proxy_command:
-        import paramiko
-
-        # OpenSSH runs a ProxyCommand through the shell (pipes, variables); paramiko would split it itself.
-        command = hop.proxy_command if os.name == "nt" else f"/bin/sh -c {shlex.quote('exec ' + hop.proxy_command)}"
-        try:
-            return paramiko.ProxyCommand(command)
-        except Exception as error:
-            raise ConnectError(f"The ProxyCommand for {hop.alias} did not start: {error}.", REACH_HINT) from None
-    try:
-        sock = socket.create_connection((hop.hostname, hop.port), timeout=timeout)
-    except OSError as error:
-        raise ConnectError(f"Cannot reach {hop.display}: {error}.", REACH_HINT) from None
-    # paramiko leaves Nagle on: each exec then waits ~44 ms for a delayed ACK instead of ~2 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 def _drain(channel: paramiko.Channel, deadline: float, command: str, timeout: float) -> tuple[str, str]:
