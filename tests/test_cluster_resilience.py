@@ -192,7 +192,7 @@ def test_a_submission_runs_sbatch_at_most_once_per_token(profile_with, no_leftov
     with Cluster(profile_with(delay=60)) as cluster:
         plan = cluster.plan("Qwen3-8B", gpus=1)
         token = secrets.token_hex(6)
-        command = submit_command(token, f"{plan.spec.comment};submission={token}")
+        command = submit_command(token, f"{plan.spec.comment};submission={token}", len(plan.script.encode()))
         first = parse_sbatch(cluster.transport.run(command, stdin=plan.script).stdout)
         try:
             # what a retry after a lost answer runs: the same command answers with the same job
@@ -200,5 +200,13 @@ def test_a_submission_runs_sbatch_at_most_once_per_token(profile_with, no_leftov
             assert again == first
             rows = parse_queue(cluster.transport.run(queue_command(plan.job_name)).stdout)
             assert [r.job_id for r in rows if r.comment_field("submission") == token] == [first]
+            # half a script (the connection died while sending it): nothing submitted, the claim given up
+            other = secrets.token_hex(6)
+            half = submit_command(other, f"{plan.spec.comment};submission={other}", len(plan.script.encode()))
+            broken = cluster.transport.run(half, stdin=plan.script[: len(plan.script) // 2], check=False)
+            assert broken.exit_status == 76 and "arrived incomplete" in broken.stderr
+            assert cluster.transport.run(f"ls -a .hpcllm/jobs | grep -c {other} || true").stdout.strip() == "0"
+            whole = parse_sbatch(cluster.transport.run(half, stdin=plan.script).stdout)  # the retry submits
+            cluster.cancel(whole)
         finally:
             cluster.cancel(first)

@@ -310,7 +310,8 @@ class FakeTransport:
                  rf"echo @@hpcllm:slurm; tail -c 2000 {_J}/slurm-\2\.out 2>/dev/null; true")
         self._commands: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], _Out]]] = [
             (re.compile(rf"cd && mkdir -p {_J} && chmod 700 \.hpcllm {_J} \|\| exit 1; trap '' HUP; find .*; "
-                        rf"if mkdir {_J}/\.submit-([0-9a-f]+) 2>/dev/null; then sbatch --parsable --comment=(\S+) .*"),
+                        rf"i=0; while :; do if mkdir {_J}/\.submit-([0-9a-f]+) 2>/dev/null; then .* -ne (\d+) .*"
+                        rf"sbatch --parsable --comment=(\S+) .*"),
              self._sbatch),
             (re.compile(rf'squeue -h -u "\$USER" -o {_FMT}(?: -n (\S+))?(?: -t ([A-Z,]+))?'), self._squeue),
             (re.compile(rf"scancel {_ID}"), self._scancel),
@@ -406,10 +407,12 @@ class FakeTransport:
     # -- the commands
 
     def _sbatch(self, match: re.Match[str], script: str) -> _Out:
-        token = match[1]
+        token, size, comment = match[1], int(match[2]), shlex.split(match[3])[0]
         if token in self.submissions:  # the same submission again: answered, never submitted twice
             return self.submissions[token]
-        self.submissions[token] = answer = self._submit(script, shlex.split(match[2])[0])
+        if len(script.encode()) != size:  # half a script (its connection died while sending it)
+            return 76, "", "jupyter-hpcllm: the job script arrived incomplete; nothing was submitted\n"
+        self.submissions[token] = answer = self._submit(script, comment)
         return answer
 
     def _submit(self, script: str, given: str) -> _Out:

@@ -14,6 +14,7 @@ from ..errors import SlurmOutputError
 from ..planning.script import JOB_NAME_PREFIX, JOBS_DIR
 
 __all__ = [
+    "SUBMIT_INCOMPLETE",
     "SUBMIT_UNFINISHED",
     "JobRow",
     "JobState",
@@ -82,26 +83,34 @@ _ACTIVE = {
 
 
 SUBMIT_UNFINISHED = 75  # exit status: an earlier run of the same submission never said how sbatch ended
+SUBMIT_INCOMPLETE = 76  # exit status: the script did not arrive whole; nothing was submitted
 
 
-def submit_command(token: str, comment: str) -> str:
-    """sbatch reading the script on stdin, from the home directory (the relative --output needs it), at
-    most once per ``token``: the first run claims ``.submit-TOKEN`` (mkdir is atomic) and keeps sbatch's
-    output and status there; a second run of the same command (its connection died, the id never came
-    back) submits nothing and answers what the first one got, so a lost answer is never a second job.
-    sbatch ignores SIGHUP, so a connection that dies under it does not kill it half way. ``comment``
-    replaces the script's ``--comment`` (it carries the token, for people looking at the queue). Claims
-    older than a day are removed."""
+def submit_command(token: str, comment: str, script_bytes: int) -> str:
+    """sbatch of the script given on stdin, from the home directory (the relative --output needs it), at
+    most once per ``token``: the first run claims ``.submit-TOKEN`` (mkdir is atomic), keeps the script
+    there, submits it only if all ``script_bytes`` arrived (a connection that dies while sending it must
+    not submit half a script: the claim is then given up, exit 76), and keeps sbatch's output and status.
+    Another run of the same command (its connection died, the id never came back) submits nothing and
+    answers what the first got; if the first gave its claim up, it claims it in turn. So a lost answer
+    is never a second job. sbatch ignores SIGHUP, so a connection that dies under it does not stop it
+    half way. ``comment`` replaces the script's ``--comment`` (it carries the token, for people looking at
+    the queue). Claims older than a day are removed."""
     if not re.fullmatch(r"[0-9a-f]{8,32}", token):
         raise ValueError(f"a submission token is 8-32 hex digits, not {token!r}")
     claim = f"{JOBS_DIR}/.submit-{token}"
+    incomplete = "jupyter-hpcllm: the job script arrived incomplete; nothing was submitted"
+    submit = (
+        f"cat >{claim}/script; if [ \"$(wc -c <{claim}/script)\" -ne {int(script_bytes)} ]; then rm -rf {claim}; "
+        f"echo '{incomplete}' >&2; exit {SUBMIT_INCOMPLETE}; fi; "
+        f"sbatch --parsable --comment={shlex.quote(_check_comment(comment))} {claim}/script "
+        f">{claim}/out 2>{claim}/err; echo $? >{claim}/status; break"
+    )
     return (
         f"cd && mkdir -p {JOBS_DIR} && chmod 700 .hpcllm {JOBS_DIR} || exit 1; trap '' HUP; "
         f"find {JOBS_DIR} -maxdepth 1 -name '.submit-*' -mmin +1440 -exec rm -rf {{}} + 2>/dev/null; "
-        f"if mkdir {claim} 2>/dev/null; then "
-        f"sbatch --parsable --comment={shlex.quote(_check_comment(comment))} >{claim}/out 2>{claim}/err; "
-        f"echo $? >{claim}/status; "
-        f"else cat >/dev/null; i=0; while [ ! -e {claim}/status ] && [ $i -lt 45 ]; do sleep 1; i=$((i+1)); done; fi; "
+        f"i=0; while :; do if mkdir {claim} 2>/dev/null; then {submit}; fi; "
+        f"[ -e {claim}/status ] || [ $i -ge 45 ] && break; sleep 1; i=$((i+1)); done; "
         f"cat {claim}/out; cat {claim}/err >&2; "
         f"exit $(cat {claim}/status 2>/dev/null || echo {SUBMIT_UNFINISHED})"
     )

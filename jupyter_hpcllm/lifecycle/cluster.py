@@ -21,6 +21,7 @@ from ..config.profiles import Profile, load_profile
 from ..discovery.imageprobe import check_plan_parsers, image_parsers
 from ..discovery.models import ModelSummary, list_models, model_facts, summarize
 from ..edge.slurm import (
+    SUBMIT_INCOMPLETE,
     SUBMIT_UNFINISHED,
     JobRow,
     JobState,
@@ -171,7 +172,7 @@ class Cluster:
         it, or it times out, the same command runs once more on a new connection and answers with the job
         the first run made, if it made one. Never a second job for a lost answer."""
         token = secrets.token_hex(6)
-        command = submit_command(token, f"{plan.spec.comment};submission={token}")
+        command = submit_command(token, f"{plan.spec.comment};submission={token}", len(plan.script.encode()))
         try:
             try:
                 result = self.transport.run(command, stdin=plan.script)
@@ -182,6 +183,9 @@ class Cluster:
         except RemoteCommandError as error:
             if error.exit_status == SUBMIT_UNFINISHED:
                 raise _submission_unknown(error, token) from None
+            if error.exit_status == SUBMIT_INCOMPLETE:
+                raise SubmitError("the job script did not arrive whole on the login node, so nothing was "
+                                  "submitted", "Check the connection and launch again.") from None
             lines = (error.stderr.strip() or error.stdout.strip()).splitlines()
             message = "; ".join(line.removeprefix("sbatch: error: ").strip() for line in lines if line.strip())
             raise SubmitError(

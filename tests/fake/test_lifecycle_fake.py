@@ -451,7 +451,8 @@ def test_the_fake_refuses_what_it_does_not_know(fake: FakeTransport):
     with pytest.raises(RemoteCommandError) as raised:
         fake.run("hostname", check=False)
     assert raised.value.exit_status == 127 and "command not found" in raised.value.stderr
-    refused = fake.run(submit_command("0123456789ab", "hpcllm"), stdin="#!/bin/bash\necho not ours\n", check=False)
+    not_ours = "#!/bin/bash\necho not ours\n"
+    refused = fake.run(submit_command("0123456789ab", "hpcllm", len(not_ours)), stdin=not_ours, check=False)
     assert refused.exit_status == 1 and "not a jupyter-hpcllm job script" in refused.stderr
     unknown = parse_probe(fake.run(probe_command("31337")).stdout)
     assert unknown.queue_checked and unknown.row is None and unknown.server is None and unknown.exit_code is None

@@ -129,3 +129,22 @@ def test_a_timeout_whose_cancel_failed_names_the_job(cluster: Cluster, fake: Fak
     with pytest.raises(ServerNotReady) as raised:
         cluster.up("Qwen3-8B", timeout=60)
     assert "stop it with `hpcllm down 1000`, or `scancel 1000` on the login node" in str(raised.value)
+
+
+def test_half_a_script_is_never_submitted(cluster: Cluster, fake: FakeTransport, monkeypatch: pytest.MonkeyPatch):
+    run = fake.run
+    cut: list[str] = []
+
+    def cut_once(command: str, **kwargs: Any) -> Any:
+        if "sbatch" in command and not cut:  # the connection died while the script was being sent
+            cut.append(command)
+            run(command, **{**kwargs, "stdin": kwargs["stdin"][:100], "check": False})
+            raise ConnectionLost("the connection broke while sending the script (a test)")
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(fake, "run", cut_once)
+    server = cluster.launch("Qwen3-8B").result(timeout=JOIN)
+    # the half script was refused on the login node; the retry sent it whole and made the one job
+    assert list(fake.jobs) == ["1000"] and fake.jobs["1000"].script.endswith("\n") and len(cut) == 1
+    assert len(fake.jobs["1000"].script) > 100
+    server.close()
