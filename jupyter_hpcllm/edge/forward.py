@@ -66,6 +66,7 @@ class PortForward(LocalListener):
         try:
             try:
                 link.stream = self._open_channel()
+                self.last_refusal = None  # reachable again: an old refusal would mislead an error message
             except Exception as error:
                 # Nothing listens there (yet, or any more): the HTTP client sees a closed connection, as
                 # it would see a refused one. Normal while the engine loads, so not a thread failure.

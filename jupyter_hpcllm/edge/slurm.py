@@ -89,7 +89,8 @@ SUBMIT_INCOMPLETE = 76  # exit status: the script did not arrive whole; nothing 
 def submit_command(token: str, comment: str, script_bytes: int) -> str:
     """sbatch of the script given on stdin, from the home directory (the relative --output needs it), at
     most once per ``token``: the first run claims ``.submit-TOKEN`` (mkdir is atomic), keeps the script
-    there, submits it only if all ``script_bytes`` arrived (a connection that dies while sending it must
+    there (``head -c``: it never waits for an end of input that a dead connection may deliver hours
+    later), submits it only if all ``script_bytes`` arrived (a connection that dies while sending it must
     not submit half a script: the claim is then given up, exit 76), and keeps sbatch's output and status.
     Another run of the same command (its connection died, the id never came back) submits nothing and
     answers what the first got; if the first gave its claim up, it claims it in turn. So a lost answer
@@ -101,10 +102,11 @@ def submit_command(token: str, comment: str, script_bytes: int) -> str:
     claim = f"{JOBS_DIR}/.submit-{token}"
     incomplete = "jupyter-hpcllm: the job script arrived incomplete; nothing was submitted"
     submit = (
-        f"cat >{claim}/script; if [ \"$(wc -c <{claim}/script)\" -ne {int(script_bytes)} ]; then rm -rf {claim}; "
+        f"head -c {int(script_bytes)} >{claim}/script; "
+        f"if [ \"$(wc -c <{claim}/script)\" -ne {int(script_bytes)} ]; then rm -rf {claim}; "
         f"echo '{incomplete}' >&2; exit {SUBMIT_INCOMPLETE}; fi; "
         f"sbatch --parsable --comment={shlex.quote(_check_comment(comment))} {claim}/script "
-        f">{claim}/out 2>{claim}/err; echo $? >{claim}/status; break"
+        f">{claim}/out 2>{claim}/err; echo $? >{claim}/status.new && mv {claim}/status.new {claim}/status; break"
     )
     return (
         f"cd && mkdir -p {JOBS_DIR} && chmod 700 .hpcllm {JOBS_DIR} || exit 1; trap '' HUP; "

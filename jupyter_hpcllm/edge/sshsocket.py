@@ -50,7 +50,7 @@ def _proxy_command_class() -> type[paramiko.ProxyCommand]:
 
     class _ProxyCommand(paramiko.ProxyCommand):
         """paramiko's ProxyCommand, closed more than once without an error (paramiko's transport thread
-        and our teardown both close it) and waited for, so its process never stays a zombie."""
+        and our teardown both close it), waited for (no zombie) and its pipes closed (no fd left)."""
 
         def close(self) -> None:
             if self.process.poll() is None:
@@ -58,5 +58,9 @@ def _proxy_command_class() -> type[paramiko.ProxyCommand]:
                     super().close()
                 with contextlib.suppress(Exception):
                     self.process.wait(timeout=2)
+            for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
     return _ProxyCommand

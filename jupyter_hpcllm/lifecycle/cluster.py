@@ -166,7 +166,7 @@ class Cluster:
         return twins[0] if twins else None
 
     def submit(self, plan: LaunchPlan) -> str:
-        """sbatch the plan's script (fed on stdin: nothing is written to disk first); the job id.
+        """sbatch the plan's script (fed on stdin, kept in the submission's 0700 claim); the job id.
 
         The command submits at most once per token (see ``submit_command``): if the connection dies under
         it, or it times out, the same command runs once more on a new connection and answers with the job
@@ -176,10 +176,15 @@ class Cluster:
         try:
             try:
                 result = self.transport.run(command, stdin=plan.script)
-            except (ConnectionLost, CommandTimeout):
-                result = self.transport.run(command, stdin=plan.script)
-        except (ConnectionLost, CommandTimeout) as error:
-            raise _submission_unknown(error, token) from None
+            except (ConnectionLost, CommandTimeout) as lost:
+                # sbatch may have run. Whatever stops the retry (no connection yet, a refused login, the
+                # same drop again), the job may exist: the error must say how to find it.
+                try:
+                    result = self.transport.run(command, stdin=plan.script)
+                except RemoteCommandError:
+                    raise
+                except TransportError as error:
+                    raise _submission_unknown(error, token) from lost
         except RemoteCommandError as error:
             if error.exit_status == SUBMIT_UNFINISHED:
                 raise _submission_unknown(error, token) from None

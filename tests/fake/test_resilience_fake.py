@@ -148,3 +148,22 @@ def test_half_a_script_is_never_submitted(cluster: Cluster, fake: FakeTransport,
     assert list(fake.jobs) == ["1000"] and fake.jobs["1000"].script.endswith("\n") and len(cut) == 1
     assert len(fake.jobs["1000"].script) > 100
     server.close()
+
+
+def test_a_retry_that_cannot_reconnect_still_says_the_job_may_exist(cluster: Cluster, fake: FakeTransport,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    from jupyter_hpcllm.errors import ConnectError
+
+    fake.drop("sbatch", when="after")  # the job exists, its id never came back
+    run = fake.run
+
+    def unreachable_retry(command: str, **kwargs: Any) -> Any:
+        if "sbatch" in command and fake.jobs:
+            raise ConnectError("Cannot reach the login node (a test: the VPN is still down).")
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(fake, "run", unreachable_retry)
+    with pytest.raises(SubmitError) as raised:
+        cluster.launch("Qwen3-8B").result(timeout=JOIN)
+    token = fake.jobs["1000"].sbatch["comment"].rpartition(";submission=")[2]
+    assert "may or may not exist" in str(raised.value) and f"submission={token}" in str(raised.value)

@@ -40,6 +40,7 @@ class MuxForward(LocalListener):
         try:
             try:
                 control = self._hand_over(client, self._host, self._port, self._timeout)
+                self.last_refusal = None  # reachable again: an old refusal would mislead an error message
             except HpcllmError as error:
                 # Nothing listens there (yet, or any more): the client sees a closed connection, as it
                 # would see a refused one. Normal while the engine loads, so not a failure of the forward.
