@@ -17,7 +17,7 @@ the server back instead of growing a buffer (at most one window per connection).
 
 Every other stream (a plain socket, another Stream, a channel of a paramiko whose private state is not
 the one this path uses) is copied by two threads. Every wait is bounded
-(``_POLL``) and watches the forward's closed flag, so ``close()`` ends every thread within about a
+(``POLL``) and watches the forward's closed flag, so ``close()`` ends every thread within about a
 second, whatever is in flight (a channel still being opened ends when its open returns). Only select()
 and non-blocking sockets are used, which work on Windows, macOS and Linux alike.
 """
@@ -40,7 +40,6 @@ from .transport import Stream
 __all__ = ["PortForward"]
 
 _CHUNK = 256 * 1024  # largest read, either direction
-_POLL = POLL
 _JOIN = 1.0  # seconds a relay waits for its upstream thread
 
 
@@ -168,7 +167,7 @@ def _recv(sock: socket.socket, closed: threading.Event) -> bytes:
         try:
             return sock.recv(_CHUNK)
         except BlockingIOError:
-            select.select([sock], [], [], _POLL)
+            select.select([sock], [], [], POLL)
     return b""
 
 
@@ -184,7 +183,7 @@ def _send(sink: Any, data: bytes | memoryview, closed: threading.Event) -> None:
         try:
             view = view[sink.send(view):]
         except BlockingIOError:
-            select.select([], [sink], [], _POLL)
+            select.select([], [sink], [], POLL)
 
 
 def _close_quietly(stream: socket.socket | Stream) -> None:
@@ -297,7 +296,7 @@ def _pipe_class() -> Any:
                 with self._lock:
                     while not (self.backlog or self.delivered >= self.threshold or self._closed
                                or self.broken or closed.is_set() or len(self._buffer)):
-                        self._cv.wait(_POLL)
+                        self._cv.wait(POLL)
                     if self.broken or closed.is_set():
                         return
                     if len(self._buffer):  # a feed that began before setup() (see _attach)

@@ -85,21 +85,17 @@ class SSHTransport:
         explicitly, it tries at once, whatever the backoff of earlier failed attempts."""
         with self._lock:
             self._retry_at = 0.0
-        self._session()
+        self.session()
         return self
-
-    def session(self) -> paramiko.Transport:
-        """The live paramiko transport to the login node (connecting if needed): for diagnostics, tests."""
-        return self._session()
 
     @property
     def alive(self) -> bool:
         live = self._live
         return live is not None and live.active
 
-    def _session(self) -> paramiko.Transport:
-        """The live connection: reused, or made anew when there is none or it dropped. One thread
-        connects; the others wait for its result instead of opening connections of their own. After a
+    def session(self) -> paramiko.Transport:
+        """The live paramiko transport to the login node: reused, or made anew when there is none or it
+        dropped. One thread connects; the others wait for its result instead of opening their own. After a
         failed attempt the next waits 1, 2, 4 … 30 s (calls meanwhile get the same error at once), so a
         login node that is down is not hammered."""
         while True:
@@ -200,7 +196,7 @@ class SSHTransport:
         self, command: str, *, stdin: str | None = None, timeout: float | None = None, check: bool = True
     ) -> CommandResult:
         timeout = timeout or self.profile.command_timeout
-        transport = self._session()
+        transport = self.session()
         deadline = time.monotonic() + timeout
         try:
             channel = transport.open_session(timeout=timeout)
@@ -237,7 +233,7 @@ class SSHTransport:
     def open_channel(self, host: str, port: int, timeout: float = 10.0) -> Stream:
         from .sshtuning import channel_options
 
-        transport = self._session()
+        transport = self.session()
         channel: Stream = transport.open_channel(
             "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout, **channel_options()
         )
@@ -247,7 +243,7 @@ class SSHTransport:
         """The connection's SFTP session, opened once (sessions count against sshd's MaxSessions)."""
         import paramiko
 
-        session = self._session()
+        session = self.session()
         with self._sftp_lock:
             channel = self._sftp.get_channel() if self._sftp is not None else None
             if self._sftp is None or self._sftp_of is not session or channel is None or channel.closed:

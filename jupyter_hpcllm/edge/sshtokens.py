@@ -105,24 +105,20 @@ def _quoted(text: str, quote: str) -> str:
 
 def check_host(host: str, where: str) -> None:
     """Refuse a host name OpenSSH refuses (valid_hostname): ``where`` says where it came from."""
-    why = _refused(host, _HOST_REFUSED, "")
-    if why:
-        raise ConfigError(
-            f"The host name {host!r} ({where}) {why}: OpenSSH refuses such host names, since ssh_config "
-            "commands get them through %h (CVE-2023-51385).",
-            "Write the login node's host name or an ssh config alias there.",
-        )
+    _check(host, "host", where, _HOST_REFUSED, "%h", "Write the login node's host name or an ssh config alias there.")
 
 
 def check_user(user: str, where: str) -> None:
     """Refuse a user name OpenSSH refuses (valid_ruser): ``where`` says where it came from."""
-    why = _refused(user, _USER_REFUSED, "user")
+    _check(user, "user", where, _USER_REFUSED, "%r", "Write your login name on the cluster there.")
+
+
+def _check(name: str, kind: str, where: str, refused: str, token: str, hint: str) -> None:
+    why = _refused(name, refused, kind)
     if why:
         raise ConfigError(
-            f"The user name {user!r} ({where}) {why}: OpenSSH refuses such user names, since ssh_config "
-            "commands get them through %r (CVE-2023-51385).",
-            "Write your login name on the cluster there.",
-        )
+            f"The {kind} name {name!r} ({where}) {why}: OpenSSH refuses such {kind} names, since ssh_config "
+            f"commands get them through {token} (CVE-2023-51385).", hint)
 
 
 def _refused(name: str, refused: str, kind: str) -> str:

@@ -40,24 +40,26 @@ class ShellFiles:
     def __init__(self, transport: OpenSSHTransport) -> None:
         self._transport = transport
 
-    def _run(self, command: str) -> tuple[int, bytes, bytes]:
-        """Run a command that only reads; once more on a new connection if the master died under it."""
+    def _run(self, command: str, what: str, path: str) -> bytes:
+        """The output of a command that only reads (once more on a new connection if the master died
+        under it); FileNotFoundError for a missing path, TransportError for any other failure."""
         try:
-            return self._transport.run_bytes(command)
+            status, out, err = self._transport.run_bytes(command)
         except ConnectionLost:
-            return self._transport.run_bytes(command)
+            status, out, err = self._transport.run_bytes(command)
+        if status == _MISSING:
+            raise FileNotFoundError(path)
+        if status != 0:
+            detail = err.decode(errors="replace").strip() or f"exit status {status}"
+            raise TransportError(f"Cannot {what} {path} on the cluster: {detail.splitlines()[-1]}.")
+        return out
 
     def list(self, path: str) -> list[FileInfo]:
         where = _shell_path(path)
         command = (f"if [ -d {where} ]; then exec find -H {where} -mindepth 1 -maxdepth 1 "
                    f"-printf '%y %s %T@ %P\\0'; elif [ -e {where} ] || [ -L {where} ]; then "
                    f"echo 'Not a directory' >&2; exit 1; else exit {_MISSING}; fi")
-        status, out, err = self._run(command)
-        if status == _MISSING:
-            raise FileNotFoundError(path)
-        if status != 0:
-            detail = err.decode(errors="replace").strip() or f"exit status {status}"
-            raise TransportError(f"Cannot list {path} on the cluster: {detail.splitlines()[-1]}.")
+        out = self._run(command, "list", path)
         entries = []
         for record in out.split(b"\0"):
             if not record:
@@ -70,10 +72,4 @@ class ShellFiles:
     def read(self, path: str, limit: int = 4_000_000) -> bytes:
         where = _shell_path(path)
         command = f"if [ -e {where} ]; then exec head -c {int(limit)} -- {where}; else exit {_MISSING}; fi"
-        status, out, err = self._run(command)
-        if status == _MISSING:
-            raise FileNotFoundError(path)
-        if status != 0:
-            detail = err.decode(errors="replace").strip() or f"exit status {status}"
-            raise TransportError(f"Cannot read {path} on the cluster: {detail.splitlines()[-1]}.")
-        return out
+        return self._run(command, "read", path)
