@@ -144,6 +144,37 @@ def test_vllm_api_with_key_reasoning_and_tools(vllm):
     assert vllm.request("/v1/chat/completions", {"model": "Qwen3-8B"})[0] == 400
 
 
+def test_vllm_guards_only_its_v1_paths_like_the_real_middleware(vllm):
+    """vLLM's --api-key covers /v1, /v2 and /inference; every other route answers anyone (the relay's reason)."""
+    for path in ("/v1/models", "/v1/nothing", "/v2/anything", "/inference/v1/generate"):
+        assert vllm.request(path, key=None)[0] == 401, path
+    assert vllm.request("/v1/nothing")[0] == 404  # the key is checked before the route is looked up
+    lower = urllib.request.Request(f"http://127.0.0.1:{vllm.port}/v1/models",
+                                   headers={"Authorization": f"bearer {KEY}"})
+    with urllib.request.urlopen(lower, timeout=10) as response:  # vLLM takes the scheme in any case
+        assert response.status == 200
+
+    status, reply = vllm.request("/invocations", chat("no key needed"), key=None)
+    assert status == 200 and reply["choices"][0]["message"]["content"] == "Echo: no key needed"
+    status, tokens = vllm.request("/tokenize", {"prompt": "to be or not to be"}, key=None)
+    assert status == 200 and tokens["count"] == 6 and tokens["max_model_len"] == 40960
+    assert tokens["tokens"][0] == tokens["tokens"][4] != tokens["tokens"][1]
+    assert vllm.request("/detokenize", {"tokens": tokens["tokens"][:2]}, key=None) == (200, {"prompt": "to be"})
+    status, pooled = vllm.request("/pooling", {"input": "some text"}, key=None)
+    assert status == 200 and len(pooled["data"][0]["data"]) == 4
+    status, scores = vllm.request("/score", {"text_1": "red fox", "text_2": ["red fox", "blue whale"]}, key=None)
+    assert [d["score"] for d in scores["data"]] == [1.0, 0.0]
+    status, ranked = vllm.request("/rerank", {"query": "fox", "documents": ["whale", "a fox"]}, key=None)
+    assert [r["index"] for r in ranked["results"]] == [1, 0]
+    status, classes = vllm.request("/classify", {"input": "a great day"}, key=None)
+    assert status == 200 and classes["data"][0]["label"] == "positive"
+    assert vllm.request("/version", key=None) == (200, {"version": "0.11.0"})
+    assert vllm.request("/ping", key=None) == (200, "") and vllm.request("/ping", {}, key=None) == (200, "")
+    assert vllm.request("/load", key=None) == (200, {"server_load": 0})
+    assert vllm.request("/metrics", key=None)[0] == 200 and vllm.request("/health", key=None)[0] == 200
+    assert vllm.request("/tokenize", {"nothing": 1}, key=None)[0] == 400
+
+
 def test_vllm_streaming_and_metrics(vllm):
     status, raw = vllm.request("/v1/chat/completions", chat("stream me please", stream=True,
                                                             stream_options={"include_usage": True}), stream=True)
@@ -196,6 +227,10 @@ def test_sglang_answers_503_while_loading_and_prints_its_key(tmp_path, model):
         reply = running.request("/v1/chat/completions", chat("hello"))[1]["choices"][0]["message"]
         assert "reasoning" not in reply and "hello" in reply["reasoning_content"]
         assert running.request("/metrics", key=None)[0] == 404  # no --enable-metrics
+        # SGLang's key guards everything but /health and /metrics, and it has no /invocations or /tokenize.
+        for path in ("/v1/models", "/invocations", "/tokenize", "/get_model_info"):
+            assert running.request(path, {}, key=None)[0] == 401, path
+        assert running.request("/invocations", chat("x"))[0] == 404
     finally:
         process.terminate()
         output = process.communicate(timeout=10)[0]

@@ -16,11 +16,18 @@ Stdlib only: it runs under the cluster's python3. It is strict on purpose: unkno
 names, a tensor-parallel size that does not divide the heads, too few GPUs, a missing model or a wrong
 API key fail as the real engines fail. A chat answer is deterministic: "Echo: <last user text>";
 `/bench N` answers N words; a tool named in the prompt is called with `key=value` arguments from it.
+
+The API key is checked where the real engines check it, and only there. vLLM's middleware guards the paths
+that start with /v1, /v2 or /inference; its other routes answer anyone: /health, /metrics, /version, /ping,
+/load, /tokenize, /detokenize, /pooling, /score, /rerank, /classify, and /invocations, which runs a whole
+chat completion. SGLang guards everything but /health and /metrics. (That is why a job puts its relay in
+front of the engine: jupyter_hpcllm/node/relay.py.)
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import itertools
 import json
 import os
@@ -146,6 +153,8 @@ class Engine:
         self.api_key = args.api_key or (os.environ.get("VLLM_API_KEY") if kind == "vllm" else None)
         self.max_model_len = (args.max_model_len if kind == "vllm" else args.context_length) or 0
         self.args = args
+        self.version = settings.get("version", "0.11.0" if kind == "vllm" else "0.5.4")
+        self.vocabulary: dict[str, int] = {}  # /tokenize's word ids, so /detokenize can give the words back
         self.config: dict = {}
         self.inline_thinking = False
         self.ready = False
@@ -293,7 +302,7 @@ def bind(engine: Engine) -> ThreadingHTTPServer:
 
 def run(engine: Engine) -> int:
     delay = float(engine.settings.get("delay", "1.0"))
-    version = engine.settings.get("version", "0.11.0" if engine.kind == "vllm" else "0.5.4")
+    version = engine.version
     server = None
     try:
         if engine.kind == "vllm":
@@ -487,6 +496,90 @@ def plan_answer(engine: Engine, request: dict) -> Answer:
     return answer
 
 
+# --- vLLM's routes outside /v1: plausible small answers (each would run on the GPUs) -------------------
+
+
+def words_of(request: dict, *fields: str) -> list[str]:
+    """The whitespace words of the first field present (a string, or a list of strings), or of the messages."""
+    for field in fields:
+        value = request.get(field)
+        if isinstance(value, str):
+            return value.split()
+        if isinstance(value, list):
+            return " ".join(v for v in value if isinstance(v, str)).split()
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        return " ".join(message_text(m) for m in messages if isinstance(m, dict)).split()
+    raise openai_error(f"one of {', '.join(fields)} is required")
+
+
+def tokenize(engine: Engine, request: dict) -> dict:
+    with engine.lock:
+        tokens = [engine.vocabulary.setdefault(word, len(engine.vocabulary) + 1000) for word in
+                  words_of(request, "prompt")]
+    return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_model_len}
+
+
+def detokenize(engine: Engine, request: dict) -> dict:
+    tokens = request.get("tokens")
+    if not isinstance(tokens, list):
+        raise openai_error("tokens: Field required (a list of token ids)")
+    with engine.lock:
+        words = {token: word for word, token in engine.vocabulary.items()}
+    return {"prompt": " ".join(words.get(token, "<unk>") for token in tokens)}
+
+
+def similarity(a: str, b: str) -> float:
+    left, right = set(a.lower().split()), set(b.lower().split())
+    return round(len(left & right) / len(left | right), 4) if left | right else 0.0
+
+
+def list_answer(engine: Engine, kind: str, data: list, tokens: int) -> dict:
+    return {"id": f"{kind}-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+            "model": engine.served_name, "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}}
+
+
+def pooling(engine: Engine, request: dict) -> dict:
+    words = words_of(request, "input")
+    vector = [round(len(words) / 100, 4), round(sum(map(len, words)) / 1000, 4), 0.5, -0.25]
+    return list_answer(engine, "pool", [{"index": 0, "object": "pooling", "data": vector}], len(words))
+
+
+def score(engine: Engine, request: dict) -> dict:
+    first, second = request.get("text_1") or request.get("queries"), request.get("text_2") or request.get("documents")
+    if not isinstance(first, str) or not isinstance(second, (str, list)):
+        raise openai_error("text_1 (a string) and text_2 (a string or a list) are required")
+    seconds = [second] if isinstance(second, str) else [str(text) for text in second]
+    data = [{"index": i, "object": "score", "score": similarity(first, text)} for i, text in enumerate(seconds)]
+    return list_answer(engine, "score", data, len(first.split()) + sum(len(t.split()) for t in seconds))
+
+
+def rerank(engine: Engine, request: dict) -> dict:
+    query, documents = request.get("query"), request.get("documents")
+    if not isinstance(query, str) or not isinstance(documents, list):
+        raise openai_error("query (a string) and documents (a list) are required")
+    results = [{"index": i, "document": {"text": str(text)}, "relevance_score": similarity(query, str(text))}
+               for i, text in enumerate(documents)]
+    results.sort(key=lambda result: -result["relevance_score"])
+    top = request.get("top_n")
+    return {"id": f"rerank-{uuid.uuid4().hex}", "model": engine.served_name,
+            "usage": {"total_tokens": len(query.split()) + sum(len(str(d).split()) for d in documents)},
+            "results": results[:top] if isinstance(top, int) and top > 0 else results}
+
+
+def classify(engine: Engine, request: dict) -> dict:
+    words = words_of(request, "input")
+    positive = round(min(0.99, 0.5 + 0.1 * sum(w.lower() in ("good", "great", "fine") for w in words)), 4)
+    data = [{"index": 0, "label": "positive" if positive > 0.5 else "negative",
+             "probs": [round(1 - positive, 4), positive], "num_classes": 2}]
+    return list_answer(engine, "classify", data, len(words))
+
+
+OPEN_VLLM_ROUTES = {"/tokenize": tokenize, "/detokenize": detokenize, "/pooling": pooling, "/score": score,
+                    "/rerank": rerank, "/classify": classify}
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else every keep-alive response waits ~40 ms for a delayed ACK
@@ -512,17 +605,37 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def authorized(self) -> bool:
-        key = self.server.engine.api_key
-        if not key or self.headers.get("Authorization") == f"Bearer {key}":
+    def authorized(self, path: str) -> bool:
+        """The engine's own check, where it makes it (see the module's docstring); else a 401."""
+        engine = self.server.engine
+        key = engine.api_key
+        if not key:
+            return True
+        given = self.headers.get("Authorization") or ""
+        if engine.kind == "vllm":
+            if not path.startswith(("/v1", "/v2", "/inference")):
+                return True
+            scheme, _, token = given.partition(" ")  # vLLM: the scheme in any case
+            if scheme.lower() == "bearer" and hmac.compare_digest(token.encode("latin-1"), key.encode()):
+                return True
+        elif path.startswith(("/health", "/metrics")) or given == f"Bearer {key}":
             return True
         self.send_json(401, {"error": "Unauthorized"})
         return False
 
     # -- routes
+    def do_HEAD(self) -> None:
+        health = self.path.split("?")[0] == "/health"
+        self.send_response((200 if self.server.engine.ready else 503) if health else 405)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_GET(self) -> None:
         engine = self.server.engine
         path = self.path.split("?")[0]
+        if not self.authorized(path):
+            return
+        vllm = engine.kind == "vllm"
         if path == "/health":
             self.send_text(200 if engine.ready else 503, "")
         elif path == "/metrics":
@@ -531,10 +644,15 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self.send_text(200, self.metrics(), "text/plain; version=0.0.4")
         elif path == "/v1/models":
-            if self.authorized():
-                self.send_json(200, {"object": "list", "data": [{
-                    "id": engine.served_name, "object": "model", "created": int(time.time()),
-                    "owned_by": engine.kind, "root": engine.model_path, "max_model_len": engine.max_model_len}]})
+            self.send_json(200, {"object": "list", "data": [{
+                "id": engine.served_name, "object": "model", "created": int(time.time()),
+                "owned_by": engine.kind, "root": engine.model_path, "max_model_len": engine.max_model_len}]})
+        elif vllm and path == "/version":
+            self.send_json(200, {"version": engine.version})
+        elif vllm and path == "/ping":
+            self.send_text(200, "")
+        elif vllm and path == "/load":
+            self.send_json(200, {"server_load": engine.running})
         else:
             self.send_json(404, {"detail": "Not Found"})
 
@@ -542,11 +660,27 @@ class Handler(BaseHTTPRequestHandler):
         engine = self.server.engine
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        if self.path.split("?")[0] != "/v1/chat/completions":
+        path = self.path.split("?")[0]
+        if not self.authorized(path):
+            return
+        if path == "/v1/chat/completions" or (engine.kind == "vllm" and path == "/invocations"):
+            self.chat(engine, raw)  # /invocations: the same completion, and vLLM asks no key for it
+        elif engine.kind == "vllm" and path == "/ping":
+            self.send_text(200, "")
+        elif engine.kind == "vllm" and path in OPEN_VLLM_ROUTES:
+            try:
+                request = json.loads(raw or b"{}")
+                if not isinstance(request, dict):
+                    raise openai_error("The request body must be a JSON object")
+                self.send_json(200, OPEN_VLLM_ROUTES[path](engine, request))
+            except json.JSONDecodeError as error:
+                self.send_json(400, {"object": "error", "message": f"Invalid JSON: {error}", "code": 400})
+            except BadRequest as error:
+                self.send_json(error.status, error.body)
+        else:
             self.send_json(404, {"detail": "Not Found"})
-            return
-        if not self.authorized():
-            return
+
+    def chat(self, engine: Engine, raw: bytes) -> None:
         if not engine.ready:
             self.send_json(503, {"object": "error", "message": "The server is starting", "code": 503})
             return
