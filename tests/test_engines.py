@@ -23,7 +23,7 @@ def test_sglang_command_follows_the_runbook():
     assert shown[:3] == ["python", "-m", "sglang.launch_server"]
     assert shown[shown.index("--model-path") + 1] == "/m/Qwen3-8B"
     assert shown[shown.index("--tp-size") + 1] == "2"
-    assert shown[shown.index("--host") + 1] == "0.0.0.0"
+    assert shown[shown.index("--host") + 1] == "127.0.0.1"
     assert shown[-2:] == ["--context-length", "8192"]
     assert "--api-key" not in command.argv and command.key_file_arg
 

@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import ConfigError
+
 __all__ = ["interpolate"]
 
 _FIELD = re.compile(r"\{\{([^{}]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -20,6 +22,22 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
         if match.group(1) is not None:
             return "{" + match.group(1) + "}"
         name = match.group(2)
-        return str(namespace[name]) if name in namespace else match.group(0)
+        if name not in namespace:
+            return match.group(0)
+        try:
+            return str(namespace[name])
+        except Exception as error:  # a value whose __str__ fails: say which, never a traceback
+            raise ConfigError(
+                f"{{{name}}} in the prompt cannot be turned into text: str({name}) raised "
+                f"{type(error).__name__}: {_said(error)}.",
+                f"Convert it first (for example `{name}_text = repr({name})`) and use that, or write "
+                f"{{{{{name}}}}} for a literal {{{name}}}.") from None
 
     return _FIELD.sub(replace, text)
+
+
+def _said(error: Exception) -> str:
+    try:  # an exception's own __str__ may fail too
+        return str(error)[:200] or "no message"
+    except Exception:
+        return "no message"

@@ -22,13 +22,24 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import ConfigError, InvalidOption
-from .checks import check_mem, check_model_name, check_name, check_time
+from .checks import (
+    MAX_CPUS,
+    MAX_GPUS_PER_NODE,
+    MAX_IDLE_MINUTES,
+    check_gpu_type,
+    check_mem,
+    check_model_name,
+    check_name,
+    check_text,
+    check_time,
+)
 
 __all__ = ["ENGINES", "LaunchOptions", "OptionSpec", "add_arguments", "option_specs", "split_engine_args"]
 
 from .profiles import ENGINES
 
-_PARSER_NAME = re.compile(r"[A-Za-z0-9_.-]*\Z")
+_PARSER_NAME = re.compile(r"[A-Za-z0-9_.-]*")
+MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds `up` may wait: a week (a job's own time limit ends it sooner)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class OptionSpec:
     check: Callable[[Any], object] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    bounds_hint: str = ""  # why the bounds are what they are, for the error past one of them
     # Empty text from a form means "not set" (None), except where '' is itself a choice (no parser).
     empty_is_none: bool = True
     positional: bool = False
@@ -58,12 +70,17 @@ def _option(help: str, **spec: Any) -> Any:
 
 
 def _parser_name(value: str) -> None:
-    if not _PARSER_NAME.match(value):
+    if not _PARSER_NAME.fullmatch(value):
         raise ConfigError(f"{value!r} is not a parser name.", "Parser names are letters, digits, '_', '.' and '-'.")
 
 
 def _slurm_name(value: str) -> None:
     check_name("The value", value)
+
+
+def _engine_args(values: tuple[str, ...]) -> None:
+    for value in values:
+        check_text("The engine argument", value)
 
 
 @dataclass(frozen=True)
@@ -75,15 +92,17 @@ class LaunchOptions:
         check=check_model_name))
     gpus: int | None = field(default=None, metadata=_option(
         "number of GPUs (= tensor-parallel size); default: the smallest allocation that holds the model",
-        metavar="N", minimum=1, maximum=1024))
+        metavar="N", minimum=1, maximum=MAX_GPUS_PER_NODE,
+        bounds_hint=f"A job's GPUs are on one node, and jupyter-hpcllm takes at most {MAX_GPUS_PER_NODE} per node."))
     gpu_type: str | None = field(default=None, metadata=_option(
-        "GPU type, as the profile lists it (e.g. a100, h200)", metavar="TYPE", check=_slurm_name))
+        "GPU type, as the profile lists it (e.g. a100, h200)", metavar="TYPE", check=check_gpu_type))
     engine: str | None = field(default=None, metadata=_option(
         "inference engine; default: the profile's", choices=ENGINES))
     time: str | None = field(default=None, metadata=_option(
         "Slurm time limit, e.g. 4:00:00 or 1-00:00:00; default: the profile's", check=check_time))
     cpus: int | None = field(default=None, metadata=_option(
-        "CPUs per task; default: the profile's", metavar="N", minimum=1, maximum=100_000))
+        "CPUs per task; default: the profile's", metavar="N", minimum=1, maximum=MAX_CPUS,
+        bounds_hint=f"A task's CPUs are on one node, and jupyter-hpcllm takes at most {MAX_CPUS}."))
     mem: str | None = field(default=None, metadata=_option(
         "memory per node, e.g. 32G; default: the profile's", check=check_mem))
     partition: str | None = field(default=None, metadata=_option("Slurm partition", check=_slurm_name))
@@ -96,12 +115,17 @@ class LaunchOptions:
         "override the reasoning parser chosen for the model ('' for none)", metavar="NAME",
         check=_parser_name, empty_is_none=False))
     engine_args: tuple[str, ...] = field(default=(), metadata=_option(
-        "arguments for the engine, verbatim (after `--` on a command line)", after_dashes=True))
+        "arguments for the engine, verbatim (after `--` on a command line)", after_dashes=True,
+        check=_engine_args))
+    idle_timeout: float | None = field(default=None, metadata=_option(
+        "end the job by itself after this many minutes with no request served and no client attached; 0: never",
+        metavar="MINUTES", minimum=0, maximum=MAX_IDLE_MINUTES,
+        bounds_hint=f"Use 0 to turn it off; at most {MAX_IDLE_MINUTES:g} minutes (a week)."))
     check_parsers: bool = field(default=False, metadata=_option(
         "first ask the engine image which parser names it knows (cached per image)", group="check"))
     timeout: float | None = field(default=None, metadata=_option(
         "give up (and cancel the job) after this many seconds", group="launch", metavar="SECONDS",
-        minimum=1e-3))
+        minimum=1e-3, maximum=MAX_TIMEOUT, bounds_hint="At most a week (604800 s)."))
     reuse: bool = field(default=True, metadata=_option(
         "submit a new job even if the same one is pending or running", group="launch",
         negative_flag="--no-reuse"))
@@ -257,9 +281,9 @@ def _validate(name: str, hint: Any, value: Any, spec: OptionSpec) -> None:
     if base is float and not math.isfinite(value):
         raise InvalidOption(name, f"{flag} must be a finite number, not {value!r}.")
     if spec.minimum is not None and value < spec.minimum:
-        raise InvalidOption(name, f"{flag} must be at least {spec.minimum:g}, not {value!r}.")
+        raise InvalidOption(name, f"{flag} must be at least {spec.minimum:g}, not {value!r}.", spec.bounds_hint)
     if spec.maximum is not None and value > spec.maximum:
-        raise InvalidOption(name, f"{flag} must be at most {spec.maximum:g}, not {value!r}.")
+        raise InvalidOption(name, f"{flag} must be at most {spec.maximum:g}, not {value!r}.", spec.bounds_hint)
     if spec.check is not None and (value != "" or spec.empty_is_none):
         try:
             spec.check(value)

@@ -10,12 +10,25 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .checks import (
+    MAX_CPUS,
+    MAX_GPUS_PER_NODE,
+    MAX_IDLE_MINUTES,
+    check_extra_sbatch,
+    check_gpu_type,
+    check_mem,
+    check_name,
+    check_number,
+    check_text,
+    check_time,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,6 +40,8 @@ __all__ = ["PRESETS", "GpuType", "Profile", "config_path", "load_profile", "star
 ENGINES = ("vllm", "sglang")
 RUNTIMES = ("singularity", "apptainer", "none")
 SSH_BACKENDS = ("paramiko", "openssh")
+MAX_GPU_MEMORY_GB = 4096.0  # per GPU: more is a typo
+MAX_WALLTIME_WARNING_MINUTES = 1440.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,15 @@ class GpuType:
     max_count: int
     memory_gb: float
     min_count: int = 1
+
+    def __post_init__(self) -> None:
+        # Bounded here, whoever makes one: a count of millions would make planning loop for seconds.
+        check_gpu_type(self.name)
+        what = f"GPU type {self.name}:"
+        check_number(f"{what} max_count", self.max_count, 1, MAX_GPUS_PER_NODE, whole=True, unit=" GPUs per job")
+        check_number(f"{what} min_count", self.min_count, 1, self.max_count, whole=True,
+                     unit=" (its max_count)")
+        check_number(f"{what} memory_gb", self.memory_gb, 0.1, MAX_GPU_MEMORY_GB, unit=" GB per GPU")
 
     @property
     def counts(self) -> range:
@@ -85,6 +109,13 @@ class Profile:
     default_engine: str = "vllm"
     # Where the vLLM image keeps its examples/ (tool chat templates for Llama 3/4 and Gemma 3).
     vllm_examples_dir: str = "/vllm-workspace/examples"
+    # Minutes with no request served and no client attached after which a job ends by itself (0: never).
+    idle_timeout: float = 60.0
+    # Faces warn when less than this many minutes of the job's time limit remain.
+    walltime_warning: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_profile(self)
 
     @property
     def is_local(self) -> bool:
@@ -124,6 +155,91 @@ class Profile:
                 f"{' / '.join(e for e in self.images) or 'with an image'}.",
             )
         return self.images[engine]
+
+
+# Bounds of the numeric keys: (low, high, whole number?, unit). Outside them a value is a typo.
+_NUMBERS: dict[str, tuple[float, float, bool, str]] = {
+    "port": (1, 65535, True, ""),
+    "cpus": (1, MAX_CPUS, True, " CPUs"),
+    "default_gpus": (1, MAX_GPUS_PER_NODE, True, " GPUs"),
+    "connect_timeout": (0.1, 600, False, " seconds"),
+    "command_timeout": (0.1, 3600, False, " seconds"),
+    "keepalive": (0.1, 3600, False, " seconds"),
+    "idle_timeout": (0, MAX_IDLE_MINUTES, False, " minutes (0: never)"),
+    "walltime_warning": (0, MAX_WALLTIME_WARNING_MINUTES, False, " minutes"),
+}
+_CHOICES = {"runtime": RUNTIMES, "default_engine": ENGINES, "ssh_backend": SSH_BACKENDS}
+_SLURM_NAMES = ("partition", "account", "qos")
+# Checked when connecting, as OpenSSH checks names on its command line (sshtokens: control characters and
+# shell metacharacters refused, with the reason); the name is checked above.
+_SSH_NAMES = ("name", "host", "user", "proxy_jump")
+
+
+def _check_profile(profile: Profile) -> None:
+    """Every value of a profile, however it was made (a file, a preset, ``Profile(...)`` in Python):
+    types, bounds, names Slurm takes, and no control character in anything that reaches the job script
+    or a command on the cluster (a line break there would run the rest of the value as a command)."""
+    name = profile.name
+    prefix = f"Profile {name!r}: "
+
+    def keyed(check: Callable[[], object], what: str = "") -> None:
+        try:
+            check()
+        except ConfigError as error:
+            message = error.message
+            message = "the " + message[4:] if message.startswith("The ") else message
+            raise ConfigError(prefix + what + message, error.hint) from None
+
+    if not isinstance(name, str):
+        raise ConfigError(f"A profile name must be text, not {name!r}.")
+    keyed(lambda: check_text("the profile name", name))
+    for item in fields(Profile):
+        key, value = item.name, getattr(profile, item.name)
+        if key in _SSH_NAMES:
+            continue
+        if key in _NUMBERS:
+            low, high, whole, unit = _NUMBERS[key]
+            if not (key == "port" and value is None):
+                keyed(partial(check_number, key, value, low, high, whole=whole, unit=unit))
+        elif isinstance(value, str):
+            keyed(partial(check_text, key, value, multiline=key == "prologue"))
+        elif isinstance(value, tuple):
+            for entry in value:
+                if not isinstance(entry, str):
+                    raise ConfigError(f"{prefix}{key} must be a list of strings, not {value!r}.")
+                keyed(partial(check_text, f"the {key} entry", entry))
+        elif value is not None and key not in ("gpu_types", "images"):
+            raise ConfigError(f"{prefix}{key} must be text, not {value!r}.")
+    for key, choices in _CHOICES.items():
+        if getattr(profile, key) not in choices:
+            raise ConfigError(f"{prefix}{key} must be one of {', '.join(choices)}, not {getattr(profile, key)!r}.")
+    keyed(partial(check_time, profile.time), what="time ")
+    keyed(partial(check_mem, profile.mem), what="mem ")
+    for key in _SLURM_NAMES:
+        value = getattr(profile, key)
+        if value is not None:
+            keyed(partial(check_name, key, value))
+    for entry in profile.extra_sbatch:
+        keyed(partial(check_extra_sbatch, entry))
+    if profile.default_gpu_type is not None:
+        keyed(partial(check_gpu_type, profile.default_gpu_type), what="default_gpu_type: ")
+    if not isinstance(profile.gpu_types, Mapping) or not all(
+            isinstance(gpu, GpuType) and gpu.name == key for key, gpu in profile.gpu_types.items()):
+        raise ConfigError(f"{prefix}gpu_types must map each GPU type's name to its GpuType.")
+    if not isinstance(profile.images, Mapping):
+        raise ConfigError(f"{prefix}images must be a table of engine = image path.")
+    for engine, image in profile.images.items():
+        if not isinstance(engine, str) or not isinstance(image, str):
+            raise ConfigError(f"{prefix}images must be a table of engine = image path, not {dict(profile.images)!r}.")
+        keyed(partial(check_text, f"the image for {engine!r}", image))
+        keyed(partial(check_text, "an engine name under images", engine))
+
+
+def _kind(value: Any) -> str:
+    """What a TOML value is, for an error message."""
+    if isinstance(value, list):
+        return "a list (written [[...]] or [...])"
+    return f"{type(value).__name__} {value!r}"[:80]
 
 
 _EBI = Profile(
@@ -179,8 +295,16 @@ def load_profile(name: str | None = None, path: Path | None = None) -> Profile:
     """Resolve a profile by name (None: ``$HPCLLM_PROFILE``, the file's ``default_profile``, else ebi)."""
     path = path or config_path()
     data = _read_config(path)
-    name = name or os.environ.get("HPCLLM_PROFILE") or str(data.get("default_profile") or "ebi")
+    default = data.get("default_profile")
+    if default is not None and not isinstance(default, str):
+        raise ConfigError(f"default_profile in {path} must be a profile name in quotes, not {default!r}.",
+                          'Write it as default_profile = "NAME".')
+    name = name or os.environ.get("HPCLLM_PROFILE") or default or "ebi"
     table = data.get("profiles", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"profiles in {path} must be a table of [profiles.NAME] sections, not {_kind(table)}.",
+                          "Write each profile as a [profiles.NAME] section (`hpcllm config init` writes a "
+                          "starter file).")
     known = sorted(set(PRESETS) | set(table))
     if name not in known:
         close = difflib.get_close_matches(name, known, n=1)
@@ -190,8 +314,15 @@ def load_profile(name: str | None = None, path: Path | None = None) -> Profile:
             f"{suggestion}Define it under [profiles.{name}] in {path} (`hpcllm config init` writes a "
             "starter file).",
         )
-    overrides = dict(table.get(name, {}))
+    section = table.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"profiles.{name} in {path} must be a table of keys, not {_kind(section)}.",
+                          f"Write it as a [profiles.{name}] section with one key = value per line.")
+    overrides = dict(section)
     base_name = overrides.pop("preset", name if name in PRESETS else None)
+    if base_name is not None and not isinstance(base_name, str):
+        raise ConfigError(f"Profile {name!r}: preset must be the name of a built-in preset in quotes, not "
+                          f"{base_name!r}.", f"Built-in presets: {', '.join(PRESETS)}.")
     if base_name is not None and base_name not in PRESETS:
         raise ConfigError(
             f"Profile {name!r} names preset {base_name!r}, which does not exist.",
@@ -215,21 +346,7 @@ def _apply(profile: Profile, overrides: dict[str, Any], path: Path) -> Profile:
                 f"Did you mean {close[0]!r}?" if close else "See `hpcllm config init` for the keys.",
             )
         changes[key] = _coerce(profile.name, key, value)
-    resolved = replace(profile, **changes)
-    if resolved.runtime not in RUNTIMES:
-        raise ConfigError(
-            f"Profile {profile.name!r}: runtime must be one of {', '.join(RUNTIMES)}, not {resolved.runtime!r}.",
-        )
-    if resolved.default_engine not in ENGINES:
-        raise ConfigError(f"Profile {profile.name!r}: default_engine must be vllm or sglang.")
-    if resolved.ssh_backend not in SSH_BACKENDS:
-        raise ConfigError(
-            f"Profile {profile.name!r}: ssh_backend must be one of {', '.join(SSH_BACKENDS)}, "
-            f"not {resolved.ssh_backend!r}.",
-        )
-    if resolved.keepalive <= 0:
-        raise ConfigError(f"Profile {profile.name!r}: keepalive must be a positive number of seconds.")
-    return resolved
+    return replace(profile, **changes)  # checked whole by Profile.__post_init__
 
 
 def _coerce(profile: str, key: str, value: Any) -> Any:
@@ -239,18 +356,7 @@ def _coerce(profile: str, key: str, value: Any) -> Any:
     if key == "gpu_types":
         if not isinstance(value, dict):
             raise bad("a table of GPU types")
-        gpus = {}
-        for gpu_name, spec in value.items():
-            try:
-                gpus[gpu_name] = GpuType(
-                    gpu_name,
-                    max_count=int(spec["max_count"]),
-                    memory_gb=float(spec["memory_gb"]),
-                    min_count=int(spec.get("min_count", 1)),
-                )
-            except (KeyError, TypeError, ValueError):
-                raise bad("tables with max_count and memory_gb, e.g. { max_count = 4, memory_gb = 80 }") from None
-        return gpus
+        return {gpu_name: _gpu_type(profile, gpu_name, spec) for gpu_name, spec in value.items()}
     if key == "images":
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise bad("a table of engine = image path")
@@ -259,17 +365,44 @@ def _coerce(profile: str, key: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad("a list of strings")
         return tuple(value)
-    if key in ("port", "cpus", "default_gpus"):
+    if key in _NUMBERS and _NUMBERS[key][2]:
         if not isinstance(value, int) or isinstance(value, bool):
             raise bad("an integer")
         return value
-    if key in ("connect_timeout", "command_timeout", "keepalive"):
+    if key in _NUMBERS:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise bad("a number of seconds")
+            raise bad("a number of " + ("minutes" if "minutes" in _NUMBERS[key][3] else "seconds"))
         return float(value)
     if not isinstance(value, str):
         raise bad("a string")
+    if value == "" and "None" in str(_FIELD_TYPES[key]):
+        return None  # `partition = ""` unsets what a preset set
     return value
+
+
+_GPU_KEYS = ("max_count", "memory_gb", "min_count")
+
+
+def _gpu_type(profile: str, name: str, spec: Any) -> GpuType:
+    """One [profiles.X.gpu_types.NAME] table: whole counts, a number of GB, nothing else."""
+    example = "a table with max_count and memory_gb, e.g. { max_count = 4, memory_gb = 80 }"
+    where = f"Profile {profile!r}: gpu_types.{name}"
+    if not isinstance(spec, dict) or "max_count" not in spec or "memory_gb" not in spec:
+        raise ConfigError(f"{where} must be {example}, not {spec!r}.")
+    unknown = [key for key in spec if key not in _GPU_KEYS]
+    if unknown:
+        raise ConfigError(f"{where} has the unknown key {unknown[0]!r}.", f"Its keys are {', '.join(_GPU_KEYS)}.")
+    counts = {key: spec.get(key, 1) for key in ("max_count", "min_count")}
+    for key, count in counts.items():
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise ConfigError(f"{where}: {key} must be a whole number of GPUs, not {count!r}.")
+    memory = spec["memory_gb"]
+    if not isinstance(memory, (int, float)) or isinstance(memory, bool):
+        raise ConfigError(f"{where}: memory_gb must be a number of GB, not {memory!r}.")
+    try:
+        return GpuType(name, max_count=counts["max_count"], memory_gb=float(memory), min_count=counts["min_count"])
+    except ConfigError as error:
+        raise ConfigError(f"Profile {profile!r}: {error.message}", error.hint) from None
 
 
 def render_profile(profile: Profile) -> str:
@@ -343,6 +476,8 @@ default_profile = "ebi"
 # binds = ["/shared"]
 # default_engine = "vllm"           # or "sglang"
 # default_gpu_type = "a100"
+# idle_timeout = 60                 # minutes with no request and no client before a job ends itself; 0: never
+# walltime_warning = 10             # minutes: warn when less than this remains of a job's time limit
 #
 # [profiles.mycluster.images]
 # vllm = "/shared/images/vllm-openai_latest.sif"

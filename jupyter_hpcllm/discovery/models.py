@@ -4,6 +4,9 @@ A model is a directory name under the profile's model root, an absolute path, or
 entry (``models--Org--Name`` under the root, given as ``Org/Name``, as the directory name or as
 ``Name``). Facts are cached per profile and model directory, in memory and on disk, so a second ``up``
 costs no round trip; ``list_models`` revalidates them against the directory's modification time.
+
+A model root is shared: one model's broken or unreadable files are that model's problem (its row says
+why, see ``ModelFacts.problems``), never the listing's. Only a connection that fails stops it.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.checks import home_relative
 from ..config.options import ENGINES
 from ..config.profiles import Profile
 from ..edge.files import FileInfo, Files
-from ..errors import ConfigError, ModelNotFound
+from ..errors import CommandTimeout, ConfigError, ConnectError, ModelNotFound, TransportError
 from ..planning.facts import ModelFacts
 from ..planning.families import Parsers, detect_family
 from ..planning.sizing import choose_allocation
@@ -61,7 +65,7 @@ def _cache_names(name: str) -> list[str]:
 
 def locate(files: Files, profile: Profile, model: str, listing: list[FileInfo] | None = None) -> tuple[str, str]:
     """(directory to load, served name) for a model name, or ModelNotFound with the closest names."""
-    model = model.strip().rstrip("/")
+    model = _home_as_tilde(model.strip().rstrip("/"))
     if model.startswith("/") or model.startswith("~/"):
         last = model.rsplit("/", 1)[-1]
         _must_exist(files, model)
@@ -70,7 +74,7 @@ def locate(files: Files, profile: Profile, model: str, listing: list[FileInfo] |
             if snapshot:
                 return snapshot, last.split("--")[-1]
         return model, last
-    root = profile.model_root
+    root = _home_as_tilde(profile.model_root)
     if listing is None:
         try:
             listing = files.list(root)
@@ -98,6 +102,12 @@ def locate(files: Files, profile: Profile, model: str, listing: list[FileInfo] |
     )
 
 
+def _home_as_tilde(path: str) -> str:
+    """``$HOME/x`` and ``${HOME}/x`` as ``~/x``: the spelling the file readers know (SFTP starts at home)."""
+    rest = home_relative(path)
+    return path if rest is None else ("~/" + rest if rest else "~")
+
+
 def _must_exist(files: Files, path: str) -> None:
     try:
         files.list(path)
@@ -113,11 +123,32 @@ def _display_name(entry: str) -> str:
 # --- reading ----------------------------------------------------------------------------------------
 
 
+# What reading one model's files may raise that is that model's problem, not the listing's: a file that
+# is not JSON (ValueError) or nested too deep for the parser (RecursionError), a directory where a file
+# should be, a file we may not read (OSError, or TransportError from SFTP).
+_MODEL_FILE_ERRORS = (OSError, ValueError, RecursionError, TransportError)
+
+
+def _connection_failed(error: BaseException) -> bool:
+    """A failure of the connection itself (every other model would fail the same way): not one model's."""
+    return isinstance(error, (ConnectError, CommandTimeout))
+
+
 def read_facts(files: Files, path: str, name: str, mtime: float = 0.0) -> ModelFacts:
     entries = files.list(path)
     by_name = {entry.name: entry for entry in entries}
-    config = _json(files, _join(path, "config.json")) if "config.json" in by_name else {}
-    template = _chat_template(files, path, by_name)
+    problems: list[str] = []
+    config: dict[str, Any] = {}
+    if "config.json" in by_name:
+        config, problem = _config(files, _join(path, "config.json"))
+        problems += [problem] if problem else []
+    try:
+        template = _chat_template(files, path, by_name)
+    except _MODEL_FILE_ERRORS as error:
+        if _connection_failed(error):
+            raise
+        template = ""
+        problems.append(f"cannot read its chat template ({_why(error)})")
     weights = [e for e in entries if e.name.endswith(_WEIGHT_SUFFIXES)]
     # Repositories that ship both formats (Mistral: consolidated.safetensors + model-*.safetensors): count
     # what vLLM loads, the sharded Hugging Face files.
@@ -128,7 +159,35 @@ def read_facts(files: Files, path: str, name: str, mtime: float = 0.0) -> ModelF
     total = sum(e.size for e in weights if not e.is_link)
     if any(e.is_link for e in weights):
         total += _cache_blob_bytes(files, path)
-    return ModelFacts(name, path, config, template, total, len(weights), mtime)
+    return ModelFacts(name, path, config, template, total, len(weights), mtime, "; ".join(problems))
+
+
+def _config(files: Files, path: str) -> tuple[dict[str, Any], str]:
+    """config.json as an object, and what is wrong with it ('' if nothing)."""
+    try:
+        data = json.loads(files.read(path))
+    except FileNotFoundError:
+        return {}, ""
+    except _MODEL_FILE_ERRORS as error:
+        if _connection_failed(error):
+            raise
+        return {}, f"cannot read config.json ({_why(error)})"
+    if not isinstance(data, dict):
+        return {}, f"config.json is {type(data).__name__}, not a JSON object"
+    return data, ""
+
+
+def _why(error: BaseException) -> str:
+    """An error in a few words for a table row (JSON's own messages say where the file is broken)."""
+    if isinstance(error, RecursionError):
+        return "nested too deep"
+    if isinstance(error, json.JSONDecodeError):
+        return f"not valid JSON: {error.msg} at line {error.lineno}"
+    if isinstance(error, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(error, TransportError):
+        return error.message.rstrip(".")
+    return str(error) or type(error).__name__
 
 
 def _cache_blob_bytes(files: Files, snapshot: str) -> int:
@@ -143,9 +202,10 @@ def _cache_blob_bytes(files: Files, snapshot: str) -> int:
 
 
 def _json(files: Files, path: str) -> dict[str, Any]:
+    """A JSON object file that only adds detail (a chat template): {} when it is missing or broken."""
     try:
         data = json.loads(files.read(path))
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -154,13 +214,15 @@ def _chat_template(files: Files, path: str, by_name: Mapping[str, FileInfo]) -> 
     if "chat_template.jinja" in by_name:
         return files.read(_join(path, "chat_template.jinja")).decode(errors="replace")
     if "chat_template.json" in by_name:
-        return str(_json(files, _join(path, "chat_template.json")).get("chat_template") or "")
+        template = _json(files, _join(path, "chat_template.json")).get("chat_template")
+        return template if isinstance(template, str) else ""
     template = _json(files, _join(path, "tokenizer_config.json")).get("chat_template") if \
         "tokenizer_config.json" in by_name else None
     if isinstance(template, list):  # named templates: [{"name": "default", "template": "..."}, ...]
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None) or \
-            (template[0].get("template") if template else "")
-    return str(template or "")
+        named = [t for t in template if isinstance(t, dict)]
+        template = next((t.get("template") for t in named if t.get("name") == "default"), None) or \
+            (named[0].get("template") if named else "")
+    return template if isinstance(template, str) else ""
 
 
 # --- caching ----------------------------------------------------------------------------------------
@@ -193,13 +255,26 @@ def _cached(profile: Profile, path: str, scope: str) -> ModelFacts | None:
         if key in _memory:
             return _memory[key]
         stored = _load_disk().get("|".join(key))
-        if stored:
-            try:
-                _memory[key] = ModelFacts(**stored)
-            except TypeError:
-                return None
-            return _memory[key]
-    return None
+        facts = _from_disk(stored)
+        if facts is not None:
+            _memory[key] = facts
+        return facts
+
+
+# The types of ModelFacts' fields as the disk cache holds them: anything else there is not ours (an old
+# version, a hand edit) and is read again from the cluster.
+_STORED_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str, "path": str, "config": dict, "chat_template": str, "weight_bytes": int, "shards": int,
+    "mtime": (int, float), "problem": str,
+}
+
+
+def _from_disk(stored: Any) -> ModelFacts | None:
+    if not isinstance(stored, dict) or not {"name", "path"} <= set(stored) or not set(stored) <= set(_STORED_TYPES):
+        return None
+    if not all(isinstance(value, _STORED_TYPES[key]) and not isinstance(value, bool) for key, value in stored.items()):
+        return None
+    return ModelFacts(**stored)
 
 
 def _remember(profile: Profile, facts: ModelFacts, scope: str) -> None:
@@ -221,7 +296,7 @@ def _remember(profile: Profile, facts: ModelFacts, scope: str) -> None:
 def model_facts(profile: Profile, files: Files, model: str, *, refresh: bool = False, scope: str = "") -> ModelFacts:
     """The facts of one model, from the cache unless `refresh` (then read through `files`)."""
     if not refresh and not model.startswith(("/", "~/")) and "/" not in model:
-        cached = _cached(profile, _join(profile.model_root, model), scope)
+        cached = _cached(profile, _join(_home_as_tilde(profile.model_root), model), scope)
         if cached:
             return cached
     path, name = locate(files, profile, model)
@@ -229,15 +304,25 @@ def model_facts(profile: Profile, files: Files, model: str, *, refresh: bool = F
         cached = _cached(profile, path, scope)
         if cached:
             return cached
-    facts = read_facts(files, path, name)
-    _remember(profile, facts, scope)
+    try:
+        facts = read_facts(files, path, name)
+    except FileNotFoundError:
+        raise ModelNotFound(f"Model directory {path} does not exist on the cluster.",
+                            "`hpcllm models` lists what is there.") from None
+    except _MODEL_FILE_ERRORS as error:
+        if _connection_failed(error):
+            raise
+        raise ConfigError(f"Cannot read the model directory {path} on the cluster: {_why(error)}.",
+                          "Check its permissions, or give another model.") from None
+    if not facts.problems:
+        _remember(profile, facts, scope)  # a broken file may be fixed: read it again next time
     return facts
 
 
 def list_models(profile: Profile, files: Files, *, scope: str = "") -> list[ModelFacts]:
     """Every model under the profile's model root: one listing, plus reads only for new or changed ones."""
     try:
-        listing = files.list(profile.model_root)
+        listing = files.list(_home_as_tilde(profile.model_root))
     except FileNotFoundError:
         raise ModelNotFound(
             f"The model root {profile.model_root} of profile {profile.name!r} does not exist on the cluster.",
@@ -247,25 +332,39 @@ def list_models(profile: Profile, files: Files, *, scope: str = "") -> list[Mode
     for entry in sorted(listing, key=lambda e: e.name.lower()):
         if not (entry.is_dir or entry.is_link) or entry.name.startswith("."):
             continue
-        path = _join(profile.model_root, entry.name)
-        name = _display_name(entry.name).rsplit("/", 1)[-1]
+        facts = _listed(profile, files, entry, scope)
+        if facts is not None:
+            result.append(facts)
+    return result
+
+
+def _listed(profile: Profile, files: Files, entry: FileInfo, scope: str) -> ModelFacts | None:
+    """One entry of the model root: its facts (from the cache if unchanged), facts that say what could not
+    be read, or None when it is no model (no config, no weights) or vanished meanwhile."""
+    path = _join(_home_as_tilde(profile.model_root), entry.name)
+    name = _display_name(entry.name).rsplit("/", 1)[-1]
+    try:
         if entry.name.startswith(_HF_PREFIX):
             snapshot = _hf_snapshot(files, path)
             if snapshot is None:
-                continue
+                return None
             path = snapshot
         cached = _cached(profile, path, scope)
         if cached is not None and cached.mtime == entry.mtime:
-            result.append(cached)
-            continue
-        try:
-            facts = read_facts(files, path, name, entry.mtime)
-        except FileNotFoundError:
-            continue
-        if facts.config or facts.shards:
-            _remember(profile, facts, scope)
-            result.append(facts)
-    return result
+            return cached
+        facts = read_facts(files, path, name, entry.mtime)
+    except FileNotFoundError:
+        return None
+    except _MODEL_FILE_ERRORS as error:
+        if _connection_failed(error):
+            raise
+        return ModelFacts(name, path, mtime=entry.mtime, problem=f"cannot read its directory ({_why(error)})")
+    if facts.problems:
+        return facts  # not cached: once the file is fixed, the next listing reads it again
+    if facts.config or facts.shards:
+        _remember(profile, facts, scope)
+        return facts
+    return None
 
 
 # --- summaries (`hpcllm models`) --------------------------------------------------------------------
@@ -278,14 +377,19 @@ class ModelSummary:
     facts: ModelFacts
     family: str | None
     parsers: Mapping[str, Parsers]
-    suggestion: str  # "1 × h200", "does not fit" or "?" (no config to size it from)
+    # "1 × h200", "does not fit", "?" (no config to size it from), or "? (why)" when its files are broken
+    suggestion: str
+    problem: str = ""  # what is wrong with its files ('' if nothing): why it cannot be sized
 
 
 def summarize(profile: Profile, facts: ModelFacts) -> ModelSummary:
     family = detect_family(facts.model_type, facts.architectures, facts.chat_template, facts.name)
+    parsers = {engine: family.parsers(engine) for engine in ENGINES} if family else {}
+    problem = "; ".join(facts.problems)
+    if problem:
+        return ModelSummary(facts, family.name if family else None, parsers, f"? ({problem})", problem)
     try:
         suggestion = choose_allocation(profile, facts)[0].describe() if facts.heads else "?"
     except ConfigError:
         suggestion = "does not fit"
-    parsers = {engine: family.parsers(engine) for engine in ENGINES} if family else {}
     return ModelSummary(facts, family.name if family else None, parsers, suggestion)

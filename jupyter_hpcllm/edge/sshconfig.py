@@ -87,14 +87,14 @@ class SSHTarget:
             alias, user, port = profile.host, profile.user, profile.port
             where = f"in the profile {profile.name!r}"
         else:
-            user, alias, port = _split_hop(hop)
+            user, alias, port = _split_hop(hop, profile.ssh_config)
             where = f"in the jump host {hop!r}"
         check_host(alias, where)  # as OpenSSH checks names given on its command line
         if user:
             check_user(user, where)
         entry = _lookup(profile.ssh_config, alias)
         hostname = expand(entry.get("hostname", alias), {"h": alias}, "HostName")
-        port = port or _port(entry.get("port"), alias)
+        port = port or _port(entry.get("port"), alias, profile.ssh_config)
         user = user or entry.get("user") or getpass.getuser()
         alias_key = entry.get("hostkeyalias")
         proxy = entry.get("proxycommand")
@@ -225,28 +225,42 @@ def _unquote(value: str) -> str:
     return value[1:-1] if len(value) > 1 and value[0] == value[-1] == '"' else value
 
 
-def _split_hop(hop: str) -> tuple[str | None, str, int | None]:
+def _split_hop(hop: str, config_file: str) -> tuple[str | None, str, int | None]:
     """``[user@]host[:port]``, ``[user@][v6addr]:port`` or ``ssh://[user@]host[:port]``."""
     text = hop.strip().removeprefix("ssh://").rstrip("/")
     user, _, rest = text.rpartition("@")
     if rest.startswith("["):
-        host, _, port = rest[1:].partition("]")
+        host, closed, port = rest[1:].partition("]")
+        if not closed or (port and not port.startswith(":")):
+            host = ""  # "[::1" or "[::1]x": not an address
         port = port.removeprefix(":")
     elif rest.count(":") == 1:
         host, _, port = rest.partition(":")
     else:
         host, port = rest, ""
-    if not host or (port and not port.isdigit()):
-        raise ConfigError(f"Cannot read the jump host {hop!r}.",
-                          "Write it as [user@]host[:port] or an ssh config alias.")
+    if not host or (port and not _valid_port(port)):
+        raise ConfigError(
+            f"Cannot read the jump host {hop!r}" + (f": its port {port!r} is not a number from 1 to 65535." if host
+                                                    else "."),
+            f"Fix the ProxyJump line that names it in {config_file}, or the profile's proxy_jump: write each "
+            "jump host as [user@]host[:port] or an ssh config alias.",
+        )
     return user or None, host, int(port) if port else None
 
 
-def _port(value: str | None, alias: str) -> int:
-    try:
-        return int(value) if value else 22
-    except ValueError:
-        raise ConfigError(f"Port {value!r} for {alias} in your ssh config is not a number.") from None
+def _valid_port(text: str) -> bool:
+    # ASCII digits only: str.isdigit() also takes '²' and '١', which int() refuses or reads differently.
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
+
+
+def _port(value: str | None, alias: str, config_file: str) -> int:
+    if not value:
+        return 22
+    if not _valid_port(value.strip()):
+        raise ConfigError(f"The Port {value!r} for {alias} in your ssh config is not a number from 1 to 65535.",
+                          f"Fix the Port line of the Host block for {alias} in {config_file} "
+                          f"(`ssh -G {alias}` shows how OpenSSH reads it).")
+    return int(value.strip())
 
 
 def _files(value: str | None, default: tuple[str, ...], tokens: dict[str, str], key: str) -> tuple[str, ...]:

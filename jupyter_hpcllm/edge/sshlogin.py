@@ -89,6 +89,11 @@ class Login:
             if isinstance(error, paramiko.AuthenticationException):
                 return False, allowed
             raise ConnectError(f"SSH to {self.target.display} failed while logging in: {error}.", REACH_HINT) from None
+        except (EOFError, OSError) as error:  # paramiko hands on what ended its connection (EOF, a socket error)
+            if not self.transport.is_active():
+                raise self._closed(what) from None
+            raise ConnectError(f"SSH to {self.target.display} failed while logging in: "
+                               f"{error or type(error).__name__}.", REACH_HINT) from None
         return True, [] if self.transport.is_authenticated() else list(more)
 
     # Questions for the person.

@@ -4,7 +4,8 @@ A command is an argv list; the slurm layer quotes every element when it renders 
 only known on the node at run time, so the argv holds ``PORT`` (a marker object) where the port goes.
 The API key never enters an argv: vLLM reads it from ``VLLM_API_KEY``; SGLang has no such variable, so
 it is started through a two-line Python shim that reads the key file and appends ``--api-key`` to
-``sys.argv`` inside the process, where ``ps`` cannot see it.
+``sys.argv`` inside the process, where ``ps`` cannot see it. A path under the home directory
+(``~/models/x``) is a ``HomePath``, so the script lets the node's shell expand the home directory.
 """
 
 from __future__ import annotations
@@ -12,22 +13,56 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..config.checks import check_text, home_relative
 from ..errors import ConfigError
 
-__all__ = ["KEY_FILE", "PORT", "EngineCommand", "EngineSpec", "ShellVar", "build_command", "loading_progress"]
+__all__ = ["KEY_FILE", "PORT", "EngineCommand", "EngineSpec", "HomePath", "ShellVar", "build_command",
+           "loading_progress", "path_word"]
 
 
 class ShellVar(str):
     """A value known only on the node at run time; the script renders it as a double-quoted variable."""
 
 
-PORT = ShellVar("$PORT")
+class HomePath(str):
+    """A path under the home directory on the cluster (``~/x``, ``$HOME/x``, ``${HOME}/x``): the script
+    renders it as ``"$HOME"/'x'``, so the node's shell puts the home directory in (quoted, ``~`` is not
+    expanded, and the engine would look for a directory named ``~``)."""
+
+
+def path_word(path: str) -> str:
+    """A path for an argv: a HomePath when it is under the home directory, else the path itself."""
+    return HomePath(path) if home_relative(path) is not None else path
+
+
+# The engine listens on the node's loopback only, on this port; the job's relay (node/relay.py) is what
+# other nodes reach, and it lets nothing through without the key (see planning/script.py).
+PORT = ShellVar("$ENGINE_PORT")
 KEY_FILE = ShellVar("$JOB_DIR/key")
 
-# Options the launcher owns: a user passing them after `--` would break the address or the key.
-_MANAGED = {
-    "vllm": ("--host", "--port", "--api-key", "--served-model-name"),
-    "sglang": ("--host", "--port", "--api-key", "--served-model-name", "--model-path", "--model"),
+# Options the launcher owns, and why a user may not pass them after `--`. vLLM and SGLang parse their
+# options with argparse, which takes any unambiguous abbreviation (`--por 80` is `--port 80`), and vLLM
+# also reads `--api_key` as `--api-key`: so an abbreviation of these is refused as well (see _managed).
+_ADDRESS = "the engine listens on the node's loopback, on a port chosen per job; the job's relay is its one door"
+_KEY = "the API key is made per job and reaches the engine through its environment or a key file"
+_MODEL = "the model and the name it is served as come from the model you launch"
+_COMMON = {
+    "--host": _ADDRESS,
+    "--port": _ADDRESS,
+    "--api-key": _KEY,
+    "--served-model-name": _MODEL,
+    "--ssl-keyfile": "the relay talks plain HTTP to the engine on the node's loopback; TLS there would break it",
+    "--ssl-certfile": "the relay talks plain HTTP to the engine on the node's loopback; TLS there would break it",
+    "--config": "a config file could set the host, port or API key behind jupyter-hpcllm's back; pass its "
+                "options one by one after `--` instead",
+}
+_MANAGED: dict[str, dict[str, str]] = {
+    "vllm": {
+        **_COMMON,
+        "--uds": "a unix socket would bypass the job's relay, and with it the key check",
+        "--headless": "jupyter-hpcllm talks to the engine's API server, which --headless turns off",
+    },
+    "sglang": {**_COMMON, "--model-path": _MODEL, "--model": _MODEL},
 }
 
 # The SGLang shim: the key file is argv[1]; the rest is SGLang's own command line.
@@ -61,12 +96,16 @@ class EngineCommand:
 
 def build_command(spec: EngineSpec) -> EngineCommand:
     for arg in spec.extra_args:
-        option = arg.split("=", 1)[0]
-        if option in _MANAGED[spec.engine]:
+        check_text("The engine argument", arg)
+        managed = _managed(spec.engine, arg)
+        if managed is not None:
+            option, why = managed
+            written = arg.split("=", 1)[0]
+            spelled = "" if written == option else f" ({written} abbreviates it)"
             raise ConfigError(
-                f"{option} is set by jupyter-hpcllm and cannot be passed as an extra engine argument.",
-                "Remove it from the arguments after `--`; the port, host, model name and API key are "
-                "chosen per job.",
+                f"{option} is set by jupyter-hpcllm and cannot be passed as an extra engine argument{spelled}: "
+                f"{why}.",
+                "Remove it from the arguments after `--`.",
             )
     if spec.tensor_parallel < 1:
         raise ConfigError(f"Tensor-parallel size must be at least 1, not {spec.tensor_parallel}.")
@@ -77,9 +116,21 @@ def build_command(spec: EngineSpec) -> EngineCommand:
     raise ConfigError(f"Unknown engine {spec.engine!r}.", "Use --engine vllm or --engine sglang.")
 
 
+def _managed(engine: str, arg: str) -> tuple[str, str] | None:
+    """(the managed option, why) if ``arg`` is one, abbreviated or not, else None. argparse takes any
+    prefix of a long option (at least one letter after `--`; we refuse from two, as `--h` and `--p`
+    are ambiguous already), with or without ``=value``; vLLM reads `_` in an option's name as `-`."""
+    written = arg.split("=", 1)[0]
+    if not written.startswith("--") or written.startswith("---") or len(written) < 4:
+        return None
+    name = "--" + written[2:].replace("_", "-")
+    matches = [(option, why) for option, why in _MANAGED.get(engine, {}).items() if option.startswith(name)]
+    return min(matches, key=lambda match: len(match[0])) if matches else None  # the exact one, if any
+
+
 def _vllm(spec: EngineSpec) -> EngineCommand:
-    argv = ["vllm", "serve", spec.model_path, "--served-model-name", spec.served_name,
-            "--host", "0.0.0.0", "--port", PORT, "--tensor-parallel-size", str(spec.tensor_parallel)]
+    argv = ["vllm", "serve", path_word(spec.model_path), "--served-model-name", spec.served_name,
+            "--host", "127.0.0.1", "--port", PORT, "--tensor-parallel-size", str(spec.tensor_parallel)]
     if spec.tool_parser:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_parser]
     if spec.reasoning_parser:
@@ -88,8 +139,8 @@ def _vllm(spec: EngineSpec) -> EngineCommand:
 
 
 def _sglang(spec: EngineSpec) -> EngineCommand:
-    argv = ["python", "-c", _SGLANG_SHIM, KEY_FILE, "--model-path", spec.model_path,
-            "--served-model-name", spec.served_name, "--host", "0.0.0.0", "--port", PORT,
+    argv = ["python", "-c", _SGLANG_SHIM, KEY_FILE, "--model-path", path_word(spec.model_path),
+            "--served-model-name", spec.served_name, "--host", "127.0.0.1", "--port", PORT,
             "--tp-size", str(spec.tensor_parallel), "--enable-metrics"]
     if spec.tool_parser:
         argv += ["--tool-call-parser", spec.tool_parser]

@@ -14,7 +14,7 @@ from ..config.checks import check_model_name
 from ..config.options import LaunchOptions
 from ..config.profiles import GpuType, Profile
 from ..errors import ConfigError
-from .engines import EngineSpec, build_command, display_argv
+from .engines import EngineSpec, build_command, display_argv, path_word
 from .facts import ModelFacts
 from .families import Family, Parsers, detect_family, family_from_name
 from .script import JOB_NAME_PREFIX, JobSpec, render_script
@@ -60,13 +60,19 @@ def model_path_for(profile: Profile, model: str) -> str:
     return f"{profile.model_root.rstrip('/')}/{model}"
 
 
+MAX_CONTEXT = 2**31 - 1  # tokens: more than any model takes (and the sizing's arithmetic stays in floats)
+
+
 def _context_arg(engine_args: tuple[str, ...]) -> int | None:
     """The context length the user asked the engine for, if any (it sizes the KV cache)."""
     for flag in ("--max-model-len", "--context-length"):
         for i, arg in enumerate(engine_args):
             value = arg.split("=", 1)[1] if arg.startswith(flag + "=") else (
                 engine_args[i + 1] if arg == flag and i + 1 < len(engine_args) else None)
-            if value and value.isdigit():
+            if value and value.isascii() and value.isdigit():
+                if not 0 < int(value) <= MAX_CONTEXT:
+                    raise ConfigError(f"{flag} {value} is not a context length the engine can take.",
+                                      f"Give a number of tokens from 1 to {MAX_CONTEXT}.")
                 return int(value)
     return None
 
@@ -107,7 +113,12 @@ def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts |
     if gpus is not None:
         _check_count(profile, _type_for_count(profile, gpu_type, gpus), gpus)
     reasons: list[str] = []
-    if facts is not None and facts.weight_bytes and facts.heads:
+    notes = []
+    if facts is not None and facts.problems:
+        # A config.json we cannot read sizes nothing: the profile's default allocation, and why.
+        notes.append(f"Cannot size {served} from its files ({'; '.join(facts.problems)}): using the profile's "
+                     "default allocation (pass --gpus and --gpu-type to choose).")
+    if facts is not None and not facts.problems and facts.weight_bytes and facts.heads:
         allocation, reasons = choose_allocation(profile, facts, gpu_type=gpu_type, gpus=gpus,
                                                 context=_context_arg(engine_args))
         gpu, count = allocation.gpu, allocation.count
@@ -122,7 +133,6 @@ def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts |
         family = family_from_name(served)
         source = "its name"
     defaults = family.parsers(engine) if family else Parsers()
-    notes = []
     if family is None:
         notes.append(
             f"The family of {served!r} is not known from {source}: launching without tool-call and "
@@ -134,7 +144,8 @@ def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts |
     if (engine == "vllm" and defaults.tool_chat_template and tool == defaults.tool and tool
             and not any(a.startswith("--chat-template") for a in engine_args)):
         # vLLM's own tool chat template for this family, as shipped in its image's examples/.
-        extra += ("--chat-template", f"{profile.vllm_examples_dir.rstrip('/')}/{defaults.tool_chat_template}")
+        extra += ("--chat-template",
+                  path_word(f"{profile.vllm_examples_dir.rstrip('/')}/{defaults.tool_chat_template}"))
     command = build_command(
         EngineSpec(engine, model_path, served, count, tool or None, reasoning or None, extra + engine_args)
     )
@@ -158,6 +169,7 @@ def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts |
         extra_sbatch=profile.extra_sbatch,
         prologue=profile.prologue,
         comment=f"hpcllm;model={served};engine={engine}",
+        idle_timeout=profile.idle_timeout if options.idle_timeout is None else options.idle_timeout,
         header=f"jupyter-hpcllm {__version__}",
     )
     # Same script, same job: the name carries a digest of everything that runs, so `up` can find a

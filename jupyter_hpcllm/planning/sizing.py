@@ -45,8 +45,7 @@ class MemoryNeed:
 
 def kv_bytes_per_token(facts: ModelFacts, dtype_bytes: int = 2) -> int:
     if facts.is_mla:
-        rank = int(facts.config.get("kv_lora_rank") or 512) + int(facts.config.get("qk_rope_head_dim") or 64)
-        return facts.layers * rank * dtype_bytes
+        return facts.layers * (facts.kv_lora_rank + facts.qk_rope_head_dim) * dtype_bytes
     return 2 * facts.layers * (facts.kv_heads or 1) * facts.head_dim * dtype_bytes
 
 
@@ -112,7 +111,8 @@ def choose_allocation(profile: Profile, facts: ModelFacts, *, gpu_type: str | No
         raise ConfigError(
             f"{name} has {facts.heads} attention heads and {facts.kv_heads} KV heads: {gpus} GPUs cannot split "
             "them evenly (the tensor-parallel size must divide the heads).",
-            f"Use --gpus {_or(counts)}.",
+            f"Use --gpus {_or(counts)}." if counts else
+            "No GPU count this profile offers splits them evenly: check num_attention_heads in its config.json.",
         )
     if wanted:
         best = wanted[0]
