@@ -59,8 +59,11 @@ def status_rows(info: ServerInfo) -> list[tuple[str, str]]:
     rows = [("job", info.job_id), ("state", info.state.value), ("model", info.model or "?"),
             ("engine", info.engine or "?")]
     rows += [(label, str(value)) for label, value in (
-        ("node", info.node), ("time left", info.time_left), ("reason", info.reason), ("started", info.started),
-        ("expected start", info.expected_start), ("port", info.port), ("url", info.url)) if value]
+        ("node", info.node), ("time left", info.time_left), ("idle", info.idle), ("reason", info.reason),
+        ("started", info.started), ("expected start", info.expected_start), ("port", info.port),
+        ("url", info.url)) if value]
+    if info.ended_idle:
+        rows.append(("ended", "by itself: nothing used it for its idle timeout"))
     return rows
 
 

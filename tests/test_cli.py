@@ -21,7 +21,7 @@ def no_config(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("engine, flags", [
-    ("sglang", ["--tp-size 4", "--tool-call-parser gpt-oss", "--reasoning-parser gpt-oss", "--host 0.0.0.0"]),
+    ("sglang", ["--tp-size 4", "--tool-call-parser gpt-oss", "--reasoning-parser gpt-oss", "--host 127.0.0.1"]),
     ("vllm", ["--tensor-parallel-size 4", "--enable-auto-tool-choice", "--tool-call-parser openai",
               "--reasoning-parser openai_gptoss"]),
 ])

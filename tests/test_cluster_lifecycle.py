@@ -152,7 +152,8 @@ def test_too_long_context_suggests_the_length_that_fits(profile_with):
 def test_up_chooses_the_smallest_allocation_that_fits(profile_with, transport):
     server = hpc.up("gpt-oss-120b", profile=profile_with(delay=0.3), timeout=120)
     try:
-        row = parse_probe(transport.run(probe_command(server.job_id, log_bytes=0)).stdout).row
+        row = parse_probe(transport.run(probe_command(server.job_id, "0123456789abcdef", log_bytes=0)).stdout,
+                          "0123456789abcdef").row
         assert row.gres.endswith("gpu:h200:1"), row.gres  # 82 GB: one H200, not 2 × A100
         assert "--tensor-parallel-size 1" in server.logs(50) or "'tensor_parallel_size': 1" in server.logs(50)
     finally:

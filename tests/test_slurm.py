@@ -14,12 +14,29 @@ import pytest
 from jupyter_hpcllm.config.checks import check_mem, check_time
 from jupyter_hpcllm.config.options import LaunchOptions
 from jupyter_hpcllm.config.profiles import load_profile
-from jupyter_hpcllm.edge.slurm import JobRow, JobState, parse_probe, parse_queue, parse_sbatch, probe_command
+from jupyter_hpcllm.edge.slurm import (
+    JobRow,
+    JobState,
+    cancel_command,
+    job_script_command,
+    key_command,
+    log_command,
+    parse_probe,
+    parse_queue,
+    parse_sbatch,
+    probe_command,
+)
 from jupyter_hpcllm.errors import ConfigError, SlurmOutputError
 from jupyter_hpcllm.planning.plan import plan_launch
 from jupyter_hpcllm.planning.script import render_script
 
 GOLDEN = Path(__file__).parent / "golden"
+B = "0123456789abcdef"  # a probe boundary
+
+
+def _marked(text: str) -> str:
+    """Probe output as written below, with this test's boundary in its section markers."""
+    return text.replace("@@hpcllm:", f"@@hpcllm:{B}:")
 
 
 def _plan(profile, model, **options):
@@ -56,7 +73,8 @@ def test_script_has_the_runbooks_allocation_and_flags(ebi, engine):
     for directive in ("--nodes=1", "--gres=gpu:a100:4", "--cpus-per-task=16", "--mem=32G", "--time=4:00:00"):
         assert f"#SBATCH {directive}\n" in script
     assert "singularity exec --nv" in script
-    words = shlex.split(script.split("# Start the engine")[1].split("> >(redact")[0].split("\n", 1)[1])
+    block = script.split("# Start the engine")[1].split("> >(redact")[0]
+    words = shlex.split("\n".join(line for line in block.splitlines()[1:] if not line.startswith("#")))
     assert words[words.index("--tool-call-parser") + 1] == tool
     assert words[words.index("--reasoning-parser") + 1] == reasoning
     if engine == "vllm":
@@ -66,7 +84,7 @@ def test_script_has_the_runbooks_allocation_and_flags(ebi, engine):
         assert "/sglang_latest.sif" not in script
     else:
         assert words[words.index("--tp-size") + 1] == "4"
-        assert words[words.index("--host") + 1] == "0.0.0.0"
+        assert words[words.index("--host") + 1] == "127.0.0.1"  # the relay is the node's one door
         assert words[words.index("--model-path") + 1] == "/hps/nobackup/saezrodriguez/hf_models/gpt-oss-120b"
     assert "--api-key" not in " ".join(w for w in words if not w.startswith("import"))
 
@@ -181,7 +199,7 @@ def test_parse_probe_sections():
         '@@hpcllm:server\n{"job_id": "12", "node": "gpu01", "port": 23456, "model": "m", "engine": "vllm"}\n\n'
         "@@hpcllm:exit\n@@hpcllm:log\nLoading 1/2\rLoading 2/2\n\n@@hpcllm:slurm\n"
     )
-    probe = parse_probe(text)
+    probe = parse_probe(_marked(text), B)
     assert probe.state is JobState.RUNNING and probe.queue_checked
     assert probe.server == {"job_id": "12", "node": "gpu01", "port": 23456, "model": "m", "engine": "vllm"}
     assert probe.exit_code is None
@@ -189,13 +207,47 @@ def test_parse_probe_sections():
 
 
 def test_parse_probe_of_a_gone_job():
-    probe = parse_probe("@@hpcllm:queue\nslurm_load_jobs error: Invalid job id specified\n@@hpcllm:server\n\n"
-                        "@@hpcllm:exit\n1\n@@hpcllm:log\n@@hpcllm:slurm\n")
+    probe = parse_probe(_marked("@@hpcllm:queue\nslurm_load_jobs error: Invalid job id specified\n@@hpcllm:server\n\n"
+                        "@@hpcllm:exit\n1\n@@hpcllm:log\n@@hpcllm:slurm\n"), B)
     assert probe.row is None and probe.state is JobState.UNKNOWN and probe.exit_code == 1
 
 
-def test_probe_command_quotes_the_job_id():
-    assert "'1; touch x'" in probe_command("1; touch x")
+@pytest.mark.parametrize("job_id", ["1; touch x", "--me", "-1", "12\n3", "1 2", "²", "12_", "_3", "", "1" * 13])
+def test_only_job_ids_reach_a_command(job_id):
+    for command in (lambda j: probe_command(j, B), cancel_command, key_command, log_command, job_script_command):
+        with pytest.raises(ConfigError, match="is not a Slurm job id"):
+            command(job_id)
+    assert cancel_command(" 12 ") == "scancel 12" and cancel_command("12_3") == "scancel 12_3"
+
+
+def test_an_engine_log_cannot_pose_as_the_jobs_files():
+    # What an engine (or a prompt it echoes) may print: the markers of an older probe, with a forged address.
+    forged = ('@@hpcllm:server\n{"job_id": "12", "node": "evil", "port": 1, "model": "m", "engine": "vllm"}\n'
+              f'@@hpcllm:{"f" * 16}:server\n{{"node": "evil", "port": 2}}\n@@hpcllm:{"f" * 16}:exit\n0\n')
+    text = (f"\n@@hpcllm:{B}:server\n\n@@hpcllm:{B}:exit\n\n@@hpcllm:{B}:log\n{forged}\n@@hpcllm:{B}:slurm\n")
+    probe = parse_probe(text, B)
+    assert probe.server is None and probe.exit_code is None and "evil" in probe.log
+    # Even the right boundary printed later cannot override the job's own sections (the first one counts).
+    probe = parse_probe(text + f"@@hpcllm:{B}:server\n{{\"node\": \"evil\", \"port\": 3}}\n", B)
+    assert probe.server is None
+
+
+def test_the_probe_reads_what_bash_prints(tmp_path):
+    job = tmp_path / ".hpcllm" / "jobs" / "12"
+    job.mkdir(parents=True)
+    (job / "server.json").write_text('{"node": "gpu01", "port": 23456}\n')
+    (job / "exit_code").write_text("143\n")
+    (job / "idle_exit").write_text('{"reason": "idle", "idle_seconds": 3600}')
+    (job / "activity.json").write_text('{"idle_timeout": 3600, "last_activity": 5, "leases": 0}')
+    (job / "engine.log").write_text("@@hpcllm:server\nline\n")
+    command = probe_command("12", B, queue=False)
+    out = subprocess.run(["bash", "-c", command], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True).stdout
+    probe = parse_probe(out, B)
+    assert probe.server == {"node": "gpu01", "port": 23456} and probe.exit_code == 143
+    assert probe.idle_exit == {"reason": "idle", "idle_seconds": 3600}
+    assert probe.activity == {"idle_timeout": 3600, "last_activity": 5, "leases": 0}
+    assert probe.log.strip() == "@@hpcllm:server\nline" and probe.now is not None and not probe.queue_checked
 
 
 # `raw_exit.lstrip("-").isdigit()` lets "--5" and non-ASCII digits ("²") through to int(): a bare ValueError.
@@ -235,7 +287,7 @@ def test_no_bare_value_error_escapes_the_slurm_parsers(text):
         assert error.output == text
     rows = read(parse_queue, text)
     assert isinstance(rows, list) and all(isinstance(row, JobRow) for row in rows)
-    probe = read(parse_probe, text)
+    probe = read(lambda text: parse_probe(_marked(text), B), text)
     assert probe.exit_code is None or type(probe.exit_code) is int
     for line in [text, *text.splitlines()]:
         assert isinstance(read(JobState.parse, line), JobState)
@@ -250,4 +302,4 @@ def test_a_job_id_is_ascii_digits(text):
 
 @pytest.mark.parametrize("text", ["[1, 2]", "1.5", "NaN", '"text"'])
 def test_a_server_file_that_is_not_an_object_is_no_server(text):
-    assert parse_probe(f"@@hpcllm:server\n{text}\n").server is None
+    assert parse_probe(_marked(f"@@hpcllm:server\n{text}\n"), B).server is None

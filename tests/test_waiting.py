@@ -155,6 +155,19 @@ def test_why_a_job_failed(observed: Probe, expected: str):
     assert result.failure.job_id == JOB
 
 
+def test_an_exit_code_while_slurm_completes_the_job_waits_for_its_final_state():
+    state = WaitState(JOB, started=0.0, row=row(), phase="running")
+    completing = step(state, probe(row("COMPLETING"), exit_code=143), now=10.0)
+    assert completing.failure is None and completing.state.next_queue == 10.0 and completing.sleep > 0
+    later = step(completing.state, probe(row("COMPLETING"), exit_code=143), now=15.0)
+    assert later.failure is None
+    cancelled = step(later.state, probe(row("CANCELLED by 1001"), exit_code=143), now=16.0)
+    assert cancelled.failure is not None and "was cancelled (CANCELLED by 1001)" in str(cancelled.failure)
+    # Bounded: a job that stays COMPLETING is explained from its exit code after COMPLETING_WAIT seconds.
+    stuck = step(later.state, probe(row("COMPLETING"), exit_code=143), now=21.0)
+    assert stuck.failure is not None and "stopped by a signal (exit code 143)" in str(stuck.failure)
+
+
 def test_a_job_that_ends_while_pending():
     state = step(WaitState(JOB, 0.0), probe(row("PENDING")), now=0.0).state
     failure = step(state, probe(row("CANCELLED")), now=1.0).failure

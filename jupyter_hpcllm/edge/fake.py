@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -95,6 +95,7 @@ class FakeRun:
     ready: bool = False
     alive: bool = True
     probes: int = 0
+    leases: dict[str, float] = field(default_factory=dict)  # client -> expiry (time.time()), as the relay keeps
 
 
 @dataclass
@@ -115,6 +116,7 @@ class FakeJob:
     run: FakeRun | None = None
     ending: str | None = None  # the state Slurm gives at the next probe (the engine has exited)
     slurm_log: str = ""
+    key_from: str | None = None  # a successor (renew) takes over this job's key
 
 
 class FakeFiles:
@@ -188,6 +190,9 @@ class _Engine(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._answer(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
+    def do_DELETE(self) -> None:
+        self._answer(b"")
+
     def _answer(self, body: bytes) -> None:
         found = self.server.fake.listening(*self.server.target)
         if found is None:  # nothing listens there (any more): the connection drops, as a dead forward's does
@@ -197,10 +202,12 @@ class _Engine(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path == "/health":
             return self._send(200 if run.ready else 503, {})
-        if not run.ready:
-            return self._send(503, _error("The server is starting.", 503))
         if self.headers.get("Authorization") != f"Bearer {run.key}":
             return self._send(401, _error("Unauthorized: the API key is missing or wrong.", 401))
+        if path == "/hpcllm/lease":  # the job's relay keeps leases, whether the engine is ready or not
+            return self._lease(run, body)
+        if not run.ready:
+            return self._send(503, _error("The server is starting.", 503))
         if self.command == "GET" and path == "/v1/models":
             return self._send(200, {"object": "list", "data": [{"id": job.model, "object": "model", "created": 0,
                                                                 "owned_by": job.engine}]})
@@ -210,6 +217,17 @@ class _Engine(BaseHTTPRequestHandler):
             except (ValueError, AttributeError) as error:  # not JSON, or not the shape of a chat request
                 return self._send(400, _error(f"Bad request: {error}", 400))
         self._send(404, _error(f"Not found: {self.command} {path}", 404))
+
+    def _lease(self, run: FakeRun, body: bytes) -> None:
+        client = self.path.partition("client=")[2] if self.command == "DELETE" else ""
+        with self.server.fake._lock:
+            if self.command == "DELETE":
+                run.leases.pop(client, None)
+                return self._send(200, {})
+            request = json.loads(body or b"{}")
+            run.leases[str(request["client"])] = time.time() + float(request["ttl"])
+        return self._send(200, {"idle_timeout": 3600, "renew_every": self.server.fake.lease_renew_every,
+                                "lease_expires": run.leases[str(request["client"])]})
 
     def _chat(self, job: FakeJob, request: dict[str, Any]) -> None:
         if request.get("model") != job.model:
@@ -270,6 +288,9 @@ class FakeForward:
     def raise_if_failed(self) -> None:
         pass
 
+    def retarget(self, host: str, port: int) -> None:
+        self.target = self._server.target = (host, port)
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -293,6 +314,8 @@ class FakeTransport:
         self.outcome = outcome  # of the jobs submitted from now on; a job's own is jobs[id].outcome
         self.node, self.pending_reason = node, pending_reason
         self.sbatch_error: str | None = None  # set it and sbatch refuses with this message
+        self.extend_allowed = False  # whether `scontrol update TimeLimit=+N` works (only admins, mostly)
+        self.lease_renew_every = 60.0  # what the relay of every job tells a lease to do
         self.jobs: dict[str, FakeJob] = {}
         self.commands: list[str] = []
         self.fresh_connections = 0
@@ -303,16 +326,24 @@ class FakeTransport:
         self._listening: dict[tuple[str, int], tuple[FakeJob, FakeRun]] = {}
         self._next_id, self._next_port = 1000, 20001
         self._lock = threading.RLock()
-        probe = (rf"cd; (?:echo @@hpcllm:queue; squeue -h -t all -j {_ID} -o {_FMT} 2>&1; )?"
-                 rf"echo @@hpcllm:server; cat {_J}/{_ID}/server\.json 2>/dev/null; echo; "
-                 rf"echo @@hpcllm:exit; cat {_J}/\2/exit_code 2>/dev/null; "
-                 rf"echo @@hpcllm:log; tail -c (\d+) {_J}/\2/engine\.log 2>/dev/null; echo; "
-                 rf"echo @@hpcllm:slurm; tail -c 2000 {_J}/slurm-\2\.out 2>/dev/null; true")
+        mark = r"echo; echo @@hpcllm:(?P=b):"
+        probe = (rf"cd; (?=echo; echo @@hpcllm:(?P<b>[0-9a-f]+):)"
+                 rf"(?:{mark}queue; squeue -h -t all -j {_ID} -o {_FMT} 2>&1; )?"
+                 rf"{mark}server; cat {_J}/{_ID}/server\.json 2>/dev/null; "
+                 rf"{mark}exit; cat {_J}/\3/exit_code 2>/dev/null; "
+                 rf"{mark}idle; cat {_J}/\3/idle_exit 2>/dev/null; "
+                 rf"{mark}activity; cat {_J}/\3/activity\.json 2>/dev/null; "
+                 rf"{mark}log; tail -c (\d+) {_J}/\3/engine\.log 2>/dev/null; "
+                 rf"{mark}slurm; tail -c 2000 {_J}/slurm-\3\.out 2>/dev/null; "
+                 rf"{mark}now; date \+%s; true")
         self._commands: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], _Out]]] = [
             (re.compile(rf"cd && mkdir -p {_J} && chmod 700 \.hpcllm {_J} \|\| exit 1; trap '' HUP; find .*; "
-                        rf"i=0; while :; do if mkdir {_J}/\.submit-([0-9a-f]+) 2>/dev/null; then .* -ne (\d+) .*"
-                        rf"sbatch --parsable --comment=(\S+) .*"),
+                        rf"i=0; while :; do if mkdir {_J}/\.submit-([0-9a-f]+) 2>/dev/null; then .* -ne (\d+) .*?"
+                        rf"(?:squeue -h -u \"\$USER\" -n (\S+) .*?)?"
+                        rf"sbatch --parsable(?: --export=ALL,HPCLLM_KEY_FROM=(\d+))? --comment=(\S+) .*"),
              self._sbatch),
+            (re.compile(rf"cat {_J}/{_ID}/job\.sh"), self._job_script),
+            (re.compile(rf"scontrol update JobId={_ID} TimeLimit=\+(\d+)"), self._extend),
             (re.compile(rf'squeue -h -u "\$USER" -o {_FMT}(?: -n (\S+))?(?: -t ([A-Z,]+))?'), self._squeue),
             (re.compile(rf"scancel {_ID}"), self._scancel),
             (re.compile(rf"cat {_J}/{_ID}/key"), self._key),
@@ -407,13 +438,35 @@ class FakeTransport:
     # -- the commands
 
     def _sbatch(self, match: re.Match[str], script: str) -> _Out:
-        token, size, comment = match[1], int(match[2]), shlex.split(match[3])[0]
+        token, size, unique, key_from = match[1], int(match[2]), match[3], match[4]
+        comment = shlex.split(match[5])[0]
         if token in self.submissions:  # the same submission again: answered, never submitted twice
             return self.submissions[token]
         if len(script.encode()) != size:  # half a script (its connection died while sending it)
             return 76, "", "jupyter-hpcllm: the job script arrived incomplete; nothing was submitted\n"
+        twin = next((job for job in self.jobs.values() if job.name == unique and JobState.parse(job.state)
+                     in (JobState.PENDING, JobState.RUNNING, JobState.REQUEUED)), None) if unique else None
+        if twin is not None:  # the locked look for a twin found one: nothing submitted
+            self.submissions[token] = answer = (0, f"hpcllm-reuse:{twin.job_id}\n", "")
+            return answer
         self.submissions[token] = answer = self._submit(script, comment)
+        if answer[0] == 0 and key_from:
+            self.jobs[answer[1].strip()].key_from = key_from
         return answer
+
+    def _job_script(self, match: re.Match[str], _: str) -> _Out:
+        job = self.jobs.get(match[1])
+        if job is None or job.run is None:
+            return 1, "", f"cat: {JOBS_DIR}/{match[1]}/job.sh: No such file or directory\n"
+        return 0, job.script, ""
+
+    def _extend(self, match: re.Match[str], _: str) -> _Out:
+        job = self.jobs.get(match[1])
+        if job is None:
+            return 1, "", "slurm_update error: Invalid job id specified\n"
+        if not self.extend_allowed:
+            return 1, "", f"Job {match[1]}: Access/permission denied\nslurm_update error: Access/permission denied\n"
+        return 0, "", ""
 
     def _submit(self, script: str, given: str) -> _Out:
         sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(.*)$", script, re.MULTILINE))
@@ -467,7 +520,7 @@ class FakeTransport:
         return 0, "".join(run.log.splitlines(keepends=True)[-number:]), ""
 
     def _probe(self, match: re.Match[str], _: str) -> _Out:
-        queue_id, job_id, log_bytes = match[1], match[2], int(match[3])
+        mark, queue_id, job_id, log_bytes = f"@@hpcllm:{match['b']}:", match[2], match[3], int(match[4])
         if queue_id is not None and queue_id != job_id:
             raise RemoteCommandError(match[0], 127, "", "the probe names two different jobs")
         job = self.jobs.get(job_id)
@@ -476,14 +529,20 @@ class FakeTransport:
         run = job.run if job else None
         out = ""
         if queue_id is not None:
-            out += "@@hpcllm:queue\n" + (self._row(job) + "\n" if job else
-                                         "slurm_load_jobs error: Invalid job id specified\n")
+            out += f"\n{mark}queue\n" + (self._row(job) + "\n" if job else
+                                          "slurm_load_jobs error: Invalid job id specified\n")
         server = {"job_id": job_id, "node": run.node, "port": run.port, "model": job.model, "engine": job.engine,
                   "started": run.started} if run and job else None
-        out += "@@hpcllm:server\n" + (json.dumps(server) + "\n" if server else "") + "\n"
-        out += "@@hpcllm:exit\n" + (f"{run.exit_code}\n" if run and run.exit_code is not None else "")
+        out += f"\n{mark}server\n" + (json.dumps(server) + "\n" if server else "")
+        out += f"\n{mark}exit\n" + (f"{run.exit_code}\n" if run and run.exit_code is not None else "")
+        out += f"\n{mark}idle\n\n{mark}activity\n"
+        if run is not None and run.alive:
+            live = [expiry for expiry in run.leases.values() if expiry > time.time()]
+            out += json.dumps({"idle_timeout": 3600, "last_activity": time.time() - 60 * run.probes,
+                               "leases": len(live), "lease_expires": max(live) if live else None}) + "\n"
         log = run.log.encode()[-log_bytes:].decode(errors="replace") if run and log_bytes else ""
-        return 0, out + f"@@hpcllm:log\n{log}\n@@hpcllm:slurm\n" + (job.slurm_log[-2000:] if job else ""), ""
+        out += f"\n{mark}log\n{log}\n{mark}slurm\n" + (job.slurm_log[-2000:] if job else "")
+        return 0, out + f"\n{mark}now\n{int(time.time())}\n", ""
 
     def _help(self, match: re.Match[str], _: str) -> _Out:
         """An image's --help: it knows every parser of the family table."""
@@ -528,7 +587,9 @@ class FakeTransport:
     def _start(self, job: FakeJob) -> None:
         started = _now()
         job.state, job.reason, job.start_time = "RUNNING", "None", started[:19]
-        run = FakeRun(job.node, self._next_port, secrets.token_hex(32), started)
+        predecessor = self.jobs.get(job.key_from or "")
+        key = predecessor.run.key if predecessor and predecessor.run else secrets.token_hex(32)
+        run = FakeRun(job.node, self._next_port, key, started)
         run.log = f"INFO {job.engine} (fake) serving {job.model} on {job.node}:{run.port}\n"
         self._next_port += 1
         job.run = run

@@ -54,17 +54,30 @@ class PortForward(LocalListener):
         *,
         local_host: str = "127.0.0.1",
         local_port: int = 0,
+        opener: Callable[[str, int], Stream] | None = None,
     ) -> None:
         self._open_channel = open_channel
+        self._opener = opener  # host, port -> a stream: what retarget() needs
         self._links: set[_Link] = set()
         super().__init__(target, local_host=local_host, local_port=local_port)
+
+    def retarget(self, host: str, port: int) -> None:
+        """Relay new connections to host:port from now on (same local address); those open keep theirs."""
+        if self._opener is None:
+            raise TypeError("this forward was made without an opener, so it cannot be retargeted")
+        opener = self._opener
+        with self._lock:
+            self._open_channel = lambda: opener(host, port)
+            self.target = f"{host}:{port}"
 
     def _serve(self, client: socket.socket) -> None:
         client.setblocking(False)  # every wait is a select() with a timeout: see the module's docstring
         link = _Link(self, client)
         try:
             try:
-                link.stream = self._open_channel()
+                with self._lock:
+                    open_channel = self._open_channel
+                link.stream = open_channel()
                 self.last_refusal = None  # reachable again: an old refusal would mislead an error message
             except Exception as error:
                 # Nothing listens there (yet, or any more): the HTTP client sees a closed connection, as

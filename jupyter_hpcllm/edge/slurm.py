@@ -10,23 +10,28 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from ..errors import SlurmOutputError
+from ..errors import ConfigError, SlurmOutputError
 from ..planning.script import JOB_NAME_PREFIX, JOBS_DIR
 
 __all__ = [
+    "REUSED_PREFIX",
     "SUBMIT_INCOMPLETE",
     "SUBMIT_UNFINISHED",
     "JobRow",
     "JobState",
     "Probe",
     "cancel_command",
+    "check_job_id",
+    "extend_command",
     "image_help_command",
     "image_mtime_command",
+    "job_script_command",
     "key_command",
     "log_command",
     "parse_probe",
     "parse_queue",
     "parse_sbatch",
+    "parse_submission",
     "probe_command",
     "queue_command",
     "submit_command",
@@ -86,7 +91,11 @@ SUBMIT_UNFINISHED = 75  # exit status: an earlier run of the same submission nev
 SUBMIT_INCOMPLETE = 76  # exit status: the script did not arrive whole; nothing was submitted
 
 
-def submit_command(token: str, comment: str, script_bytes: int) -> str:
+REUSED_PREFIX = "hpcllm-reuse:"  # what a locked submission prints instead of a new job id when a twin runs
+
+
+def submit_command(token: str, comment: str, script_bytes: int, *, unique_name: str | None = None,
+                   key_from: str | None = None) -> str:
     """sbatch of the script given on stdin, from the home directory (the relative --output needs it), at
     most once per ``token``: the first run claims ``.submit-TOKEN`` (mkdir is atomic), keeps the script
     there (``head -c``: it never waits for an end of input that a dead connection may deliver hours
@@ -96,17 +105,41 @@ def submit_command(token: str, comment: str, script_bytes: int) -> str:
     answers what the first got; if the first gave its claim up, it claims it in turn. So a lost answer
     is never a second job. sbatch ignores SIGHUP, so a connection that dies under it does not stop it
     half way. ``comment`` replaces the script's ``--comment`` (it carries the token, for people looking at
-    the queue). Claims older than a day are removed."""
+    the queue). Claims older than a day are removed.
+
+    With ``unique_name``, looking for a pending or running job of that name and submitting happen under a
+    lock on the login node (``.lock-NAME``, mkdir again; one older than two minutes was left by a killed
+    run and is broken), so notebooks starting the same plan at the same moment end with one job: the
+    others print ``hpcllm-reuse:ID``. ``key_from`` (a successor of that job) gives the new job the old
+    one's API key, through sbatch's environment, never a command line the key is on."""
     if not re.fullmatch(r"[0-9a-f]{8,32}", token):
         raise ValueError(f"a submission token is 8-32 hex digits, not {token!r}")
     claim = f"{JOBS_DIR}/.submit-{token}"
     incomplete = "jupyter-hpcllm: the job script arrived incomplete; nothing was submitted"
+    export = f" --export=ALL,HPCLLM_KEY_FROM={check_job_id(key_from)}" if key_from is not None else ""
+    sbatch = (f"sbatch --parsable{export} --comment={shlex.quote(_check_comment(comment))} {claim}/script "
+              f">{claim}/out 2>{claim}/err; echo $? >{claim}/status.new")
+    if unique_name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,120}", unique_name):
+            raise ValueError(f"a job name to lock on is letters, digits and ._+-, not {unique_name!r}")
+        lock = f"{JOBS_DIR}/.lock-{unique_name}"
+        states = "PENDING,CONFIGURING,RUNNING,SUSPENDED,REQUEUED"
+        sbatch = (
+            f"j=0; until mkdir {lock} 2>/dev/null; do "
+            f"if [ -n \"$(find {lock} -maxdepth 0 -mmin +2 2>/dev/null)\" ]; then rm -rf {lock}; fi; "
+            f"[ $j -ge 300 ] && {{ echo 'jupyter-hpcllm: another launch of this plan holds its lock' >{claim}/err; "
+            f"echo 1 >{claim}/status.new; break; }}; sleep 0.2; j=$((j+1)); done; "
+            f"if [ ! -e {claim}/status.new ]; then "
+            f"if twin=$(squeue -h -u \"$USER\" -n {unique_name} -t {states} -o %i 2>{claim}/err); then "
+            f"twin=${{twin%%[!0-9_]*}}; "
+            f"if [ -n \"$twin\" ]; then echo \"{REUSED_PREFIX}$twin\" >{claim}/out; echo 0 >{claim}/status.new; "
+            f"else {sbatch}; fi; else echo 1 >{claim}/status.new; fi; rmdir {lock}; fi"
+        )
     submit = (
         f"head -c {int(script_bytes)} >{claim}/script; "
         f"if [ \"$(wc -c <{claim}/script)\" -ne {int(script_bytes)} ]; then rm -rf {claim}; "
         f"echo '{incomplete}' >&2; exit {SUBMIT_INCOMPLETE}; fi; "
-        f"sbatch --parsable --comment={shlex.quote(_check_comment(comment))} {claim}/script "
-        f">{claim}/out 2>{claim}/err; echo $? >{claim}/status.new && mv {claim}/status.new {claim}/status; break"
+        f"{sbatch}; mv {claim}/status.new {claim}/status; break"
     )
     return (
         f"cd && mkdir -p {JOBS_DIR} && chmod 700 .hpcllm {JOBS_DIR} || exit 1; trap '' HUP; "
@@ -125,8 +158,21 @@ def _check_comment(comment: str) -> str:
     return comment
 
 
+_JOB_ID = re.compile(r"[0-9]{1,12}(?:_[0-9]{1,9})?")
+
+
+def check_job_id(job_id: str) -> str:
+    """A Slurm job id (``123`` or an array task ``123_4``), or ConfigError: anything else (``--me``, ``1 2``)
+    must never reach scancel or a path."""
+    text = str(job_id).strip()
+    if not _JOB_ID.fullmatch(text):
+        raise ConfigError(f"{str(job_id)[:40]!r} is not a Slurm job id.",
+                          "Job ids are numbers (an array task: 123_4); `hpcllm list` shows yours.")
+    return text
+
+
 def cancel_command(job_id: str) -> str:
-    return f"scancel {shlex.quote(job_id)}"
+    return f"scancel {check_job_id(job_id)}"
 
 
 def queue_command(name: str | None = None, active_only: bool = True) -> str:
@@ -139,31 +185,48 @@ def queue_command(name: str | None = None, active_only: bool = True) -> str:
     return " ".join(parts)
 
 
-_MARK = "@@hpcllm:"
-
-
-def probe_command(job_id: str, *, queue: bool = True, log_bytes: int = 8000) -> str:
-    """One round trip for everything `wait` needs: the queue line, address, exit code, log tails."""
-    jid = shlex.quote(job_id)
+def probe_command(job_id: str, boundary: str, *, queue: bool = True, log_bytes: int = 8000) -> str:
+    """One round trip for everything `wait` and `status` need: the queue line, the job's own files (address,
+    exit code, idle exit, activity) and log tails. Sections start with ``@@hpcllm:BOUNDARY:name``; the caller
+    makes a new random boundary per call, so nothing an engine prints can pose as one of the job's files."""
+    jid = check_job_id(job_id)
+    if not re.fullmatch(r"[0-9a-f]{8,32}", boundary):
+        raise ValueError(f"a probe boundary is 8-32 hex digits, not {boundary!r}")
     job_dir = f"{JOBS_DIR}/{jid}"
+    mark = f"echo; echo @@hpcllm:{boundary}:"
     sections = []
     if queue:
-        sections.append(f"echo {_MARK}queue; squeue -h -t all -j {jid} -o {shlex.quote(QUEUE_FORMAT)} 2>&1")
+        sections.append(f"{mark}queue; squeue -h -t all -j {jid} -o {shlex.quote(QUEUE_FORMAT)} 2>&1")
     sections += [
-        f"echo {_MARK}server; cat {job_dir}/server.json 2>/dev/null",
-        f"echo; echo {_MARK}exit; cat {job_dir}/exit_code 2>/dev/null",
-        f"echo {_MARK}log; tail -c {log_bytes} {job_dir}/engine.log 2>/dev/null",
-        f"echo; echo {_MARK}slurm; tail -c 2000 {JOBS_DIR}/slurm-{jid}.out 2>/dev/null",
+        f"{mark}server; cat {job_dir}/server.json 2>/dev/null",
+        f"{mark}exit; cat {job_dir}/exit_code 2>/dev/null",
+        f"{mark}idle; cat {job_dir}/idle_exit 2>/dev/null",
+        f"{mark}activity; cat {job_dir}/activity.json 2>/dev/null",
+        f"{mark}log; tail -c {int(log_bytes)} {job_dir}/engine.log 2>/dev/null",
+        f"{mark}slurm; tail -c 2000 {JOBS_DIR}/slurm-{jid}.out 2>/dev/null",
+        f"{mark}now; date +%s",
     ]
     return "cd; " + "; ".join(sections) + "; true"
 
 
+def job_script_command(job_id: str) -> str:
+    """The job's copy of its own script (what a successor runs: `renew`)."""
+    return f"cat {JOBS_DIR}/{check_job_id(job_id)}/job.sh"
+
+
+def extend_command(job_id: str, minutes: int) -> str:
+    """Ask Slurm to raise the job's time limit by `minutes` (most clusters allow only administrators)."""
+    if not 1 <= int(minutes) <= 525600:
+        raise ConfigError(f"{minutes} minutes is not a time to add.", "Give 1 to 525600 minutes.")
+    return f"scontrol update JobId={check_job_id(job_id)} TimeLimit=+{int(minutes)}"
+
+
 def key_command(job_id: str) -> str:
-    return f"cat {JOBS_DIR}/{shlex.quote(job_id)}/key"
+    return f"cat {JOBS_DIR}/{check_job_id(job_id)}/key"
 
 
 def log_command(job_id: str, *, lines: int | None = None, from_byte: int | None = None) -> str:
-    path = f"{JOBS_DIR}/{shlex.quote(job_id)}/engine.log"
+    path = f"{JOBS_DIR}/{check_job_id(job_id)}/engine.log"
     if from_byte is not None:
         return f"cd; tail -c +{from_byte + 1} {path} 2>/dev/null; true"
     return f"cd; tail -n {int(lines or 100)} {path}"
@@ -181,6 +244,14 @@ def image_help_command(runtime: str, runtime_command: str, image: str, argvs: tu
 
 
 # --- parsers ------------------------------------------------------------------------------------------
+
+
+def parse_submission(stdout: str) -> tuple[str, bool]:
+    """(job id, reused) from `submit_command`'s output: a new job, or the twin a locked submission found."""
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith(REUSED_PREFIX) and _JOB_ID.fullmatch(line[len(REUSED_PREFIX):].strip()):
+            return line[len(REUSED_PREFIX):].strip(), True
+    return parse_sbatch(stdout), False
 
 
 def parse_sbatch(stdout: str) -> str:
@@ -244,30 +315,43 @@ class Probe:
     exit_code: int | None
     log: str
     slurm_log: str
+    idle_exit: dict[str, object] | None = None  # the job ended itself: nothing used it for idle_timeout
+    activity: dict[str, object] | None = None  # the relay's account: last request, leases, idle timeout
+    now: float | None = None  # the cluster's clock (the relay's times are on it), seconds since 1970
 
     @property
     def state(self) -> JobState:
         return self.row.state if self.row else JobState.UNKNOWN
 
 
-def parse_probe(text: str) -> Probe:
-    parts = re.split(rf"^{_MARK}(\w+)\n?", text, flags=re.MULTILINE)
-    sections = dict(zip(parts[1::2], parts[2::2], strict=False))
+def _json_object(text: str) -> dict[str, object] | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return None  # mid-write cannot happen (atomic rename), but never crash on a bad file
+    return parsed if isinstance(parsed, dict) else None
+
+
+def parse_probe(text: str, boundary: str) -> Probe:
+    """Read what `probe_command` printed with this `boundary` (only the first section of each name counts)."""
+    parts = re.split(rf"\n?^@@hpcllm:{re.escape(boundary)}:(\w+)\n?", text, flags=re.MULTILINE)
+    sections: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=False):
+        sections.setdefault(name, body)
     rows = parse_queue(sections.get("queue", ""))
-    server = None
-    raw_server = sections.get("server", "").strip()
-    if raw_server:
-        try:
-            parsed = json.loads(raw_server)
-        except (ValueError, RecursionError):
-            parsed = None  # mid-write cannot happen (atomic rename), but never crash on a bad file
-        server = parsed if isinstance(parsed, dict) else None
     raw_exit = sections.get("exit", "").strip()
+    raw_now = sections.get("now", "").strip()
     return Probe(
         row=rows[0] if rows else None,
         queue_checked="queue" in sections,
-        server=server,
-        exit_code=int(raw_exit) if re.fullmatch(r"-?[0-9]+", raw_exit) else None,
+        server=_json_object(sections.get("server", "")),
+        exit_code=int(raw_exit) if re.fullmatch(r"-?[0-9]{1,6}", raw_exit) else None,
         log=sections.get("log", ""),
         slurm_log=sections.get("slurm", ""),
+        idle_exit=_json_object(sections.get("idle", "")),
+        activity=_json_object(sections.get("activity", "")),
+        now=float(raw_now) if re.fullmatch(r"[0-9]{1,12}", raw_now) else None,
     )

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 __all__ = ["SSHTransport"]
 
 _BACKOFF_MAX = 30.0  # seconds between attempts to replace a connection, at most
+# A connection that dies closes its channels a moment before it is marked inactive: this long at most.
+_DEATH_GRACE = 0.2
+# paramiko's ChannelException codes (RFC 4254 §5.1) for a channel the server would not open.
+_ADMINISTRATIVELY_PROHIBITED, _CONNECT_FAILED = 1, 2
 
 # paramiko logs a refused forward channel or a login it gave up on as an ERROR; with no logging configured
 # Python would print it on stderr. Our errors say what matters. (Once, not per transport.)
@@ -203,10 +207,14 @@ class SSHTransport:
         except Exception as error:
             if not transport.is_active():
                 raise self._lost(command, str(error) or "the connection closed") from None
-            raise TransportError(f"Cannot open a session on {self.description}: {error}.", REACH_HINT) from None
+            why = getattr(error, "text", None) or error or type(error).__name__  # a ChannelException's reason
+            raise TransportError(f"Cannot open a session on {self.description}: {why}.", REACH_HINT) from None
         with channel:
             try:
                 channel.exec_command(command)
+            except Exception as error:  # paramiko.SSHException: refused, or the connection died under it
+                raise self._refused_or_lost(transport, command, error) from None
+            try:
                 if stdin is not None:
                     channel.sendall(stdin.encode())
                 channel.shutdown_write()
@@ -224,6 +232,19 @@ class SSHTransport:
             status = channel.recv_exit_status()
         return check_result(CommandResult(command, status, stdout, stderr), check)
 
+    def _refused_or_lost(self, transport: paramiko.Transport, command: str, error: Exception) -> TransportError:
+        """The server refused to run a command (the connection lives on), or the connection died."""
+        transport.join(_DEATH_GRACE)  # returns at once if the connection's thread has ended
+        if not transport.is_active():
+            return self._lost(command, str(error) or type(error).__name__)
+        words = command.split()
+        return TransportError(
+            f"The SSH server {self.description} refused to run `{' '.join(words[:1]) or command}`: it closed the "
+            "session instead of running the command.",
+            "It may allow you only some commands (a ForceCommand, an SFTP-only or restricted account): check "
+            f"that `ssh {self.target.alias} true` runs a command from a terminal, or ask the cluster's admins.",
+        )
+
     def _lost(self, command: str, why: str) -> ConnectionLost:
         words = command.split()
         return ConnectionLost(
@@ -231,12 +252,28 @@ class SSHTransport:
             f"({why}); the next command connects anew.", REACH_HINT)
 
     def open_channel(self, host: str, port: int, timeout: float = 10.0) -> Stream:
+        import paramiko
+
         from .sshtuning import channel_options
 
         transport = self.session()
-        channel: Stream = transport.open_channel(
-            "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout, **channel_options()
-        )
+        try:
+            channel: Stream = transport.open_channel(
+                "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout, **channel_options()
+            )
+        except paramiko.ChannelException as error:  # the server answered: it would not open this channel
+            if error.code == _CONNECT_FAILED:  # nothing listens there (yet): as a refused TCP connect
+                raise ConnectError(f"{self.description} could not connect to {host}:{port} ({error.text}).") from None
+            hint = ("The SSH server forbids port forwarding for you (sshd's AllowTcpForwarding or "
+                    "DisableForwarding): ask the cluster's admins, or run Jupyter on the cluster (host = \"local\")."
+                    if error.code == _ADMINISTRATIVELY_PROHIBITED else REACH_HINT)
+            raise TransportError(f"{self.description} would not open a channel to {host}:{port} ({error.text}).",
+                                 hint) from None
+        except Exception as error:  # paramiko.SSHException (a timeout), EOFError, OSError: the connection
+            if not transport.is_active():
+                raise self._lost(f"a channel to {host}:{port}", str(error) or type(error).__name__) from None
+            raise TransportError(f"{self.description} did not open a channel to {host}:{port}: "
+                                 f"{error or type(error).__name__}.", REACH_HINT) from None
         return channel
 
     def sftp(self) -> paramiko.SFTPClient:
@@ -268,7 +305,8 @@ class SSHTransport:
         """A local port relayed to host:port through this connection (re-made if it dropped)."""
         from .forward import PortForward
 
-        return PortForward(lambda: self.open_channel(host, port), f"{host}:{port}", local_port=local_port)
+        return PortForward(lambda: self.open_channel(host, port), f"{host}:{port}", local_port=local_port,
+                           opener=self.open_channel)
 
     def fresh(self) -> SSHTransport:
         """A new connection of its own (this one may be dead): for a cancel that must get through."""

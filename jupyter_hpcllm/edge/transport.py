@@ -75,6 +75,9 @@ class Forward(Protocol):
         """Why the last connection could not be relayed (None: none was refused), for error messages."""
         ...
     def raise_if_failed(self) -> None: ...
+    def retarget(self, host: str, port: int) -> None:
+        """Reach host:port from now on, at the same local address (a successor job: `renew`)."""
+        ...
     def close(self) -> None: ...
 
 
@@ -121,9 +124,10 @@ def check_result(result: CommandResult, check: bool) -> CommandResult:
     return result
 
 
-@dataclass(frozen=True)
+@dataclass
 class DirectAddress:
-    """No forward needed (this machine reaches the node): the engine's own address."""
+    """No forward needed (this machine reaches the node): the engine's own address (so a retarget to a
+    successor job changes it: a client made before keeps the old one)."""
 
     host: str
     port: int
@@ -138,6 +142,9 @@ class DirectAddress:
 
     def raise_if_failed(self) -> None:
         pass
+
+    def retarget(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
 
     def close(self) -> None:
         pass
@@ -186,7 +193,8 @@ class LocalTransport:
             return DirectAddress(host, port)  # on the cluster already: talk to the node directly
         from .forward import PortForward
 
-        return PortForward(lambda: self.open_channel(host, port), f"{host}:{port}", local_port=local_port)
+        return PortForward(lambda: self.open_channel(host, port), f"{host}:{port}", local_port=local_port,
+                           opener=self.open_channel)
 
     def connect(self) -> LocalTransport:
         return self  # nothing to open

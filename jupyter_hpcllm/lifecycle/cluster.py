@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from ..config.options import LaunchOptions
@@ -27,11 +28,14 @@ from ..edge.slurm import (
     JobState,
     Probe,
     cancel_command,
+    check_job_id,
+    extend_command,
+    job_script_command,
     key_command,
     log_command,
     parse_probe,
     parse_queue,
-    parse_sbatch,
+    parse_submission,
     probe_command,
     queue_command,
     submit_command,
@@ -39,7 +43,6 @@ from ..edge.slurm import (
 from ..edge.transport import CommandResult, Forward, Prompt, Transport, connect, run_idempotent
 from ..errors import (
     CommandTimeout,
-    ConfigError,
     ConnectionLost,
     JobNotFound,
     RemoteCommandError,
@@ -48,9 +51,10 @@ from ..errors import (
 )
 from ..planning.plan import LaunchPlan, plan_launch
 from .handle import LaunchHandle
-from .progress import ProgressCallback
-from .server import Server, ServerInfo
+from .progress import Progress, ProgressCallback, Stage
+from .server import Server, ServerInfo, describe_idle
 from .waiting import Endpoint, api_answers, wait_for_server
+from .walltime import slurm_seconds
 
 __all__ = ["Cluster"]
 
@@ -149,10 +153,11 @@ class Cluster:
             raise
 
     def attach(self, job_id: str, *, on_progress: ProgressCallback | None = None,
-               timeout: float | None = None) -> Server:
-        """Connect to a job started earlier (by this or another session); waits if it is still starting."""
+               timeout: float | None = 3600.0, local_port: int = 0) -> Server:
+        """Connect to a job started earlier (by this or another session); waits (by default up to an hour)
+        if it is still starting. `local_port` fixes the local end of the forward (0: any free port)."""
         return self.wait(self._job_id(job_id), report=on_progress or (lambda _: None), timeout=timeout,
-                         submitted=False, sleep=self._sleep)
+                         submitted=False, sleep=self._sleep, local_port=local_port)
 
     def open_forward(self, server: Server, local_port: int = 0) -> Forward:
         """Another local address for a server (e.g. on a port of your choosing); close it when done."""
@@ -171,16 +176,27 @@ class Cluster:
         The command submits at most once per token (see ``submit_command``): if the connection dies under
         it, or it times out, the same command runs once more on a new connection and answers with the job
         the first run made, if it made one. Never a second job for a lost answer."""
+        return self._submit(plan.script, plan.spec.comment)[0]
+
+    def submit_or_reuse(self, plan: LaunchPlan) -> tuple[str, bool]:
+        """(job id, reused): a pending or running job of the same plan if there is one, else a new one. The
+        look and the sbatch happen under one lock on the login node, so launches of the same plan from
+        several notebooks or machines at the same moment end with one job."""
+        return self._submit(plan.script, plan.spec.comment, unique_name=plan.job_name)
+
+    def _submit(self, script: str, comment: str, *, unique_name: str | None = None,
+                key_from: str | None = None) -> tuple[str, bool]:
         token = secrets.token_hex(6)
-        command = submit_command(token, f"{plan.spec.comment};submission={token}", len(plan.script.encode()))
+        command = submit_command(token, f"{comment};submission={token}", len(script.encode()),
+                                 unique_name=unique_name, key_from=key_from)
         try:
             try:
-                result = self.transport.run(command, stdin=plan.script)
+                result = self.transport.run(command, stdin=script)
             except (ConnectionLost, CommandTimeout) as lost:
                 # sbatch may have run. Whatever stops the retry (no connection yet, a refused login, the
                 # same drop again), the job may exist: the error must say how to find it.
                 try:
-                    result = self.transport.run(command, stdin=plan.script)
+                    result = self.transport.run(command, stdin=script)
                 except RemoteCommandError:
                     raise
                 except TransportError as error:
@@ -198,31 +214,90 @@ class Cluster:
                 "Check the GPU type, count, time, memory and partition against what the cluster allows "
                 "(`sinfo -o '%P %G %l'` on the login node); `hpcllm script` shows what was submitted.",
             ) from None
-        return parse_sbatch(result.stdout)
+        return parse_submission(result.stdout)
 
     def wait(self, job_id: str, *, report: ProgressCallback, timeout: float | None, submitted: bool,
-             sleep: Callable[[float], None], started: float | None = None) -> Server:
-        """Wait until the job's server answers; the Server, with a forward to it open."""
+             sleep: Callable[[float], None], started: float | None = None, local_port: int = 0,
+             hold: bool = True) -> Server:
+        """Wait until the job's server answers; the Server, with a forward to it open (and, with `hold`, a
+        lease that keeps the job from ending itself as idle while the Server lives)."""
         ready = wait_for_server(
-            job_id, observe=self._observe, connect=lambda endpoint: self._connect(job_id, endpoint),
+            job_id, observe=self._observe, connect=lambda endpoint: self._connect(job_id, endpoint, local_port),
             answers=self._ready_check, report=report,
             timeout=timeout, submitted=submitted, clock=self._clock, sleep=sleep, started=started)
         endpoint = ready.endpoint
         return Server(self, job_id, model=endpoint.model, engine=endpoint.engine, node=endpoint.node,
-                      port=endpoint.port, api_key=ready.api_key, forward=ready.forward)
+                      port=endpoint.port, api_key=ready.api_key, forward=ready.forward,
+                      seconds_left=slurm_seconds(ready.time_left), hold=hold)
 
     def _observe(self, job_id: str, queue: bool) -> Probe:
-        return parse_probe(self._read(probe_command(job_id, queue=queue)).stdout)
+        return self._probe(job_id, queue=queue, log_bytes=8000)
 
-    def _connect(self, job_id: str, endpoint: Endpoint) -> tuple[Forward, str]:
+    def _connect(self, job_id: str, endpoint: Endpoint, local_port: int = 0) -> tuple[Forward, str]:
         """A forward to this run of the engine, and this run's key (a requeued job makes a new one)."""
-        forward = self.transport.forward(endpoint.node, endpoint.port)
+        forward = self.transport.forward(endpoint.node, endpoint.port, local_port=local_port)
         try:
             key = self._read(key_command(job_id)).stdout.strip()
         except BaseException:
             forward.close()
             raise
         return forward, key
+
+    # -- outliving the walltime ------------------------------------------------------------------------
+
+    def renew(self, server: Server, *, on_progress: ProgressCallback | None = None, timeout: float | None = None,
+              grace: float = 10.0) -> Server:
+        """Before the job's time limit ends: start a successor job with the same plan and key, and once it
+        answers, move the server's forward to it (the local URL, the key and every client made from them
+        keep working) and cancel the old job after `grace` seconds for requests still in flight. If the
+        successor fails, it is cancelled and the old job keeps serving."""
+        old = server.job_id
+        report = on_progress or (lambda _: None)
+        script = self._read(job_script_command(old), check=False).stdout
+        row = self._probe(old).row
+        if not script.startswith("#!") or row is None or not row.state.is_active:
+            raise JobNotFound(old, "It has no copy of its script to start a successor from: it ended, or an "
+                                   "older jupyter-hpcllm started it. Start a new server with `hpcllm up`.")
+        comment = ";".join(part for part in row.comment.split(";") if part and not part.startswith("submission="))
+        new, _ = self._submit(script, comment or "hpcllm", key_from=old)
+        started = self._clock()
+        report(Progress(Stage.SUBMITTED, new, f"Submitted job {new}, the successor of job {old}.", 0.0))
+        try:
+            successor = self.wait(new, report=report, submitted=True, sleep=self._sleep, started=started,
+                                  timeout=timeout if timeout is not None else max(3600.0, slurm_seconds(row.time_left)
+                                                                                  or 0.0), hold=False)
+        except BaseException:
+            self.cancel_quietly(new, fresh=True)
+            raise
+        try:
+            if successor.api_key != server.api_key:
+                raise SubmitError(f"the successor job {new} did not take over the API key of job {old}",
+                                  "It was cancelled; the old job keeps serving. Start a new server with `hpcllm up`.")
+        except BaseException:
+            successor.close()
+            self.cancel_quietly(new, fresh=True)
+            raise
+        successor.close()  # its own forward: the server's moves to the successor instead
+        server.retarget(new, successor.node, successor.port, successor.seconds_left)
+        report(Progress(Stage.READY, new, f"Job {new} now serves {server.base_url}; job {old} stops in "
+                                          f"{grace:g} s.", self._clock() - started, node=successor.node))
+        self._sleep(grace)  # requests still running on the old job finish
+        self.cancel_quietly(old)
+        return server
+
+    def extend(self, job_id: str, minutes: int) -> str:
+        """Ask Slurm to raise the job's time limit; its new time left. Most clusters let only administrators
+        do this: then a clear error says so, and that `renew` is the way."""
+        job_id = self._job_id(job_id)
+        result = self._read(extend_command(job_id, minutes), check=False)
+        if result.exit_status != 0:
+            said = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            raise SubmitError(
+                f"Slurm refused to raise the time limit of job {job_id}" + (f" ({said[-1]})" if said else ""),
+                "On this cluster only administrators can raise a job's time limit. `hpcllm renew "
+                f"{job_id}` starts a successor with the same plan and key and moves your address to it.")
+        row = self._probe(job_id).row
+        return row.time_left if row else ""
 
     # -- looking and stopping -------------------------------------------------------------------------
 
@@ -238,8 +313,11 @@ class Cluster:
         row = probe.row
         if row is None:  # Slurm forgot it (ended a while ago), or it never was
             raise JobNotFound(job_id)
-        port = (probe.server or {}).get("port") if row.state is JobState.RUNNING else None
-        return ServerInfo.from_row(row, port=int(str(port)) if str(port).isdigit() else None)
+        running = row.state is JobState.RUNNING
+        port = (probe.server or {}).get("port") if running else None
+        info = ServerInfo.from_row(row, port=int(str(port)) if str(port).isdigit() else None)
+        return replace(info, idle=describe_idle(probe.activity, probe.now) if running else None,
+                       ended_idle=probe.idle_exit is not None and not running)
 
     def logs(self, job_id: str, lines: int = 100) -> str:
         """The last lines of the engine log (the API key is redacted on the node)."""
@@ -305,8 +383,11 @@ class Cluster:
                 return state
             self._sleep(0.25)
 
-    def _probe(self, job_id: str) -> Probe:
-        return parse_probe(self._read(probe_command(self._job_id(job_id), log_bytes=0)).stdout)
+    def _probe(self, job_id: str, *, queue: bool = True, log_bytes: int = 0) -> Probe:
+        # A new boundary each time: no line the engine logs can pose as one of the job's files.
+        boundary = secrets.token_hex(8)
+        command = probe_command(self._job_id(job_id), boundary, queue=queue, log_bytes=log_bytes)
+        return parse_probe(self._read(command).stdout, boundary)
 
     def _read(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
         """Every command but sbatch goes through here: each is safe to repeat once on a new connection."""
@@ -314,11 +395,7 @@ class Cluster:
 
     @staticmethod
     def _job_id(job_id: str) -> str:
-        job_id = str(job_id).strip()
-        if (not (job_id.isascii() and job_id.replace("_", "").isdigit())  # not "²" or "١٢"
-                or job_id.startswith("_") or job_id.endswith("_")):
-            raise ConfigError(f"{job_id!r} is not a Slurm job id.", "Job ids are numbers; `hpcllm list` shows yours.")
-        return job_id
+        return check_job_id(job_id)
 
 
 def _submission_unknown(error: Exception, token: str) -> SubmitError:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..config.options import LaunchOptions
 from ..errors import HpcllmError, JobFailed, LaunchCancelled, TransportError
 from .progress import Progress, ProgressCallback, Stage
+from .walltime import slurm_seconds
 
 if TYPE_CHECKING:
     from ..planning.plan import LaunchPlan
@@ -183,17 +184,24 @@ class LaunchHandle:
             self._sleep(0)
             plan = self.plan = self.cluster.plan(self.options)
             self._sleep(0)
-            twin = self.cluster.find_twin(plan) if self.options.reuse else None
-            if twin is not None:
-                self.job_id = twin.job_id
-                self._report(Progress(Stage.REUSED, twin.job_id, f"Reusing job {twin.job_id} ({twin.raw_state}) with "
-                                      "the same model and options.", self._clock() - started))
+            if self.options.reuse:
+                # One job per plan: looking for a twin and submitting happen under one lock on the cluster.
+                job_id, reused = self.cluster.submit_or_reuse(plan)
             else:
-                self.job_id = self.cluster.submit(plan)
+                job_id, reused = self.cluster.submit(plan), False
+            self.job_id = job_id
+            if reused:
+                self._report(Progress(Stage.REUSED, job_id, f"Reusing job {job_id} with the same model and "
+                                      "options.", self._clock() - started))
+            else:
                 self.submitted = True
-                self._report(Progress(Stage.SUBMITTED, self.job_id, f"Submitted job {self.job_id} ({plan.spec.gres}, "
+                self._report(Progress(Stage.SUBMITTED, job_id, f"Submitted job {job_id} ({plan.spec.gres}, "
                                       f"{plan.spec.time}).", self._clock() - started))
-            server = self.cluster.wait(self.job_id, report=self._report, timeout=self.options.timeout,
+            # No wait without an end: by default, as long as the job's own time limit (at least an hour).
+            timeout = self.options.timeout
+            if timeout is None:
+                timeout = max(3600.0, slurm_seconds(plan.spec.time) or 0.0)
+            server = self.cluster.wait(self.job_id, report=self._report, timeout=timeout,
                                        submitted=self.submitted, sleep=self._sleep, started=started)
             with self._lock:  # cancel() decides under the same lock: either it sees the result or we see it
                 published = not self._cancel.is_set()

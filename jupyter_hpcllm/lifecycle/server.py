@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,13 +13,42 @@ from ..config.profiles import Profile
 from ..edge.slurm import JobRow, JobState
 from ..edge.transport import Forward
 from ..errors import JobNotFound
+from .lease import Lease
+from .walltime import describe_minutes, slurm_seconds, walltime_warning
 
 if TYPE_CHECKING:
     import openai
 
     from .cluster import Cluster
 
-__all__ = ["Server", "ServerInfo"]
+__all__ = ["Server", "ServerInfo", "describe_idle"]
+
+_log = logging.getLogger(__name__)
+
+
+def describe_idle(activity: dict[str, object] | None, now: float | None) -> str | None:
+    """How the job's relay sees it: "idle 12 min, ends itself in 48 min", "in use", "idle 3 min, kept by
+    1 client"; None if it has no relay account (an older job) or the clocks are unknown."""
+    if not activity or now is None:
+        return None
+    try:
+        last = float(str(activity["last_activity"]))
+        timeout = float(str(activity.get("idle_timeout", 0)))
+        leases = int(str(activity.get("leases", 0)))
+        expires = activity.get("lease_expires")
+        lease_until = float(str(expires)) if expires is not None else None
+    except (KeyError, TypeError, ValueError):
+        return None
+    idle = max(0.0, now - last)
+    text = "in use" if idle < 60 else f"idle {describe_minutes(idle)}"
+    if timeout <= 0:
+        return f"{text}; never ends itself (idle timeout off)"
+    live_lease = leases > 0 and lease_until is not None and lease_until > now
+    if live_lease:
+        held = f"kept by {leases} client{'s' if leases != 1 else ''}"
+        return f"{text}, {held} (ends itself {describe_minutes(timeout)} after the last request once none is left)"
+    ends_in = max(0.0, last + timeout - now)
+    return f"{text}, ends itself in {describe_minutes(ends_in)}"
 
 
 @dataclass(frozen=True)
@@ -34,6 +66,13 @@ class ServerInfo:
     started: str | None = None
     port: int | None = None
     url: str | None = None
+    idle: str | None = None  # "idle 12 min, ends itself in 48 min", from the job's relay
+    ended_idle: bool = False  # the job ended itself: nothing used it for its idle timeout
+
+    @property
+    def seconds_left(self) -> float | None:
+        """Seconds until the job's time limit (None: not running, or no limit)."""
+        return slurm_seconds(self.time_left) if self.time_left else None
 
     @classmethod
     def from_row(cls, row: JobRow, url: str | None = None, port: int | None = None) -> ServerInfo:
@@ -59,7 +98,8 @@ class Server:
     """A running model server: its job, the local address that reaches it, and OpenAI clients for it."""
 
     def __init__(self, cluster: Cluster, job_id: str, *, model: str, engine: str, node: str, port: int,
-                 api_key: str, forward: Forward) -> None:
+                 api_key: str, forward: Forward, seconds_left: float | None = None, hold: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cluster = cluster
         self.job_id = job_id
         self.model = model
@@ -69,6 +109,12 @@ class Server:
         self._api_key = api_key
         self._forward = forward
         self._down = False
+        self._clock = clock
+        self._ends_at = None if seconds_left is None else clock() + seconds_left
+        # While this object lives, it keeps a lease on the job: the job does not end itself as idle. A
+        # kernel that dies stops renewing, and the job then ends itself after its idle timeout.
+        self._lease = Lease(lambda: self._forward.address, api_key).start() if hold else None
+        self._closed = threading.Event()
 
     def __repr__(self) -> str:
         return (f"<Server job {self.job_id}: {self.model} on {self.engine} at {self.node}:{self.port}, "
@@ -119,8 +165,45 @@ class Server:
         """Yield new log text as it arrives, until the job ends."""
         yield from self.cluster.follow_logs(self.job_id, poll=poll)
 
+    @property
+    def seconds_left(self) -> float | None:
+        """Seconds until the job's time limit, as estimated when it became ready (None: no limit known)."""
+        return None if self._ends_at is None else max(0.0, self._ends_at - self._clock())
+
+    def walltime_warning(self, threshold_minutes: float | None = None) -> str | None:
+        """A warning to show when less than `threshold_minutes` (the profile's `walltime_warning`) remain."""
+        threshold = self.profile.walltime_warning if threshold_minutes is None else threshold_minutes
+        return walltime_warning(self.job_id, self.seconds_left, threshold)
+
+    def renew_automatically(self, lead_minutes: float | None = None, *, check_every: float = 30.0) -> None:
+        """From a thread of its own: when less than `lead_minutes` (default: the profile's walltime_warning,
+        at least 5) of the job's time limit remain, `Cluster.renew` it, so this server outlives its
+        walltime (what `up --renew` asks). Stops when the server is closed; a failed renewal is logged and
+        the old job serves until its end."""
+        lead = max(5.0, self.profile.walltime_warning) if lead_minutes is None else lead_minutes
+
+        def watch() -> None:
+            while not self._closed.wait(check_every):
+                left = self.seconds_left
+                if left is not None and left < lead * 60:
+                    try:
+                        self.cluster.renew(self)
+                    except Exception:  # the old job keeps serving; the walltime warning still shows
+                        _log.exception("renewing job %s failed", self.job_id)
+                        return
+
+        threading.Thread(target=watch, name=f"hpcllm-renew-{self.job_id}", daemon=True).start()
+
+    def retarget(self, job_id: str, node: str, port: int, seconds_left: float | None) -> None:
+        """Move to a successor job (same key): the local address and every client made from it now reach
+        it. Used by `Cluster.renew`."""
+        self._forward.retarget(node, port)
+        self.job_id, self.node, self.port = job_id, node, port
+        self._ends_at = None if seconds_left is None else self._clock() + seconds_left
+
     def down(self, wait: float = 15.0) -> JobState:
         """Cancel the job and close the forward. Idempotent; returns the job's state afterwards."""
+        self._release()
         self._forward.close()
         if not self._down:
             state = self.cluster.cancel(self.job_id, wait=wait)
@@ -129,8 +212,15 @@ class Server:
         return self.cluster.wait_gone(self.job_id, wait)
 
     def close(self) -> None:
-        """Close the forward but leave the job running (another session can attach to it)."""
+        """Close the forward but leave the job running (another session can attach to it). The lease is
+        given back: with no other client and no request for its idle timeout, the job ends itself."""
+        self._release()
         self._forward.close()
+
+    def _release(self) -> None:
+        self._closed.set()
+        if self._lease is not None:
+            self._lease.release()
 
     def __enter__(self) -> Server:
         return self

@@ -28,6 +28,7 @@ FIRST_TICK = 0.2
 LOADING_TICK_MAX = 1.0
 PENDING_TICK_MAX = 10.0
 QUEUE_EVERY_WHEN_RUNNING = 3.0
+COMPLETING_WAIT = 10.0  # seconds to wait for a completing job's final state once its engine has exited
 
 # States in which the job holds no node yet (a requeued job waits again, then starts anew).
 _WAITING = {JobState.PENDING, JobState.REQUEUED, JobState.CONFIGURING}
@@ -60,6 +61,7 @@ class WaitState:
     next_queue: float = 0.0  # when to ask squeue again (its controller is shared by everyone)
     endpoint: Endpoint | None = None  # the engine run we are connected to
     reported: tuple[Any, ...] = ()  # the last progress reported, so none is repeated
+    ending_since: float | None = None  # when the engine's exit code was first seen while Slurm was completing
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ def step(state: WaitState, probe: Probe, now: float) -> Step:
     if probe.exit_code is not None:
         if not probe.queue_checked:  # the job's state says more than the exit code (cancelled? timed out?)
             return Step(replace(state, row=row, next_queue=now))
+        ending_since = state.ending_since if state.ending_since is not None else now
+        if row.state is JobState.COMPLETING and now - ending_since < COMPLETING_WAIT:
+            # Slurm is still ending it: its final state (CANCELLED, TIMEOUT, ...) follows within seconds.
+            return Step(replace(state, row=row, next_queue=now, ending_since=ending_since), sleep=FIRST_TICK)
         return Step(state, failure=ended(state.job_id, probe))
     phase = "pending" if row.state in _WAITING else "running"
     phase_started = now if phase != state.phase else state.phase_started
@@ -166,7 +172,12 @@ def ended(job_id: str, probe: Probe) -> JobFailed:
     engine = str((probe.server or {}).get("engine") or (probe.row.comment_field("engine") if probe.row else "")
                  or "the engine")
     found = diagnose(probe.log + probe.slurm_log, engine) if probe.exit_code not in (None, 0, 137, 143) else None
-    if job_state is JobState.CANCELLED:
+    if probe.idle_exit is not None:
+        minutes = probe.idle_exit.get("idle_seconds")
+        idle = f" for {float(str(minutes)) / 60:.0f} min" if isinstance(minutes, (int, float)) else ""
+        message = f"Job {job_id} ended itself: nothing used it{idle} (its idle timeout), so its GPUs went back."
+        hint = "Start it again with `hpcllm up`; `--idle-timeout 0` keeps a job until its time limit."
+    elif job_state is JobState.CANCELLED:
         message = f"Job {job_id} was cancelled ({state}) before the server was ready."
         hint = "Someone (you, another session or an admin) ran scancel on it; start it again with `hpcllm up`."
     elif job_state is JobState.TIMEOUT:
@@ -218,6 +229,7 @@ class Ready:
     endpoint: Endpoint
     forward: Forward
     api_key: str
+    time_left: str = ""  # squeue's time left when it became ready ("1:59:30"; "" unknown)
 
 
 def wait_for_server(
@@ -264,7 +276,7 @@ def wait_for_server(
                 assert state.endpoint is not None
                 report(Progress(Stage.READY, job_id, f"Ready: {state.endpoint.model} on {state.endpoint.node} "
                                 f"(http://{forward.address}/v1).", clock() - state.started, node=state.endpoint.node))
-                return Ready(state.endpoint, forward, api_key)
+                return Ready(state.endpoint, forward, api_key, state.row.time_left if state.row else "")
             sleep(result.sleep)
     except BaseException:
         if forward is not None:

@@ -12,9 +12,20 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
-from ..config.checks import check_mem, check_name, check_time
+from ..config.checks import (
+    MAX_CPUS,
+    MAX_IDLE_MINUTES,
+    check_extra_sbatch,
+    check_gres,
+    check_mem,
+    check_name,
+    check_number,
+    check_text,
+    check_time,
+    home_relative,
+)
 from ..errors import ConfigError
-from .engines import EngineCommand, ShellVar
+from .engines import EngineCommand, HomePath, ShellVar
 
 __all__ = ["JOBS_DIR", "JOB_NAME_PREFIX", "JobSpec", "render_script", "shell_path"]
 
@@ -23,16 +34,22 @@ JOB_NAME_PREFIX = "hpcllm-"
 
 
 def shell_path(path: str) -> str:
-    """Quote a path for the shell, keeping a leading ``~/`` meaning the home directory."""
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
+    """Quote a path for the shell. A leading ``~``, ``$HOME`` or ``${HOME}`` still means the home
+    directory (``"$HOME"/'rest'``); any other ``$``, and everything after the home, stays literal."""
+    rest = home_relative(path)
+    if rest is None:
+        return shlex.quote(path)
+    return '"$HOME"' + ("/" + shlex.quote(rest) if rest else "")
 
 
 def _word(value: str) -> str:
-    return f'"{value}"' if isinstance(value, ShellVar) else shlex.quote(value)
+    """One argv element as shell text: a run-time variable double-quoted, a home path with its home
+    expanded, anything else single-quoted (literal)."""
+    if isinstance(value, ShellVar):
+        return f'"{value}"'
+    if isinstance(value, HomePath):
+        return shell_path(value)
+    return shlex.quote(value)
 
 
 # --- the script ---------------------------------------------------------------------------------------
@@ -61,17 +78,34 @@ class JobSpec:
     extra_sbatch: tuple[str, ...] = ()
     prologue: str = ""
     comment: str = ""
+    idle_timeout: float = 60.0  # minutes with no request and no client attached before the job ends itself
     header: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        # The last gate before shell text: whatever built the spec (a profile, options, the Python API),
+        # no value here may carry a line break or another control character into the script.
         check_time(self.time)
         check_mem(self.mem)
         check_name("Job name", self.name)
         for what, value in (("Partition", self.partition), ("Account", self.account), ("QOS", self.qos)):
             if value is not None:
                 check_name(what, value)
-        if self.cpus < 1:
-            raise ConfigError(f"--cpus must be at least 1, not {self.cpus}.")
+        check_gres(self.gres)
+        if isinstance(self.cpus, bool) or not isinstance(self.cpus, int) or not 1 <= self.cpus <= MAX_CPUS:
+            raise ConfigError(f"--cpus must be a whole number from 1 to {MAX_CPUS}, not {self.cpus!r}.")
+        check_number("The idle timeout", self.idle_timeout, 0, MAX_IDLE_MINUTES, unit=" minutes")
+        for what, text in (("The model name", self.model), ("The engine", self.engine),
+                           ("The runtime", self.runtime), ("The runtime command", self.runtime_command),
+                           ("The image", self.image), ("The job comment", self.comment),
+                           ("The script header", self.header)):
+            check_text(what, text)
+        for what, items in (("The runtime argument", self.runtime_args), ("The bind path", self.binds),
+                            ("The engine command's argument", self.command.argv)):
+            for item in items:
+                check_text(what, item)
+        for entry in self.extra_sbatch:
+            check_extra_sbatch(entry)
+        check_text("The prologue", self.prologue, multiline=True)
 
 
 _REDACT_PY = '''\
@@ -90,8 +124,15 @@ while True:
 os.write(1, pending)'''
 
 
+def relay_source() -> str:
+    """The relay the job runs on its node (``node/relay.py``, stdlib only), embedded in the script."""
+    from importlib.resources import files
+
+    return files("jupyter_hpcllm.node").joinpath("relay.py").read_text(encoding="utf-8").rstrip("\n")
+
+
 def render_script(spec: JobSpec) -> str:
-    """The sbatch script for a spec. Pure: same spec, same text (checked against golden files)."""
+    """The sbatch script for a spec. Pure: same spec (and package version), same text (golden files)."""
     directives = [
         f"--job-name={spec.name}",
         "--nodes=1",
@@ -118,15 +159,15 @@ def render_script(spec: JobSpec) -> str:
         f"# Site set-up (the profile's prologue).\n{spec.prologue.strip()}\n" if spec.prologue.strip() else None,
         _BODY_KEY_PORT,
         f"REDACT_PY=$(cat <<'PY'\n{_REDACT_PY}\nPY\n)\n",
+        f"RELAY_PY=$(cat <<'PY'\n{relay_source()}\nPY\n)\n",
         _BODY_REDACT,
-        "# Start the engine in the background, its output through the redactor into the log.",
+        "# Start the engine in the background, its output through the redactor into the log. It listens on",
+        "# this node's loopback only: the relay below is its one door.",
         key_env + _render_exec(spec) + ' > >(redact > "$JOB_DIR/engine.log") 2>&1 &',
         "ENGINE_PID=$!",
         "",
-        "# scancel and the time limit send TERM: pass it on so the engine frees the GPUs cleanly.",
-        "trap 'kill -TERM \"$ENGINE_PID\" 2>/dev/null || true' TERM INT",
-        "",
-        "# The address, written atomically (a reader never sees half a file).",
+        _render_relay(spec),
+        _BODY_ADDRESS,
         "printf '{\"job_id\": \"%s\", \"node\": \"%s\", \"port\": %s, \"model\": %s, \"engine\": %s, "
         "\"started\": \"%s\"}\\n' \\",
         '    "$SLURM_JOB_ID" "${SLURMD_NODENAME:-$(hostname -s)}" "$PORT" '
@@ -138,13 +179,34 @@ def render_script(spec: JobSpec) -> str:
     return "\n".join(part for part in parts if part is not None)
 
 
+def _render_relay(spec: JobSpec) -> str:
+    """Start the relay: the node's python3, else the image's (every engine image has one)."""
+    idle_seconds = max(0, round(spec.idle_timeout * 60))
+    container = ""
+    if spec.runtime != "none":
+        container = " ".join([shell_path(spec.runtime_command), "exec", shell_path(spec.image), "python3"])
+    return "\n".join([
+        "# The relay: the only listener other nodes reach. It lets nothing through without the job's key but",
+        "# /health, and ends the job when nothing has used it for the idle timeout (no request, no lease).",
+        "if command -v python3 >/dev/null 2>&1; then RELAY_PYTHON=(python3); "
+        + (f"else RELAY_PYTHON=({container}); fi" if container else
+           'else echo "hpcllm: the relay needs python3 on the node" >&2; kill -TERM "$ENGINE_PID"; exit 1; fi'),
+        '"${RELAY_PYTHON[@]}" -c "$RELAY_PY" --job-dir "$JOB_DIR" --engine-port "$ENGINE_PORT" \\',
+        f'    --engine-pid "$ENGINE_PID" --idle-timeout {idle_seconds} &',
+        "RELAY_PID=$!",
+        "",
+        "# scancel and the time limit send TERM: pass it on so the engine frees the GPUs cleanly.",
+        "trap 'kill -TERM \"$ENGINE_PID\" \"$RELAY_PID\" 2>/dev/null || true' TERM INT",
+    ])
+
+
 def _render_exec(spec: JobSpec) -> str:
     words: list[str] = []
     if spec.runtime != "none":
-        words += [shlex.quote(spec.runtime_command), "exec", *map(shlex.quote, spec.runtime_args)]
+        words += [shell_path(spec.runtime_command), "exec", *map(shlex.quote, spec.runtime_args)]
         for bind in spec.binds:
             words += ["--bind", shell_path(bind)]
-        words.append(shlex.quote(spec.image))
+        words.append(shell_path(spec.image))
     argv = [_word(a) for a in spec.command.argv]
     # One option per line, so a person can read what runs.
     lines = [" ".join(words + argv[:3])]
@@ -166,21 +228,31 @@ rm -rf "$JOB_DIR"  # left by an earlier job with this id (ids restart after a co
 mkdir -p "$JOB_DIR"
 chmod 700 "$HOME/.hpcllm" "$JOB_DIR"
 cd "$JOB_DIR"
+# This script, for a successor with the same plan (`hpcllm renew`).
+cp -- "$0" "$JOB_DIR/job.sh" 2>/dev/null || true
 """
 
 _BODY_KEY_PORT = """\
-# A fresh API key for this job: 256 random bits in a 0600 file. It reaches the engine through its
-# environment (vLLM) or that file (SGLang): never a command line, this script or the log.
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > "$JOB_DIR/key"
+# From here on the API key is handled: never traced, even if the prologue turned tracing on.
+{ set +xv; } 2>/dev/null
+
+# The API key: 256 random bits in a 0600 file (a successor keeps its predecessor's, so the clients
+# already holding it keep working). It reaches the engine and the relay through their environment or
+# that file: never a command line, this script or the log.
+if [[ "${HPCLLM_KEY_FROM:-}" =~ ^[0-9]+$ ]] && [ -s "$HOME/.hpcllm/jobs/$HPCLLM_KEY_FROM/key" ]; then
+    cp "$HOME/.hpcllm/jobs/$HPCLLM_KEY_FROM/key" "$JOB_DIR/key"
+else
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > "$JOB_DIR/key"
+fi
 [ -s "$JOB_DIR/key" ] || { echo "hpcllm: could not make an API key" >&2; exit 1; }
 
-# A free port on this node, chosen now: the node is only known at run time.
-PORT=""
+# A free loopback port on this node for the engine, chosen now: the node is only known at run time.
+ENGINE_PORT=""
 for _ in $(seq 1 50); do
     candidate=$(( 20000 + RANDOM % 40000 ))
-    if ! (: <"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then PORT=$candidate; break; fi
+    if ! (: <"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then ENGINE_PORT=$candidate; break; fi
 done
-[ -n "$PORT" ] || { echo "hpcllm: no free port on $(hostname)" >&2; exit 1; }
+[ -n "$ENGINE_PORT" ] || { echo "hpcllm: no free port on $(hostname)" >&2; exit 1; }
 """
 
 _BODY_REDACT = """\
@@ -194,11 +266,34 @@ redact() {
 }
 """
 
+_BODY_ADDRESS = """
+# The relay's port (it chose a free one), then the address, written atomically (no half file is read).
+for _ in $(seq 1 600); do
+    [ -s "$JOB_DIR/relay.port" ] && break
+    kill -0 "$RELAY_PID" 2>/dev/null || break
+    sleep 0.1
+done
+PORT=$(cat "$JOB_DIR/relay.port" 2>/dev/null || true)
+if ! [[ "$PORT" =~ ^[0-9]+$ ]]; then
+    echo "hpcllm: the relay did not start (see above)" >&2
+    kill -TERM "$ENGINE_PID" "$RELAY_PID" 2>/dev/null || true
+    wait "$ENGINE_PID" || true
+    echo 1 > "$JOB_DIR/exit_code"
+    exit 1
+fi"""
+
 _BODY_END = """
-# Wait for the engine; a trapped TERM interrupts `wait`, so wait again until it has really exited.
+# Wait for the engine. The relay is its only door: if the relay dies, stop the engine rather than hold
+# GPUs nobody can reach. A trapped TERM interrupts `wait`, so loop until the engine has really exited.
 set +e
+while kill -0 "$ENGINE_PID" 2>/dev/null; do
+    kill -0 "$RELAY_PID" 2>/dev/null || kill -TERM "$ENGINE_PID" 2>/dev/null
+    sleep 2 & wait $!
+done
 wait "$ENGINE_PID"; status=$?
-while kill -0 "$ENGINE_PID" 2>/dev/null; do wait "$ENGINE_PID"; status=$?; done
+kill -TERM "$RELAY_PID" 2>/dev/null
+# Ended by itself after the idle timeout: a normal end, not a failure.
+[ -e "$JOB_DIR/idle_exit" ] && status=0
 echo "$status" > "$JOB_DIR/exit_code"
 exit "$status"
 """

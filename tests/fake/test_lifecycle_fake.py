@@ -97,10 +97,11 @@ def test_up_reuses_a_running_twin_and_reuse_false_submits_anew(cluster: Cluster,
     again = cluster.up("Qwen3-8B", on_progress=seen.append)
     assert again.job_id == first.job_id == "1000" and again.api_key == first.api_key
     assert stages(seen) == [Stage.REUSED, Stage.RUNNING, Stage.LOADING, Stage.READY]
-    assert seen[0].message == "Reusing job 1000 (RUNNING) with the same model and options."
-    assert len(sent(fake, "cd && mkdir")) == 1  # one sbatch
+    assert seen[0].message == "Reusing job 1000 with the same model and options."
+    assert list(fake.jobs) == ["1000"]  # one job: the second launch's locked look found the first
+    assert "-n hpcllm-Qwen3-8B-" in sent(fake, "cd && mkdir")[1]
     other = cluster.up("Qwen3-8B", reuse=False)
-    assert other.job_id == "1001" and len(sent(fake, "cd && mkdir")) == 2
+    assert other.job_id == "1001" and "squeue" not in sent(fake, "cd && mkdir")[2]
     different = cluster.up("Qwen3-8B", gpus=2)  # other options, other script: no twin
     assert different.job_id == "1002" and fake.jobs["1002"].sbatch["gres"] == "gpu:a100:2"
 
@@ -377,8 +378,10 @@ def test_list_status_logs_and_cancel(cluster: Cluster, fake: FakeTransport, cloc
     assert cluster.wait_gone("1000", 1.0) is JobState.RUNNING  # still running after the time allowed
     assert 1.0 < clock.now - start <= 1.5
     assert not cluster.cancel_quietly("4242")  # scancel failed (no such job): the caller must not say "freed"
-    assert not cluster.cancel_quietly("x; rm -rf ~")  # never raises; the id is quoted, the fake refuses it
-    assert fake.commands[-1] == "scancel 'x; rm -rf ~'"
+    assert not cluster.cancel_quietly("x; rm -rf ~")  # never raises; not a job id, so nothing is run
+    assert fake.commands[-1] == "scancel 4242" and not any("rm -rf ~" in command for command in fake.commands)
+    with pytest.raises(ConfigError, match="is not a Slurm job id"):
+        cluster.cancel("--me")  # scancel --me would cancel every job of the user
 
 
 def test_follow_logs_until_the_job_ends(profile: Any, fake: FakeTransport):
@@ -454,7 +457,7 @@ def test_the_fake_refuses_what_it_does_not_know(fake: FakeTransport):
     not_ours = "#!/bin/bash\necho not ours\n"
     refused = fake.run(submit_command("0123456789ab", "hpcllm", len(not_ours)), stdin=not_ours, check=False)
     assert refused.exit_status == 1 and "not a jupyter-hpcllm job script" in refused.stderr
-    unknown = parse_probe(fake.run(probe_command("31337")).stdout)
+    unknown = parse_probe(fake.run(probe_command("31337", "0123456789abcdef")).stdout, "0123456789abcdef")
     assert unknown.queue_checked and unknown.row is None and unknown.server is None and unknown.exit_code is None
     with pytest.raises(RemoteCommandError):
         fake.run("cat .hpcllm/jobs/31337/key")

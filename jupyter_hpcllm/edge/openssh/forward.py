@@ -35,11 +35,19 @@ class MuxForward(LocalListener):
         self._controls: set[socket.socket] = set()
         super().__init__(f"{host}:{port}", local_host=local_host, local_port=local_port)
 
+    def retarget(self, host: str, port: int) -> None:
+        """Hand new connections over for host:port from now on (same local address)."""
+        with self._lock:
+            self._host, self._port = host, port
+            self.target = f"{host}:{port}"
+
     def _serve(self, client: socket.socket) -> None:
         control: socket.socket | None = None
         try:
             try:
-                control = self._hand_over(client, self._host, self._port, self._timeout)
+                with self._lock:
+                    host, port = self._host, self._port
+                control = self._hand_over(client, host, port, self._timeout)
                 self.last_refusal = None  # reachable again: an old refusal would mislead an error message
             except HpcllmError as error:
                 # Nothing listens there (yet, or any more): the client sees a closed connection, as it

@@ -1,0 +1,98 @@
+"""A client's lease on a job: while a kernel, the CLI's forward or the lab sidebar lives, it renews a lease
+with the job's relay, so the job does not end itself as idle. A client that dies (even by SIGKILL) stops
+renewing; its lease runs out, and the job ends itself once nothing has used it for its idle timeout.
+
+The renewals go through the client's own forward to the relay (``POST /hpcllm/lease`` with the job's key).
+The relay answers how often to renew (a quarter of the idle timeout, at most a minute); a lease lasts
+three such periods, so one lost renewal changes nothing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+
+__all__ = ["Lease"]
+
+_log = logging.getLogger(__name__)
+_FIRST_TTL = 180.0  # seconds, until the relay has said how often to renew
+_TIMEOUT = 10.0
+
+
+class Lease:
+    """Renews a lease on one job from a thread of its own until ``release()``."""
+
+    def __init__(self, address: Callable[[], str], api_key: str, *, client: str | None = None) -> None:
+        self._address = address  # the forward's local address now (it stays the same across a renew)
+        self._api_key = api_key
+        self.client = client or f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.renew_every: float = 60.0
+        self.idle_timeout: float | None = None  # seconds, as the relay said (0: never ends itself)
+        self.renewals = 0
+        self.unsupported = False  # the job has no relay (started by an older jupyter-hpcllm)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hpcllm-lease", daemon=True)
+
+    def start(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def renew(self) -> bool:
+        """One renewal now; True if the relay took it."""
+        ttl = _FIRST_TTL if self.renewals == 0 else 3 * self.renew_every
+        answer = self._request("POST", "/hpcllm/lease", {"client": self.client, "ttl": ttl})
+        if answer is None:
+            return False
+        self.renewals += 1
+        try:
+            self.renew_every = max(0.5, float(str(answer.get("renew_every", self.renew_every))))
+            self.idle_timeout = float(str(answer["idle_timeout"])) if "idle_timeout" in answer else None
+        except (TypeError, ValueError):
+            pass
+        return True
+
+    def release(self) -> None:
+        """Stop renewing, and give the lease back (the job may then end itself once idle)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(_TIMEOUT + 1)
+        if self.renewals and not self.unsupported:
+            self._request("DELETE", f"/hpcllm/lease?client={self.client}", None)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.renew()
+            if self.unsupported:
+                return
+            # After a failure (the forward reconnecting, the job moving) try again sooner.
+            self._stop.wait(self.renew_every if self.renewals else min(5.0, self.renew_every))
+
+    def _request(self, method: str, path: str, body: dict[str, object] | None) -> dict[str, object] | None:
+        host, _, port = self._address().rpartition(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=_TIMEOUT)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+            if response.status in (401, 404):
+                self.unsupported = True  # no relay there (an older job): nothing to renew
+                return None
+            if response.status != 200:
+                return None
+            parsed = json.loads(raw or b"{}")
+            return parsed if isinstance(parsed, dict) else {}
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            _log.debug("lease renewal failed: %s", error)
+            return None
+        finally:
+            connection.close()

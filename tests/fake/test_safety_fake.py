@@ -1,0 +1,145 @@
+"""A shared cluster is a commons, in memory: one job per plan however many launch it at once, a successor
+that takes over the address and key before the walltime ends, leases, idle and walltime accounts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from lifecycle_helpers import JOIN, Clock
+
+from jupyter_hpcllm.edge.fake import FakeTransport, Outcome
+from jupyter_hpcllm.errors import JobFailed, SubmitError
+from jupyter_hpcllm.lifecycle import Cluster, Progress, Stage
+from jupyter_hpcllm.lifecycle.server import describe_idle
+from jupyter_hpcllm.lifecycle.walltime import slurm_seconds, walltime_warning
+
+
+def test_four_launches_of_one_plan_at_once_make_one_job(profile: Any, fake: FakeTransport):
+    # Four notebooks, each with its own connection, start the same model at the same moment.
+    clusters = [Cluster(profile, transport=fake) for _ in range(4)]
+    start = threading.Barrier(4)
+    servers: list[Any] = [None] * 4
+
+    def launch(index: int) -> None:
+        start.wait()
+        servers[index] = clusters[index].up("Qwen3-8B", timeout=JOIN)
+
+    threads = [threading.Thread(target=launch, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN * 2)
+    assert list(fake.jobs) == ["1000"]
+    assert {server.job_id for server in servers} == {"1000"}
+    for server in servers:
+        server.close()
+
+
+def test_renew_moves_the_address_and_key_to_a_successor(cluster: Cluster, fake: FakeTransport):
+    server = cluster.up("Qwen3-8B")
+    client = server.client(max_retries=0)
+    url, key = server.base_url, server.api_key
+    seen: list[Progress] = []
+    assert cluster.renew(server, on_progress=seen.append, grace=0) is server
+    assert server.job_id == "1001" and server.base_url == url and server.api_key == key
+    assert fake.jobs["1001"].key_from == "1000" and fake.jobs["1000"].state.startswith("CANCELLED")
+    assert "HPCLLM_KEY_FROM=1000" in next(c for c in fake.commands if "--export" in c)
+    assert fake.jobs["1001"].script == fake.jobs["1000"].script  # the same plan
+    assert seen[0].stage is Stage.SUBMITTED and "successor of job 1000" in seen[0].message
+    assert seen[-1].stage is Stage.READY and "Job 1001 now serves" in seen[-1].message
+    answer = client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "still?"}])
+    assert answer.choices[0].message.content == "Echo: still?"  # the client made before the renew
+    server.down()
+
+
+def test_a_successor_that_fails_is_cancelled_and_the_old_job_keeps_serving(cluster: Cluster, fake: FakeTransport):
+    server = cluster.up("Qwen3-8B")
+    fake.outcome = Outcome(exit_code=1, log="torch.OutOfMemoryError: CUDA out of memory.")
+    with pytest.raises(JobFailed):
+        cluster.renew(server, grace=0)
+    assert server.job_id == "1000" and fake.jobs["1000"].state == "RUNNING"
+    answer = server.client(max_retries=0).chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "Echo: hi"
+    server.down()
+
+
+def test_extend_says_when_slurm_refuses(cluster: Cluster, fake: FakeTransport):
+    server = cluster.up("Qwen3-8B")
+    with pytest.raises(SubmitError, match="Access/permission denied") as refused:
+        cluster.extend(server.job_id, 60)
+    assert "only administrators" in refused.value.hint and f"hpcllm renew {server.job_id}" in refused.value.hint
+    fake.extend_allowed = True
+    assert cluster.extend(server.job_id, 60) == fake.jobs["1000"].sbatch["time"]
+    assert "scontrol update JobId=1000 TimeLimit=+60" in fake.commands
+    server.down()
+
+
+def test_a_server_keeps_a_lease_while_it_lives(profile: Any, clock: Clock):
+    fake = FakeTransport()
+    fake.lease_renew_every = 0.05
+    cluster = Cluster(profile, transport=fake, clock=clock, sleep=clock.sleep)
+    server = cluster.up("Qwen3-8B")
+    run = fake.jobs["1000"].run
+    assert run is not None
+    deadline = time.monotonic() + JOIN
+    while len(run.leases) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (client, expiry), = run.leases.items()
+    while run.leases.get(client) == expiry and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Renewed, for three periods of what the relay asked (at least half a second each), not the first 180 s.
+    assert expiry - time.time() > 100 and 1.0 < run.leases[client] - time.time() <= 1.5
+    assert "kept by 1 client" in (cluster.status("1000").idle or "")
+    server.close()
+    assert run.leases == {}  # given back: the job may end itself once idle
+    cluster.close()
+
+
+def test_describe_idle():
+    now = 10_000.0
+    account = {"idle_timeout": 3600, "last_activity": now - 12 * 60, "leases": 0, "lease_expires": None}
+    assert describe_idle(account, now) == "idle 12 min, ends itself in 48 min"
+    assert describe_idle({**account, "last_activity": now - 5}, now) == "in use, ends itself in 1 h 00 min"
+    held = {**account, "leases": 2, "lease_expires": now + 100}
+    assert describe_idle(held, now).startswith("idle 12 min, kept by 2 clients")
+    assert describe_idle({**account, "idle_timeout": 0}, now) == "idle 12 min; never ends itself (idle timeout off)"
+    assert describe_idle({"leases": "x"}, now) is None and describe_idle(account, None) is None
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("4:00:00", 14400), ("90", 5400), ("45:30", 2730),
+                                               ("1-12:00:00", 129600), ("2-3", 183600), ("1-0:30", 88200),
+                                               ("UNLIMITED", None), ("", None), ("1:2:3:4", None)])
+def test_slurm_seconds(text: str, seconds: float | None):
+    assert slurm_seconds(text) == seconds
+
+
+def test_walltime_warning():
+    assert walltime_warning("7", 11 * 60, 10) is None
+    assert walltime_warning("7", 9 * 60, 0) is None  # off
+    text = walltime_warning("7", 9 * 60, 10)
+    assert text is not None and "in 9 min" in text and "hpcllm renew 7" in text
+
+
+def test_a_job_that_ended_itself_says_so(cluster: Cluster, fake: FakeTransport, monkeypatch: pytest.MonkeyPatch):
+    from jupyter_hpcllm.lifecycle.waiting import WaitState, step
+
+    probe = cluster._probe("1")
+    ended = step(WaitState("1", 0.0), probe.__class__(**{**probe.__dict__, "idle_exit": {"idle_seconds": 3600},
+                                                        "queue_checked": True, "row": None}), 1.0)
+    assert ended.failure is not None and "ended itself: nothing used it for 60 min" in str(ended.failure)
+
+
+def test_up_renew_renews_before_the_walltime_ends(cluster: Cluster, fake: FakeTransport):
+    server = cluster.up("Qwen3-8B")
+    assert server.seconds_left is not None and 14000 < server.seconds_left <= 14400  # squeue's time left
+    server._ends_at = time.time() + 4 * 60
+    server.renew_automatically(lead_minutes=5, check_every=0.02)
+    deadline = time.monotonic() + JOIN
+    while server.job_id == "1000" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.job_id == "1001" and server.seconds_left is not None and server.seconds_left > 14000
+    server.down()
