@@ -286,3 +286,13 @@ def test_a_model_root_written_with_home_is_found_and_launched_from_home(tmp_path
     facts = model_facts(profile, LocalFiles(), "Qwen3-8B")
     assert facts.path == "~/models/Qwen3-8B"
     assert ' "$HOME"/models/Qwen3-8B ' in plan_launch(profile, LaunchOptions("Qwen3-8B"), facts=facts).script
+
+
+@pytest.mark.parametrize(("entry", "means"), [("--arr=0-3", "array"), ("--outp=x", "output"), ("--chd=/", "chdir"),
+                                             ("--expo=ALL", "export"), ("--ti=5", "time"), ("--gre=gpu:8", "gres")])
+def test_extra_sbatch_abbreviations_of_the_launchers_options_are_refused(entry, means):
+    from jupyter_hpcllm.config.checks import check_extra_sbatch
+
+    with pytest.raises(ConfigError, match=f"sets --{means}, .* abbreviations"):
+        check_extra_sbatch(entry)
+    assert check_extra_sbatch("--gres-flags=enforce-binding") == "--gres-flags=enforce-binding"

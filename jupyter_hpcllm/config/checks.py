@@ -151,9 +151,13 @@ def check_extra_sbatch(entry: str) -> str:
             "Write each as its own list item, --option=value or --flag (e.g. \"--constraint=ib\"), with no "
             "spaces in the value.",
         )
-    if match.group(1) in LAUNCHER_SBATCH_OPTIONS:
+    # sbatch (getopt_long) takes any unambiguous abbreviation: --arr is --array, --outp is --output.
+    taken = sorted(option for option in LAUNCHER_SBATCH_OPTIONS if option.startswith(match.group(1)))
+    if taken:
+        exact = match.group(1) in taken
         raise ConfigError(
-            f"The extra_sbatch entry {_show(entry)} sets --{match.group(1)}, which jupyter-hpcllm sets itself.",
+            f"The extra_sbatch entry {_show(entry)} sets --{match.group(1) if exact else taken[0]}, which "
+            "jupyter-hpcllm sets itself" + ("." if exact else " (sbatch takes abbreviations of its options)."),
             "Remove it; GPUs, time, memory, CPUs, partition, account and QOS are profile keys and launch options "
             "of their own.",
         )

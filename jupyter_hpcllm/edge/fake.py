@@ -316,6 +316,7 @@ class FakeTransport:
         self.sbatch_error: str | None = None  # set it and sbatch refuses with this message
         self.extend_allowed = False  # whether `scontrol update TimeLimit=+N` works (only admins, mostly)
         self.lease_renew_every = 60.0  # what the relay of every job tells a lease to do
+        self.renewals: dict[str, str] = {}  # job -> its successor ("" claimed, not yet submitted)
         self.jobs: dict[str, FakeJob] = {}
         self.commands: list[str] = []
         self.fresh_connections = 0
@@ -343,6 +344,9 @@ class FakeTransport:
                         rf"sbatch --parsable(?: --export=ALL,HPCLLM_KEY_FROM=(\d+))? --comment=(\S+) .*"),
              self._sbatch),
             (re.compile(rf"cat {_J}/{_ID}/job\.sh"), self._job_script),
+            (re.compile(rf"cd; if mkdir {_J}/{_ID}/renewal 2>/dev/null; then echo (\S+); .*"), self._claim_renewal),
+            (re.compile(rf"cd; echo {_ID} > {_J}/{_ID}/renewal/job\.new && mv .*"), self._record_renewal),
+            (re.compile(rf"cd; rm -rf {_J}/{_ID}/renewal"), self._drop_renewal),
             (re.compile(rf"scontrol update JobId={_ID} TimeLimit=\+(\d+)"), self._extend),
             (re.compile(rf'squeue -h -u "\$USER" -o {_FMT}(?: -n (\S+))?(?: -t ([A-Z,]+))?'), self._squeue),
             (re.compile(rf"scancel {_ID}"), self._scancel),
@@ -459,6 +463,20 @@ class FakeTransport:
         if job is None or job.run is None:
             return 1, "", f"cat: {JOBS_DIR}/{match[1]}/job.sh: No such file or directory\n"
         return 0, job.script, ""
+
+    def _claim_renewal(self, match: re.Match[str], _: str) -> _Out:
+        if match[1] not in self.renewals:
+            self.renewals[match[1]] = ""
+            return 0, f"{match[2]}\n", ""
+        return 0, (self.renewals[match[1]] + "\n") if self.renewals[match[1]] else "", ""
+
+    def _record_renewal(self, match: re.Match[str], _: str) -> _Out:
+        self.renewals[match[2]] = match[1]
+        return 0, "", ""
+
+    def _drop_renewal(self, match: re.Match[str], _: str) -> _Out:
+        self.renewals.pop(match[1], None)
+        return 0, "", ""
 
     def _extend(self, match: re.Match[str], _: str) -> _Out:
         job = self.jobs.get(match[1])

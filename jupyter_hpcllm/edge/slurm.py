@@ -34,6 +34,7 @@ __all__ = [
     "parse_submission",
     "probe_command",
     "queue_command",
+    "renewal_command",
     "submit_command",
 ]
 
@@ -124,16 +125,22 @@ def submit_command(token: str, comment: str, script_bytes: int, *, unique_name: 
             raise ValueError(f"a job name to lock on is letters, digits and ._+-, not {unique_name!r}")
         lock = f"{JOBS_DIR}/.lock-{unique_name}"
         states = "PENDING,CONFIGURING,RUNNING,SUSPENDED,REQUEUED"
+        # The holder touches the lock every 20 s while it works (a slow sbatch must not look abandoned), and
+        # removes it only if it is still its own; a lock untouched for two minutes is moved aside (mv is
+        # atomic: one waiter wins) and removed.
         sbatch = (
             f"j=0; until mkdir {lock} 2>/dev/null; do "
-            f"if [ -n \"$(find {lock} -maxdepth 0 -mmin +2 2>/dev/null)\" ]; then rm -rf {lock}; fi; "
+            f"if [ -n \"$(find {lock} -maxdepth 0 -mmin +2 2>/dev/null)\" ]; then "
+            f"mv {lock} {lock}.stale-{token} 2>/dev/null && rm -rf {lock}.stale-{token}; fi; "
             f"[ $j -ge 300 ] && {{ echo 'jupyter-hpcllm: another launch of this plan holds its lock' >{claim}/err; "
             f"echo 1 >{claim}/status.new; break; }}; sleep 0.2; j=$((j+1)); done; "
-            f"if [ ! -e {claim}/status.new ]; then "
+            f"if [ ! -e {claim}/status.new ]; then echo {token} >{lock}/owner; "
+            f"( while sleep 20; do touch {lock} 2>/dev/null || exit; done ) & keeper=$!; "
             f"if twin=$(squeue -h -u \"$USER\" -n {unique_name} -t {states} -o %i 2>{claim}/err); then "
             f"twin=${{twin%%[!0-9_]*}}; "
             f"if [ -n \"$twin\" ]; then echo \"{REUSED_PREFIX}$twin\" >{claim}/out; echo 0 >{claim}/status.new; "
-            f"else {sbatch}; fi; else echo 1 >{claim}/status.new; fi; rmdir {lock}; fi"
+            f"else {sbatch}; fi; else echo 1 >{claim}/status.new; fi; kill $keeper 2>/dev/null; "
+            f"[ \"$(cat {lock}/owner 2>/dev/null)\" = {token} ] && rm -rf {lock}; fi"
         )
     submit = (
         f"head -c {int(script_bytes)} >{claim}/script; "
@@ -212,6 +219,22 @@ def probe_command(job_id: str, boundary: str, *, queue: bool = True, log_bytes: 
 def job_script_command(job_id: str) -> str:
     """The job's copy of its own script (what a successor runs: `renew`)."""
     return f"cat {JOBS_DIR}/{check_job_id(job_id)}/job.sh"
+
+
+RENEWAL_CLAIMED = "hpcllm-renewal-claimed"
+
+
+def renewal_command(job_id: str, successor: str | None = None) -> str:
+    """Without `successor`: claim the renewal of a job (mkdir: one renewer wins; it prints
+    RENEWAL_CLAIMED), else print the successor the winner recorded (nothing yet: it is still submitting).
+    With `successor`: record it. With successor "": give the claim up (the successor failed)."""
+    renewal = f"{JOBS_DIR}/{check_job_id(job_id)}/renewal"
+    if successor == "":
+        return f"cd; rm -rf {renewal}"
+    if successor is not None:
+        return f"cd; echo {check_job_id(successor)} > {renewal}/job.new && mv {renewal}/job.new {renewal}/job"
+    return (f"cd; if mkdir {renewal} 2>/dev/null; then echo {RENEWAL_CLAIMED}; "
+            f"else cat {renewal}/job 2>/dev/null; fi; true")
 
 
 def extend_command(job_id: str, minutes: int) -> str:

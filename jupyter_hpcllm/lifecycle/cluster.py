@@ -11,6 +11,7 @@ the conveniences over one shared ``Cluster`` per profile).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from ..config.profiles import Profile, load_profile
 from ..discovery.imageprobe import check_plan_parsers, image_parsers
 from ..discovery.models import ModelSummary, list_models, model_facts, summarize
 from ..edge.slurm import (
+    RENEWAL_CLAIMED,
     SUBMIT_INCOMPLETE,
     SUBMIT_UNFINISHED,
     JobRow,
@@ -38,6 +40,7 @@ from ..edge.slurm import (
     parse_submission,
     probe_command,
     queue_command,
+    renewal_command,
     submit_command,
 )
 from ..edge.transport import CommandResult, Forward, Prompt, Transport, connect, run_idempotent
@@ -45,6 +48,7 @@ from ..errors import (
     CommandTimeout,
     ConnectionLost,
     JobNotFound,
+    LaunchCancelled,
     RemoteCommandError,
     SubmitError,
     TransportError,
@@ -250,40 +254,70 @@ class Cluster:
         """Before the job's time limit ends: start a successor job with the same plan and key, and once it
         answers, move the server's forward to it (the local URL, the key and every client made from them
         keep working) and cancel the old job after `grace` seconds for requests still in flight. If the
-        successor fails, it is cancelled and the old job keeps serving."""
+        successor fails, it is cancelled and the old job keeps serving. One successor per job: a second
+        renewer (another notebook holding the same job) follows the first one's successor instead."""
         old = server.job_id
         report = on_progress or (lambda _: None)
-        script = self._read(job_script_command(old), check=False).stdout
-        row = self._probe(old).row
-        if not script.startswith("#!") or row is None or not row.state.is_active:
-            raise JobNotFound(old, "It has no copy of its script to start a successor from: it ended, or an "
-                                   "older jupyter-hpcllm started it. Start a new server with `hpcllm up`.")
-        comment = ";".join(part for part in row.comment.split(";") if part and not part.startswith("submission="))
-        new, _ = self._submit(script, comment or "hpcllm", key_from=old)
         started = self._clock()
-        report(Progress(Stage.SUBMITTED, new, f"Submitted job {new}, the successor of job {old}.", 0.0))
+        claimed = self._claim_renewal(old)
+        row = self._probe(old).row
+        wait_for = timeout if timeout is not None else max(3600.0, slurm_seconds(row.time_left if row else "") or 0.0)
+        if claimed is not None:  # another renewer's successor: follow it, the other renewer ends the old job
+            report(Progress(Stage.REUSED, claimed, f"Job {old} is being renewed already, as job {claimed}.", 0.0))
+            successor = self.wait(claimed, report=report, submitted=False, sleep=self._sleep, started=started,
+                                  timeout=wait_for, hold=False)
+            successor.close()
+            server.retarget(claimed, successor.node, successor.port, successor.seconds_left)
+            return server
+        new = ""
         try:
+            script = self._read(job_script_command(old), check=False).stdout
+            if not script.startswith("#!") or row is None or not row.state.is_active:
+                raise JobNotFound(old, "It has no copy of its script to start a successor from: it ended, or an "
+                                       "older jupyter-hpcllm started it. Start a new server with `hpcllm up`.")
+            comment = ";".join(p for p in row.comment.split(";") if p and not p.startswith("submission="))
+            new, _ = self._submit(script, comment or "hpcllm", key_from=old)
+            self._read(renewal_command(old, new))
+            report(Progress(Stage.SUBMITTED, new, f"Submitted job {new}, the successor of job {old}.", 0.0))
             successor = self.wait(new, report=report, submitted=True, sleep=self._sleep, started=started,
-                                  timeout=timeout if timeout is not None else max(3600.0, slurm_seconds(row.time_left)
-                                                                                  or 0.0), hold=False)
-        except BaseException:
-            self.cancel_quietly(new, fresh=True)
-            raise
-        try:
+                                  timeout=wait_for, hold=False)
+            successor.close()  # its own forward: the server's moves to the successor instead
             if successor.api_key != server.api_key:
                 raise SubmitError(f"the successor job {new} did not take over the API key of job {old}",
                                   "It was cancelled; the old job keeps serving. Start a new server with `hpcllm up`.")
+            if server.closed:
+                raise LaunchCancelled(f"The server of job {old} was closed while its successor {new} started.")
         except BaseException:
-            successor.close()
-            self.cancel_quietly(new, fresh=True)
+            if new:
+                self.cancel_quietly(new, fresh=True)  # never a successor left running for nobody
+            self._quietly(renewal_command(old, ""))
             raise
-        successor.close()  # its own forward: the server's moves to the successor instead
         server.retarget(new, successor.node, successor.port, successor.seconds_left)
         report(Progress(Stage.READY, new, f"Job {new} now serves {server.base_url}; job {old} stops in "
                                           f"{grace:g} s.", self._clock() - started, node=successor.node))
-        self._sleep(grace)  # requests still running on the old job finish
-        self.cancel_quietly(old)
+        try:
+            self._sleep(grace)  # requests still running on the old job finish
+        finally:
+            self.cancel_quietly(old)
         return server
+
+    def _claim_renewal(self, job_id: str) -> str | None:
+        """None if this renewer claimed the job's renewal; else the successor another one started."""
+        for _ in range(30):
+            said = self._read(renewal_command(job_id)).stdout.strip()
+            if said == RENEWAL_CLAIMED:
+                return None
+            if said:
+                return check_job_id(said)
+            self._sleep(1.0)  # claimed, its successor not submitted yet
+        raise SubmitError(f"another renewal of job {job_id} started but recorded no successor",
+                          f"Run `hpcllm list`; if no successor is there, remove ~/.hpcllm/jobs/{job_id}/renewal "
+                          "on the cluster and renew again.")
+
+    def _quietly(self, command: str) -> None:
+        """Run a clean-up command, whatever goes wrong (it must not hide the error being raised)."""
+        with contextlib.suppress(Exception):
+            self._read(command, check=False, timeout=30)
 
     def extend(self, job_id: str, minutes: int) -> str:
         """Ask Slurm to raise the job's time limit; its new time left. Most clusters let only administrators

@@ -84,8 +84,8 @@ class Lease:
             connection.request(method, path, body=data, headers=headers)
             response = connection.getresponse()
             raw = response.read()
-            if response.status in (401, 404):
-                self.unsupported = True  # no relay there (an older job): nothing to renew
+            if response.status == 404:
+                self.unsupported = True  # no relay there (a job of an older jupyter-hpcllm): nothing to renew
                 return None
             if response.status != 200:
                 return None

@@ -166,6 +166,11 @@ class Server:
         yield from self.cluster.follow_logs(self.job_id, poll=poll)
 
     @property
+    def closed(self) -> bool:
+        """close() or down() was called: no forward, no lease."""
+        return self._closed.is_set()
+
+    @property
     def seconds_left(self) -> float | None:
         """Seconds until the job's time limit, as estimated when it became ready (None: no limit known)."""
         return None if self._ends_at is None else max(0.0, self._ends_at - self._clock())

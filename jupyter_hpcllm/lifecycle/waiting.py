@@ -140,7 +140,7 @@ def drop_stale(probe: Probe, row: JobRow) -> Probe:
     """Ignore job files written before this run of the job started: an earlier job with the same id (ids
     restart when a Slurm controller's state is reset), or the run before a requeue, may have left them."""
     if row.state in _WAITING:
-        return replace(probe, server=None, exit_code=None, log="")
+        return replace(probe, server=None, exit_code=None, log="", idle_exit=None, activity=None)
     started = str((probe.server or {}).get("started", ""))[:19]
     if not started or not row.start_time:
         return probe
@@ -148,7 +148,7 @@ def drop_stale(probe: Probe, row: JobRow) -> Probe:
         fresh = datetime.fromisoformat(started) >= datetime.fromisoformat(row.start_time[:19]) - timedelta(seconds=5)
     except ValueError:
         return probe
-    return probe if fresh else replace(probe, server=None, exit_code=None, log="")
+    return probe if fresh else replace(probe, server=None, exit_code=None, log="", idle_exit=None, activity=None)
 
 
 def pending_message(job_id: str, reason: str, expected: str | None) -> str:

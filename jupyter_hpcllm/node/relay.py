@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 HEAD_LIMIT = 16 * 1024
 BODY_LIMIT = 4096  # the one body the relay reads itself: a lease
 MAX_CONNECTIONS = 1024
+MAX_UNTRUSTED = 128  # connections yet to show the key
 UP_BUFFER = 64 * 1024  # client → engine: requests are small
 DOWN_BUFFER = 256 * 1024  # engine → client: one recv takes all that has arrived, so a burst costs few syscalls
 TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110: methods and header names
@@ -84,6 +85,39 @@ def close_quietly(sock: Optional[socket.socket], how: Optional[int] = None) -> N
             sock.shutdown(how) if how is not None else sock.close()
 
 
+def port_owner(port: int) -> Optional[int]:
+    """The uid that listens on this TCP port on the node (Linux's /proc/net/tcp), None if unknown: the
+    engine's loopback port is open to every user of the node, and whoever binds it first would get the
+    key from the relay. (Once the engine holds it, nobody else can bind it.)"""
+    owners = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                next(handle, None)
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) > 7 and fields[3] == "0A" and fields[1].rsplit(":", 1)[-1] == f"{port:04X}":
+                        owners.add(int(fields[7]))
+        except (OSError, ValueError):
+            continue
+    if not owners:
+        return None
+    return owners.pop() if len(owners) == 1 else -1  # two owners: never ours alone
+
+
+def engine_healthy(port: int) -> bool:
+    """GET /health answers 200: the engine has loaded (SGLang listens early and answers 503 until then)."""
+    if port_owner(port) not in (None, os.getuid()):
+        return False
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            sock.settimeout(5)
+            return sock.recv(64).startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+    except OSError:
+        return False
+
+
 def terminate(pid: int) -> None:
     with contextlib.suppress(OSError):  # already gone
         os.kill(pid, signal.SIGTERM)
@@ -104,6 +138,8 @@ class Relay:
         self.leases: Dict[str, float] = {}  # client id → expiry (epoch seconds)
         self.open: Set[Connection] = set()
         self.trusted_total = 0
+        self.engine_verified = False  # the engine's port seen listening under our own uid
+        self.engine_ready: Optional[float] = None  # when /health first answered 200: the idle clock starts
         self.stopping = self.write_failed = False
         self.fatal: Optional[str] = None
 
@@ -113,7 +149,9 @@ class Relay:
 
     def idle_seconds(self, now: float) -> Optional[float]:
         """A request waiting for its answer keeps the job too: a long non-streamed one sends nothing for minutes."""
-        idle = now - self.last_activity
+        if self.engine_ready is None:
+            return None  # still loading: a load longer than the idle timeout must not end the job
+        idle = now - max(self.last_activity, self.engine_ready)
         if self.idle_timeout <= 0 or idle < self.idle_timeout:
             return None
         with self.lock:
@@ -174,10 +212,11 @@ def pump(src: socket.socket, dst: socket.socket, size: int, connection: "Connect
         n = recv_into(buffer)
         if not n:
             return
-        sendall(view[:n])
         if connection.trusted:  # an unauthenticated /health poll must not keep the job alive
             relay.last_activity = clock()
+            # Before the bytes go: the engine's answer (which clears it) may come back before sendall returns.
             connection.awaiting = upstream
+        sendall(view[:n])
 
 
 class Connection:
@@ -188,6 +227,8 @@ class Connection:
         self.engine: Optional[socket.socket] = None  # opened by the first request let through
         self.down: Optional[threading.Thread] = None  # engine → client, a raw copy
         self.trusted = self.awaiting = False
+        self.opened = time.monotonic()
+        self.shed = False  # closed to make room (see shed_oldest_untrusted)
         self.local = False  # the relay answers itself: the engine's EOF must not end the client's side
 
     def run(self) -> None:
@@ -248,10 +289,16 @@ class Connection:
 
     def connect(self) -> socket.socket:
         if self.engine is None:
+            if not self.relay.engine_verified:
+                owner = port_owner(self.relay.engine_port)
+                if owner is not None and owner != os.getuid():
+                    # Another user took the engine's port first: they would get the key. Never connect.
+                    raise Refuse(503, "the model server's port is held by another user's program")
             try:
                 self.engine = socket.create_connection(("127.0.0.1", self.relay.engine_port), timeout=5)
             except OSError:
                 raise Refuse(503, "the model server does not accept connections yet (still loading?)") from None
+            self.relay.engine_verified = self.relay.engine_verified or port_owner(self.relay.engine_port) == os.getuid()
             self.engine.settimeout(None)
             self.engine.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.down = threading.Thread(target=self.downstream, daemon=True)
@@ -262,9 +309,11 @@ class Connection:
         assert self.engine is not None
         try:
             pump(self.engine, self.client, DOWN_BUFFER, self, False)
+            self.awaiting = False  # the engine closed: nothing it owes this client any more
             if not self.local:
                 self.client.shutdown(socket.SHUT_WR)  # the engine closed: so does the relay, towards the client
         except OSError:  # one side broke: wake the other direction
+            self.awaiting = False
             close_quietly(self.client, socket.SHUT_RDWR)
             close_quietly(self.engine, socket.SHUT_RDWR)
 
@@ -327,13 +376,16 @@ def accept(relay: Relay, listener: socket.socket, waker: socket.socket) -> None:
         try:
             client, _ = listener.accept()
         except OSError as error:
-            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
+            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EINTR,
+                               errno.EPROTO, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
+                               errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH, errno.EPERM):
                 time.sleep(0.1)  # out of descriptors or memory for a moment: ending connections free them
                 continue
             relay.fatal = f"accept failed: {error}"
             waker.send(b"!")
             return
         try:
+            shed_oldest_untrusted(relay)
             if len(relay.open) >= MAX_CONNECTIONS:
                 raise RuntimeError("too many connections")
             threading.Thread(target=serve, args=(relay, client), daemon=True).start()
@@ -345,6 +397,18 @@ def accept(relay: Relay, listener: socket.socket, waker: socket.socket) -> None:
             close_quietly(client)
 
 
+def shed_oldest_untrusted(relay: Relay) -> None:
+    """Connections without the key may hold at most MAX_UNTRUSTED places: past that, the oldest is closed,
+    so nobody without the key can fill the relay and lock its owner out."""
+    with relay.lock:
+        untrusted = [c for c in relay.open if not c.trusted and not c.shed]
+        oldest = min(untrusted, key=lambda c: c.opened) if len(untrusted) >= MAX_UNTRUSTED else None
+        if oldest is not None:
+            oldest.shed = True
+    if oldest is not None:
+        close_quietly(oldest.client, socket.SHUT_RDWR)
+
+
 def watch(relay: Relay, wake: socket.socket) -> int:
     """The main thread: idle checks and activity.json. Signals only set a flag, and wake it up at once."""
     timeout = relay.idle_timeout
@@ -352,7 +416,7 @@ def watch(relay: Relay, wake: socket.socket) -> int:
     every = max(0.5, min(10.0, timeout / 4)) if timeout else 10.0
     poller = select.poll()
     poller.register(wake, select.POLLIN)
-    next_write = time.monotonic() + every
+    next_write, next_health = time.monotonic() + every, time.monotonic()
     while not relay.stopping:
         poller.poll(check * 1000)
         with contextlib.suppress(BlockingIOError, InterruptedError):
@@ -360,6 +424,10 @@ def watch(relay: Relay, wake: socket.socket) -> int:
         if relay.fatal:
             raise RuntimeError(relay.fatal)
         now = time.time()
+        if relay.engine_ready is None and time.monotonic() >= next_health:
+            next_health = time.monotonic() + 2.0
+            if engine_healthy(relay.engine_port):
+                relay.engine_ready = now
         idle = relay.idle_seconds(now)
         if idle is not None and not relay.stopping:
             with contextlib.suppress(OSError):  # the job ends as idle all the same

@@ -283,11 +283,18 @@ if ! [[ "$PORT" =~ ^[0-9]+$ ]]; then
 fi"""
 
 _BODY_END = """
-# Wait for the engine. The relay is its only door: if the relay dies, stop the engine rather than hold
-# GPUs nobody can reach. A trapped TERM interrupts `wait`, so loop until the engine has really exited.
+# Wait for the engine. The relay is its only door: if the relay dies (or ended the job as idle), stop the
+# engine rather than hold GPUs nobody can reach, with KILL if TERM has not worked within a minute. A
+# trapped TERM interrupts `wait`, so loop until the engine has really exited.
 set +e
+DOORLESS=0
 while kill -0 "$ENGINE_PID" 2>/dev/null; do
-    kill -0 "$RELAY_PID" 2>/dev/null || kill -TERM "$ENGINE_PID" 2>/dev/null
+    if ! kill -0 "$RELAY_PID" 2>/dev/null; then
+        DOORLESS=$((DOORLESS + 2))
+        SIGNAL=TERM
+        [ "$DOORLESS" -gt 60 ] && SIGNAL=KILL
+        kill -"$SIGNAL" "$ENGINE_PID" 2>/dev/null
+    fi
     sleep 2 & wait $!
 done
 wait "$ENGINE_PID"; status=$?

@@ -143,3 +143,28 @@ def test_up_renew_renews_before_the_walltime_ends(cluster: Cluster, fake: FakeTr
         time.sleep(0.02)
     assert server.job_id == "1001" and server.seconds_left is not None and server.seconds_left > 14000
     server.down()
+
+
+def test_two_renewers_of_one_job_share_one_successor(profile: Any, fake: FakeTransport, clock: Clock):
+    # Two notebooks hold the same job (the second reused it); both renew it.
+    first = Cluster(profile, transport=fake, clock=clock, sleep=clock.sleep).up("Qwen3-8B")
+    second = Cluster(profile, transport=fake, clock=clock, sleep=clock.sleep).up("Qwen3-8B")
+    assert first.job_id == second.job_id == "1000"
+    first.cluster.renew(first, grace=0)
+    second.cluster.renew(second, grace=0)
+    assert first.job_id == second.job_id == "1001" and list(fake.jobs) == ["1000", "1001"]
+    assert fake.renewals == {"1000": "1001"}
+    second.close()
+    first.down()
+
+
+def test_a_failed_renewal_gives_its_claim_up(cluster: Cluster, fake: FakeTransport):
+    server = cluster.up("Qwen3-8B")
+    fake.sbatch_error = "QOSMaxSubmitJobPerUserLimit"
+    with pytest.raises(SubmitError, match="QOSMaxSubmitJobPerUserLimit"):
+        cluster.renew(server, grace=0)
+    assert fake.renewals == {}  # a later renewal may try again
+    fake.sbatch_error = None
+    cluster.renew(server, grace=0)
+    assert server.job_id == "1001"
+    server.down()
