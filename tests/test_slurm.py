@@ -303,3 +303,28 @@ def test_a_job_id_is_ascii_digits(text):
 @pytest.mark.parametrize("text", ["[1, 2]", "1.5", "NaN", '"text"'])
 def test_a_server_file_that_is_not_an_object_is_no_server(text):
     assert parse_probe(_marked(f"@@hpcllm:server\n{text}\n"), B).server is None
+
+
+def _stub(bin_dir: Path, name: str, script: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/bin/bash\n" + script + "\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize(("queue", "expected"), [("", ("42", False)), ("41\n40\n", ("41", True))])
+def test_the_locked_submission_in_bash(tmp_path, queue, expected):
+    from jupyter_hpcllm.edge.slurm import parse_submission, submit_command
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir, "squeue", f"printf '{queue}'")
+    _stub(bin_dir, "sbatch", f'cat "${{@: -1}}" > {tmp_path}/submitted; echo 42')
+    script = "#!/bin/bash\necho hi\n"
+    command = submit_command("0123456789ab", "hpcllm;model=m", len(script), unique_name="hpcllm-m-1234")
+    # It must return as soon as it is done: nothing it leaves behind (the lock's keeper) may hold its output.
+    result = subprocess.run(["bash", "-c", command], input=script, capture_output=True, text=True, timeout=15,
+                            env={"HOME": str(tmp_path), "PATH": f"{bin_dir}:/usr/bin:/bin", "USER": "u"})
+    assert result.returncode == 0, result.stderr
+    assert parse_submission(result.stdout) == expected
+    assert not (tmp_path / ".hpcllm/jobs/.lock-hpcllm-m-1234").exists()  # released by its owner
+    assert (tmp_path / "submitted").exists() == (not expected[1])

@@ -135,7 +135,8 @@ def submit_command(token: str, comment: str, script_bytes: int, *, unique_name: 
             f"[ $j -ge 300 ] && {{ echo 'jupyter-hpcllm: another launch of this plan holds its lock' >{claim}/err; "
             f"echo 1 >{claim}/status.new; break; }}; sleep 0.2; j=$((j+1)); done; "
             f"if [ ! -e {claim}/status.new ]; then echo {token} >{lock}/owner; "
-            f"( while sleep 20; do touch {lock} 2>/dev/null || exit; done ) & keeper=$!; "
+            # (No output of its own: a command's channel stays open while anything holds its stdout.)
+            f"( while sleep 20; do touch {lock} || exit; done ) </dev/null >/dev/null 2>&1 & keeper=$!; "
             f"if twin=$(squeue -h -u \"$USER\" -n {unique_name} -t {states} -o %i 2>{claim}/err); then "
             f"twin=${{twin%%[!0-9_]*}}; "
             f"if [ -n \"$twin\" ]; then echo \"{REUSED_PREFIX}$twin\" >{claim}/out; echo 0 >{claim}/status.new; "
