@@ -14,7 +14,7 @@ from ._version import __version__
 from .config import profiles
 from .config.options import ENGINES, LaunchOptions, add_arguments, split_engine_args
 from .errors import ConfigError, HpcllmError
-from .lifecycle import Cluster, Progress, Server
+from .lifecycle import Cluster, Progress, walltime_warning
 
 DESCRIPTION = """\
 Run a large open LLM (vLLM or SGLang) on a Slurm GPU cluster and talk to it with any OpenAI client.
@@ -36,6 +36,28 @@ _ENGINE_ARGS_HELP = """\
 Arguments after `--` go to the engine verbatim, e.g.
   hpcllm up Qwen3-8B --gpus 1 -- --max-model-len 32768 --gpu-memory-utilization 0.85
 """
+
+
+MAX_LOG_LINES = 1_000_000
+
+
+def _whole_number(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high` (argparse says which option, and exits 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} is a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} is {low} to {high:,}, not {value}")
+        return value
+
+    return parse
+
+
+_local_port = _whole_number(0, 65535, "a local port (0: any free one)")
+_log_lines = _whole_number(1, MAX_LOG_LINES, "the number of lines")
 
 
 def _profile_option(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_option(sub)
     sub.add_argument("--forward", action="store_true",
                      help="once ready, keep a local port forward open (Ctrl-C ends it)")
-    sub.add_argument("--port", type=int, default=0, help="local port for --forward (default: any free one)")
+    sub.add_argument("--port", type=_local_port, default=0, help="local port for --forward (default: any free one)")
 
     sub = command("script", "print the sbatch script `up` would submit, without connecting", _cmd_script)
     add_arguments(sub)
@@ -91,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("logs", "print the engine log of a job (the API key is redacted)", _cmd_logs)
     sub.add_argument("job", nargs="?", help="job id (default: your only job)")
-    sub.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
+    sub.add_argument("-n", "--lines", type=_log_lines, default=100, help="how many lines (default 100)")
     sub.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the job ends")
     _profile_option(sub)
 
@@ -104,9 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("job", nargs="?", help="job id (default: your only job)")
     _profile_option(sub)
 
-    sub = command("forward", "forward a local port to a job's server until Ctrl-C", _cmd_forward)
+    sub = command("renew", "before a job's time limit ends: start a successor with the same plan and key, "
+                  "then stop the old job (clients of the old one keep working through `hpcllm forward`)", _cmd_renew)
     sub.add_argument("job", nargs="?", help="job id (default: your only job)")
-    sub.add_argument("--port", type=int, default=0, help="local port (default: any free one)")
+    sub.add_argument("--extend", type=_whole_number(1, 525600, "minutes"), metavar="MINUTES",
+                     help="instead, ask Slurm to raise the job's time limit (most clusters allow only admins)")
+    _profile_option(sub)
+
+    sub = command("forward", "forward a local port to a job's server until Ctrl-C (keeping the job from ending "
+                  "itself as idle meanwhile)", _cmd_forward)
+    sub.add_argument("job", nargs="?", help="job id (default: your only job)")
+    sub.add_argument("--renew", action="store_true", help="renew the job before its time limit while forwarding")
+    sub.add_argument("--port", type=_local_port, default=0, help="local port (default: any free one)")
     sub.add_argument("--show-key", action="store_true",
                      help="also print `export OPENAI_API_KEY=...` (the key is secret: mind your terminal log)")
     _profile_option(sub)
@@ -189,7 +220,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"Job {server.job_id} serves {server.model!r} ({server.engine}) on {server.node}:{server.port}.")
     server.close()
     if args.forward:
-        return _serve_forward(cluster, server, args.port, show_key=False)
+        return _serve_forward(cluster, server.job_id, args.port, show_key=False, renew=options.renew)
+    if options.renew:
+        print("note: --renew renews the job only while something holds it: use it with --forward, or in a "
+              "notebook (`%hpcllm up --renew`).", file=sys.stderr)
     print(f"Reach it with `hpcllm forward {server.job_id}`, or in Python: "
           f"`jupyter_hpcllm.attach({server.job_id!r}).client()`. Stop it with `hpcllm down {server.job_id}`.")
     return 0
@@ -222,6 +256,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     info = cluster.status(job)
     print(f"Job {job}: {info.state.value}")
     sys.stdout.write(views.status_text(info, indent="  "))
+    warning = walltime_warning(job, info.seconds_left, cluster.profile.walltime_warning)
+    if warning:
+        print(f"hpcllm: {warning}", file=sys.stderr)
     return 0
 
 
@@ -258,16 +295,34 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 
 def _cmd_forward(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
-    server = cluster.attach(_only_job(args, cluster))
-    server.close()
-    return _serve_forward(cluster, server, args.port, args.show_key)
+    return _serve_forward(cluster, _only_job(args, cluster), args.port, args.show_key, renew=args.renew)
 
 
-def _serve_forward(cluster: Cluster, server: Server, port: int, show_key: bool) -> int:
-    job = server.job_id
-    forward = cluster.open_forward(server, local_port=port)
+def _cmd_renew(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    job = _only_job(args, cluster)
+    if args.extend:
+        left = cluster.extend(job, args.extend)
+        print(f"Slurm raised the time limit of job {job}: {left or 'unknown'} left.")
+        return 0
+    server = cluster.attach(job, on_progress=_print_progress)
     try:
-        print(f"export OPENAI_BASE_URL=http://{forward.address}/v1")
+        cluster.renew(server, on_progress=_print_progress)
+    finally:
+        server.close()
+    print(f"Job {server.job_id} took over from job {job}, with the same key. Reach it with "
+          f"`hpcllm forward {server.job_id}`.")
+    return 0
+
+
+def _serve_forward(cluster: Cluster, job: str, port: int, show_key: bool, *, renew: bool = False) -> int:
+    # The Server holds a lease while this runs: the job does not end itself as idle under an open forward.
+    server = cluster.attach(job, local_port=port)
+    if renew:
+        server.renew_automatically()
+    warned: set[str] = set()
+    try:
+        print(f"export OPENAI_BASE_URL={server.base_url}")
         if show_key:
             print(f"export OPENAI_API_KEY={server.api_key}")
         else:
@@ -276,11 +331,15 @@ def _serve_forward(cluster: Cluster, server: Server, port: int, show_key: bool) 
               f"`hpcllm down {job}` stops it).", flush=True)
         while True:
             time.sleep(1)
-            forward.raise_if_failed()
+            server.raise_if_failed()
+            warning = server.walltime_warning()
+            if warning and server.job_id not in warned:
+                warned.add(server.job_id)
+                print(f"hpcllm: {warning}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("\nForward closed; the job is still running.", file=sys.stderr)
     finally:
-        forward.close()
+        server.close()
     return 0
 
 
@@ -309,9 +368,24 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _undecodable(argv: Sequence[str]) -> str | None:
+    """The first argument that is not text (bytes the terminal's encoding could not decode arrive as lone
+    surrogates): it could reach neither the cluster nor the screen."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return arg
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv, engine_args = split_engine_args(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
+    given = list(sys.argv[1:] if argv is None else argv)
+    bad = _undecodable(given)
+    if bad is not None:
+        parser.error(f"the argument {bad!r} is not valid UTF-8 text; check the terminal's encoding (locale)")
+    argv, engine_args = split_engine_args(given)
     args = parser.parse_args(argv)
     if engine_args and args.command not in ("up", "script", "plan"):
         parser.error(f"`{args.command}` takes no engine arguments after `--`")

@@ -67,3 +67,26 @@ def test_cluster_errors_are_one_paragraph(cluster_config, tmp_path):
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     done = hpcllm("up", "no-such-model", config=cluster_config)
     assert done.returncode == 1 and "is not under /srv/hpcllm/models" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_renew_extend_and_the_walltime_warning_from_the_command_line(cluster_config):
+    up = hpcllm("up", "Qwen3-8B", "--gpus", "1", "--time", "8", config=cluster_config)
+    assert up.returncode == 0, up.stderr
+    job = re.search(r"Job (\d+) serves", up.stdout).group(1)
+    successor = None
+    try:
+        status = hpcllm("status", job, config=cluster_config)
+        assert "reaches its time limit in" in status.stderr and f"hpcllm renew {job}" in status.stderr
+        assert "idle" in status.stdout  # the relay's account: in use / idle N min, ends itself in M min
+        refused = hpcllm("renew", job, "--extend", "30", config=cluster_config)
+        assert refused.returncode == 1 and "only administrators can raise" in refused.stderr
+        renewed = hpcllm("renew", job, config=cluster_config)
+        assert renewed.returncode == 0, renewed.stderr
+        successor = re.search(r"Job (\d+) took over from job " + job, renewed.stdout).group(1)
+        assert successor != job and "Traceback" not in renewed.stderr
+        listed = hpcllm("list", config=cluster_config).stdout
+        assert re.search(rf"^{successor}\s+RUNNING", listed, re.MULTILINE)
+    finally:
+        hpcllm("down", job, config=cluster_config)
+        if successor:
+            hpcllm("down", successor, config=cluster_config)

@@ -111,6 +111,29 @@ def test_up_chat_status_down_through_the_fake_transport(shell, capsys, fake):
     assert any(command.startswith("scancel") for command in fake.commands)
 
 
+def test_renew_and_the_walltime_warning_in_the_notebook(shell, capsys, fake):
+    import time
+
+    shell.run_line_magic("hpcllm", "up Qwen3-8B --profile ebi")
+    client = shell.user_ns["client"]
+    magics = shell.magics_manager.registry["HpcllmMagics"]
+    magics.server._ends_at = time.time() + 5 * 60  # as if five minutes were left
+    capsys.readouterr()
+    shell.run_line_magic("hpcllm", "status")
+    out = capsys.readouterr().out
+    assert "reaches its time limit in 5 min" in out and "hpcllm renew 1000" in out
+    shell.run_cell_magic("llm", "--no-stream", "again")
+    assert "time limit" not in capsys.readouterr().out  # once per job, not at every cell
+    error = _error_of(shell, "%hpcllm renew --extend 30")
+    assert error is not None and "only administrators can raise" in str(error)
+    shell.run_line_magic("hpcllm", "renew")
+    out = capsys.readouterr().out
+    assert "Job 1001 took over from job 1000" in out and magics.server.job_id == "1001"
+    answer = client.chat.completions.create(model="Qwen3-8B", messages=[{"role": "user", "content": "moved"}])
+    assert answer.choices[0].message.content == "Echo: moved"  # the `client` made before the renew
+    shell.run_line_magic("hpcllm", "down")
+
+
 def test_background_up_keeps_its_handle_and_down_cancels_it(shell, capsys, fake):
     from jupyter_hpcllm.edge.fake import Outcome
 

@@ -124,8 +124,12 @@ class LaunchOptions:
     check_parsers: bool = field(default=False, metadata=_option(
         "first ask the engine image which parser names it knows (cached per image)", group="check"))
     timeout: float | None = field(default=None, metadata=_option(
-        "give up (and cancel the job) after this many seconds", group="launch", metavar="SECONDS",
+        "give up (and cancel the job) after this many seconds; default: the job's time limit, at least an hour",
+        group="launch", metavar="SECONDS",
         minimum=1e-3, maximum=MAX_TIMEOUT, bounds_hint="At most a week (604800 s)."))
+    renew: bool = field(default=False, metadata=_option(
+        "keep the server past its time limit: shortly before it ends, start a successor with the same plan and "
+        "key, and move this address to it", group="launch"))
     reuse: bool = field(default=True, metadata=_option(
         "submit a new job even if the same one is pending or running", group="launch",
         negative_flag="--no-reuse"))

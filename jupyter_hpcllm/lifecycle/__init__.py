@@ -7,6 +7,7 @@ from .handle import LaunchHandle
 from .progress import Progress, ProgressCallback, Stage
 from .server import Server, ServerInfo
 from .shared import attach, cancel, cluster_for, launch, list_servers, up
+from .walltime import walltime_warning
 
 __all__ = [
     "Cluster",
@@ -23,4 +24,5 @@ __all__ = [
     "launch",
     "list_servers",
     "up",
+    "walltime_warning",
 ]

@@ -203,6 +203,8 @@ class LaunchHandle:
                 timeout = max(3600.0, slurm_seconds(plan.spec.time) or 0.0)
             server = self.cluster.wait(self.job_id, report=self._report, timeout=timeout,
                                        submitted=self.submitted, sleep=self._sleep, started=started)
+            if self.options.renew:
+                server.renew_automatically()
             with self._lock:  # cancel() decides under the same lock: either it sees the result or we see it
                 published = not self._cancel.is_set()
                 if published:

@@ -175,6 +175,10 @@ class Server:
         """Seconds until the job's time limit, as estimated when it became ready (None: no limit known)."""
         return None if self._ends_at is None else max(0.0, self._ends_at - self._clock())
 
+    def raise_if_failed(self) -> None:
+        """Re-raise what failed in the forward's threads (a face that keeps a forward open checks it)."""
+        self._forward.raise_if_failed()
+
     def walltime_warning(self, threshold_minutes: float | None = None) -> str | None:
         """A warning to show when less than `threshold_minutes` (the profile's `walltime_warning`) remain."""
         threshold = self.profile.walltime_warning if threshold_minutes is None else threshold_minutes

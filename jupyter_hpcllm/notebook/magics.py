@@ -9,10 +9,15 @@
 from __future__ import annotations
 
 import argparse
+import keyword
+import math
 import os
+import re
 import shlex
 import sys
 import threading
+import unicodedata
+from collections.abc import Collection
 from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
@@ -33,10 +38,13 @@ Run a model server on the cluster and talk to it.
 
   %hpcllm up MODEL [--gpus N] [--gpu-type T] [--engine vllm|sglang] [--profile P] [--time T] [--cpus N]
                    [--mem M] [--partition P] [--tool-call-parser X] [--reasoning-parser Y] [--as NAME]
-                   [--background] [-- extra engine args]
+                   [--idle-timeout MIN] [--renew] [--background] [-- extra engine args]
         start MODEL (or reuse the same running job), show its progress, then put a ready openai.OpenAI
         client in `client` (or NAME) and make it the default of %%llm. Interrupting cancels the job.
+        While this kernel lives it holds the job; unused and unheld for --idle-timeout minutes (default
+        60), the job ends itself. --renew keeps it past its time limit with a successor.
   %hpcllm status | list | logs [-f] [-n N] | down [JOB] | attach JOB
+  %hpcllm renew [--extend MIN]                   before the time limit: a successor takes over, same key
   %hpcllm models | plan MODEL | script MODEL
   %hpcllm use URL [--key-env VAR] [--model M]    any OpenAI-compatible endpoint for %%llm and `client`
 
@@ -61,7 +69,14 @@ class _Parser(argparse.ArgumentParser):
         raise _Stop(status)
 
     def error(self, message: str) -> Any:
-        raise _Stop(2, f"{self.prog}: {message}. `{self.prog} --help` lists the options.")
+        # argparse's messages are one line; a line break or control character in one is the user's input
+        # echoed back (`unrecognized arguments: ...`): shown escaped, the error stays one line.
+        raise _Stop(2, f"{self.prog}: {_printable(message)}. `{self.prog} --help` lists the options.")
+
+
+def _printable(text: str) -> str:
+    """Text with its line breaks and other control characters shown as escapes (\\n, \\x1b)."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 class _Stop(Exception):
@@ -93,6 +108,11 @@ def _hpcllm_parser() -> _Parser:
     sub.add_argument("--profile", "-p")
     sub = commands.add_parser("down", help="cancel the current server's job (or JOB); asks nothing")
     sub.add_argument("job", nargs="?")
+    sub.add_argument("--profile", "-p")
+    sub = commands.add_parser("renew", help="before the time limit: a successor job with the same plan and key "
+                              "takes over (`client` keeps working)")
+    sub.add_argument("--extend", type=int, metavar="MINUTES",
+                     help="instead, ask Slurm to raise the time limit (most clusters allow only admins)")
     sub.add_argument("--profile", "-p")
     sub = commands.add_parser("attach", help="connect to a running job (e.g. after a kernel restart)")
     sub.add_argument("job")
@@ -133,6 +153,11 @@ def _parse(parser: _Parser, line: str) -> tuple[argparse.Namespace | None, list[
     """(options, engine arguments after `--`); None after --help; bad quotes or a bad option fail the cell
     with one line."""
     try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate (a "\udcff" escape in the notebook's JSON)
+        _fail(f"{parser.prog}: the options are not valid text ({_short(line[error.start:error.end])} at "
+              f"position {error.start}).")
+    try:
         argv, engine_args = split_engine_args(shlex.split(line))
     except ValueError as error:  # shlex: an unclosed quote
         _fail(f"{parser.prog}: cannot read the options ({error}). Check the quotes.")
@@ -161,6 +186,30 @@ def _fail(message: str) -> NoReturn:
     raise UsageError(message)
 
 
+# IPython's own names in the namespace: overwriting one breaks the notebook (the output history, `exit`,
+# the display hook's `_`). `_N` and `_iN` are the numbered outputs and inputs.
+_IPYTHON_NAMES = frozenset({"get_ipython", "In", "Out", "exit", "quit", "_", "__", "___", "_i", "_ii", "_iii",
+                            "_oh", "_ih", "_dh"})
+_IPYTHON_NUMBERED = re.compile(r"_i?[0-9]+")
+MAX_LOG_LINES = 1_000_000
+
+
+def _short(value: str, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _variable_problem(name: str, hidden: Collection[str]) -> str | None:
+    """Why `name` cannot take a value the magic stores (None: it can)."""
+    if not name.isidentifier() or unicodedata.normalize("NFKC", name) != name:
+        return "is not a Python variable name"
+    if keyword.iskeyword(name):
+        return "is a Python keyword"
+    if name in _IPYTHON_NAMES or _IPYTHON_NUMBERED.fullmatch(name) or name in hidden:
+        return "is one of IPython's own names (In, Out, _, _N, _iN, get_ipython, exit, quit, ...)"
+    return None
+
+
 @magics_class
 class HpcllmMagics(Magics):
     def __init__(self, shell: Any) -> None:
@@ -169,6 +218,7 @@ class HpcllmMagics(Magics):
         self.endpoint: Endpoint | None = None
         self.history: list[dict[str, Any]] = []
         self.launching: LaunchHandle | None = None  # a `%hpcllm up --background` in progress
+        self._warned: str | None = None  # the job whose near time limit was already pointed out
 
     @property
     def _ip(self) -> Any:
@@ -191,6 +241,10 @@ class HpcllmMagics(Magics):
             return print(HPCLLM_HELP)
         if engine_args and args.command not in ("up", "plan", "script"):
             _fail(f"%hpcllm {args.command} takes no engine arguments after `--`.")
+        if getattr(args, "as_name", None) is not None:
+            self._check_variable(f"%hpcllm {args.command} --as", args.as_name, "client")
+        if getattr(args, "lines", None) is not None and not 1 <= args.lines <= MAX_LOG_LINES:
+            _fail(f"%hpcllm logs -n takes a number of lines from 1 to {MAX_LOG_LINES:,}, not {args.lines}.")
         args.engine_args = engine_args
         try:
             return getattr(self, f"_{args.command}")(args)
@@ -200,6 +254,14 @@ class HpcllmMagics(Magics):
             _fail(f"%hpcllm {args.command}: interrupted.")
 
     hpcllm.__doc__ = HPCLLM_HELP
+
+    def _check_variable(self, option: str, name: str, example: str) -> None:
+        """A name the magic stores a value under must be a variable the notebook can use, and not one of
+        IPython's own (storing the client in `Out` or `_` would break the notebook)."""
+        problem = _variable_problem(name, getattr(self._ip, "user_ns_hidden", {}))
+        if problem:
+            _fail(f"{option} {_short(name)}: the name {problem}. Choose another name, "
+                  f"e.g. {option.rsplit(' ', 1)[-1]} {example}.")
 
     def _cluster(self, args: argparse.Namespace) -> Cluster:
         """The cluster named by --profile, else the attached server's, else the default profile's."""
@@ -281,6 +343,7 @@ class HpcllmMagics(Magics):
             info = self.server.status()
         else:
             info = self._cluster(args).status(job)
+        self._warn_walltime()
         view = StatusView(info)
         if self.rich:
             from IPython.display import display
@@ -322,6 +385,34 @@ class HpcllmMagics(Magics):
             state = self._cluster(args).cancel(job)
         print(views.stopped_message(job, state.value))
 
+    def _renew(self, args: argparse.Namespace) -> None:
+        from .progress import ProgressView
+
+        if self.server is None:
+            _fail("%hpcllm renew renews the server of this notebook, and there is none: `%hpcllm up MODEL` or "
+                  "`%hpcllm attach JOB` first.")
+        old = self.server.job_id
+        if args.extend is not None:
+            if not 1 <= args.extend <= 525600:
+                _fail(f"%hpcllm renew --extend takes 1 to 525600 minutes, not {args.extend}.")
+            left = self.server.cluster.extend(old, args.extend)
+            return print(f"Slurm raised the time limit of job {old}: {left or 'unknown'} left.")
+        view = ProgressView(self.rich, f"successor of job {old}")
+        try:
+            self.server.cluster.renew(self.server, on_progress=view)
+        finally:
+            view.stop()
+        self._warned = None
+        print(f"Job {self.server.job_id} took over from job {old}: `client` and %%llm keep working, same key.")
+
+    def _warn_walltime(self) -> None:
+        """Once per job: its time limit is near (what every face says; `%hpcllm renew` is the way on)."""
+        server = self.server
+        warning = server.walltime_warning() if server is not None else None
+        if warning and server is not None and self._warned != server.job_id:
+            self._warned = server.job_id
+            print(f"⚠ {warning}")
+
     def _attach(self, args: argparse.Namespace) -> None:
         from .progress import ProgressView
 
@@ -344,7 +435,12 @@ class HpcllmMagics(Magics):
     def _use(self, args: argparse.Namespace) -> None:
         import openai
 
-        client = openai.OpenAI(base_url=args.url, api_key=os.environ.get(args.key_env) or "EMPTY")
+        try:
+            client = openai.OpenAI(base_url=args.url, api_key=os.environ.get(args.key_env) or "EMPTY")
+        except Exception as error:  # the URL does not parse (httpx's InvalidURL, UnsupportedProtocol, ...)
+            raise HpcllmError(f"%hpcllm use: {_short(args.url, 80)} is not a URL the OpenAI client takes "
+                              f"({type(error).__name__}: {error}).",
+                              "Give the server's base URL, e.g. http://host:8000/v1.") from None
         model = args.model
         if model is None:
             try:
@@ -365,20 +461,28 @@ class HpcllmMagics(Magics):
         if args is None:  # --help was shown
             return None
         if extra:
-            _fail(f"%%llm: unrecognized arguments: {' '.join(extra)}. `%%llm --help` lists the options.")
+            _fail(f"%%llm: unrecognized arguments: {_printable(' '.join(extra))}. `%%llm --help` lists the options.")
+        if args.out is not None:
+            self._check_variable("%%llm --out", args.out, "answer")
+        if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
+            _fail(f"%%llm -t takes a temperature of 0 or more, not {args.temperature!r}.")
+        if args.max_tokens is not None and args.max_tokens < 1:
+            _fail(f"%%llm --max-tokens takes a number of tokens from 1 up, not {args.max_tokens}.")
+        self._warn_walltime()
         if self.endpoint is None:
             _fail("%%llm has no server yet: start one with `%hpcllm up MODEL`, attach to one with "
                   "`%hpcllm attach JOB`, or use any OpenAI-compatible endpoint with `%hpcllm use URL`.")
         namespace = self._ip.user_ns
         functions = {}
+        hidden = getattr(self._ip, "user_ns_hidden", {})
         for name in filter(None, (n.strip() for n in (args.tools or "").split(","))):
-            if not callable(namespace.get(name)):
-                _fail(f"%%llm --tools: {name!r} is not a function defined in this notebook.")
+            if not callable(namespace.get(name)) or name in hidden or name in _IPYTHON_NAMES:
+                _fail(f"%%llm --tools: {_short(name)} is not a function defined in this notebook.")
             functions[name] = namespace[name]
         if args.new:
             self.history = []
-        prompt = {"role": "user", "content": interpolate(cell, namespace)}
-        system = [{"role": "system", "content": interpolate(args.system, namespace)}] if args.system else []
+        prompt = {"role": "user", "content": _interpolate(cell, namespace)}
+        system = [{"role": "system", "content": _interpolate(args.system, namespace)}] if args.system else []
         earlier = self.history if (args.chat or args.new) else []
         request: dict[str, Any] = {}
         if args.temperature is not None:
@@ -404,8 +508,9 @@ class HpcllmMagics(Magics):
             namespace["_llm_text"] = text
             try:
                 value = parse_json_answer(text)
-            except ValueError as error:
-                _fail(f"%%llm -f json: the answer is not valid JSON ({error}); it is in `_llm_text`.")
+            except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than json reads
+                why = "nested too deep" if isinstance(error, RecursionError) else str(error)
+                _fail(f"%%llm -f json: the answer is not valid JSON ({why}); it is in `_llm_text`.")
         if args.format == "code":
             self._ip.set_next_input(code_of(text), replace=False)
         if args.out:
@@ -413,6 +518,18 @@ class HpcllmMagics(Magics):
         return value if args.format == "json" else None
 
     llm.__doc__ = LLM_HELP
+
+
+def _interpolate(text: str, namespace: dict[str, Any]) -> str:
+    """{name} in a prompt, or the cell fails in one line (a variable whose str() raises is the notebook's
+    own bug, told as such, not a traceback through the magic)."""
+    try:
+        return interpolate(text, namespace)
+    except HpcllmError as error:
+        _fail(str(error))
+    except Exception as error:  # what the interpolation itself did not turn into a message
+        _fail(f"%%llm: a {{name}} in the prompt cannot be turned into text ({type(error).__name__}: "
+              f"{_short(str(error), 200)}). Write {{{{name}}}} for a literal {{name}}.")
 
 
 def _explain_api_error(error: Exception, endpoint: Endpoint, problem: str | None = None) -> str:
