@@ -389,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if engine_args and args.command not in ("up", "script", "plan"):
         parser.error(f"`{args.command}` takes no engine arguments after `--`")
+    if getattr(args, "profile", None) and not args.profile.isprintable():
+        parser.error(f"--profile {args.profile!r} is not a profile name (it has a line break or control character)")
     args.engine_args = engine_args
     try:
         return int(args.handler(args))

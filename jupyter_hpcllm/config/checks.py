@@ -66,6 +66,12 @@ LAUNCHER_SBATCH_OPTIONS = frozenset({
 def check_text(what: str, value: str, *, multiline: bool = False) -> str:
     """No control characters (with ``multiline``: none but line feed and tab, for shell text like the
     prologue). A line break in a value would end its line of the script and run the rest as a command."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (bytes that were not UTF-8): no file can hold it
+            raise ConfigError(f"{what} {value.encode('utf-8', 'backslashreplace').decode()[:60]!r} is not valid "
+                              "text (it came from bytes that are not UTF-8).", "Type it again as plain text.") from None
     found = (_CONTROL_BUT_LINES if multiline else _CONTROL).search(value)
     if found:
         allowed = " (line breaks and tabs are fine there)" if multiline else ""

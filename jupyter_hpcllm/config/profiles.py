@@ -312,7 +312,7 @@ def load_profile(name: str | None = None, path: Path | None = None) -> Profile:
         raise ConfigError(
             f"Unknown profile {name!r}; known profiles: {', '.join(known)}.",
             f"{suggestion}Define it under [profiles.{name}] in {path} (`hpcllm config init` writes a "
-            "starter file).",
+            "starter file)." if name.isprintable() else "Profile names are one line of printable text.",
         )
     section = table.get(name, {})
     if not isinstance(section, dict):

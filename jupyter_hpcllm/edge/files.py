@@ -89,15 +89,27 @@ class SFTPFiles:
 
 
 class LocalFiles:
+    """Files of this machine (Jupyter on the cluster): the same errors as SFTPFiles'."""
+
     def list(self, path: str) -> list[FileInfo]:
         full = os.path.expanduser(path)
         result = []
-        with os.scandir(full) as entries:
-            for entry in entries:
-                info = entry.stat(follow_symlinks=False)
-                result.append(_info(entry.name, info.st_mode, info.st_size, info.st_mtime))
+        try:
+            with os.scandir(full) as entries:
+                for entry in entries:
+                    info = entry.stat(follow_symlinks=False)
+                    result.append(_info(entry.name, info.st_mode, info.st_size, info.st_mtime))
+        except FileNotFoundError:
+            raise FileNotFoundError(path) from None
+        except OSError as error:  # not a directory, a name too long, no permission
+            raise TransportError(f"Cannot list {path}: {error.strerror or error}.") from None
         return result
 
     def read(self, path: str, limit: int = 4_000_000) -> bytes:
-        with open(os.path.expanduser(path), "rb") as handle:
-            return handle.read(limit)
+        try:
+            with open(os.path.expanduser(path), "rb") as handle:
+                return handle.read(limit)
+        except FileNotFoundError:
+            raise FileNotFoundError(path) from None
+        except OSError as error:
+            raise TransportError(f"Cannot read {path}: {error.strerror or error}.") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -81,6 +82,7 @@ class Cluster:
         self.transport = transport if transport is not None else connect(self.profile, prompt=prompt)
         self._ready_check = ready_check
         self._clock = clock
+        self._servers: weakref.WeakSet[Server] = weakref.WeakSet()  # closed with the cluster
         self._injected_sleep = sleep  # tests pass one; launches then use it instead of their cancel event
         self._sleep = sleep or time.sleep
 
@@ -94,6 +96,9 @@ class Cluster:
         return self
 
     def close(self) -> None:
+        """Close every Server made here (their forwards and leases) and the connection."""
+        for server in list(self._servers):
+            server.close()
         self.transport.close()
 
     def __enter__(self) -> Cluster:
@@ -230,9 +235,11 @@ class Cluster:
             answers=self._ready_check, report=report,
             timeout=timeout, submitted=submitted, clock=self._clock, sleep=sleep, started=started)
         endpoint = ready.endpoint
-        return Server(self, job_id, model=endpoint.model, engine=endpoint.engine, node=endpoint.node,
-                      port=endpoint.port, api_key=ready.api_key, forward=ready.forward,
-                      seconds_left=slurm_seconds(ready.time_left), hold=hold)
+        server = Server(self, job_id, model=endpoint.model, engine=endpoint.engine, node=endpoint.node,
+                        port=endpoint.port, api_key=ready.api_key, forward=ready.forward,
+                        seconds_left=slurm_seconds(ready.time_left), hold=hold)
+        self._servers.add(server)
+        return server
 
     def _observe(self, job_id: str, queue: bool) -> Probe:
         return self._probe(job_id, queue=queue, log_bytes=8000)

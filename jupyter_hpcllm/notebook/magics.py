@@ -243,6 +243,9 @@ class HpcllmMagics(Magics):
             _fail(f"%hpcllm {args.command} takes no engine arguments after `--`.")
         if getattr(args, "as_name", None) is not None:
             self._check_variable(f"%hpcllm {args.command} --as", args.as_name, "client")
+        if getattr(args, "profile", None) and not args.profile.isprintable():
+            _fail(f"%hpcllm {args.command} --profile {_short(args.profile)} is not a profile name (it has a line "
+                  "break or control character).")
         if getattr(args, "lines", None) is not None and not 1 <= args.lines <= MAX_LOG_LINES:
             _fail(f"%hpcllm logs -n takes a number of lines from 1 to {MAX_LOG_LINES:,}, not {args.lines}.")
         args.engine_args = engine_args

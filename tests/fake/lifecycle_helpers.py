@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from jupyter_hpcllm.edge.fake import FakeTransport
@@ -26,6 +27,9 @@ class Clock:
         self.sleeps += 1
         assert self.max_sleeps is None or self.sleeps <= self.max_sleeps, "a polling loop did not end"
         self.now += seconds
+        # A millisecond of real time per sleep: a launch that waits in the queue (for hours of this clock,
+        # up to its default timeout) must not end before the test has looked at it.
+        time.sleep(0.001)
 
 
 def stages(history: list[Progress]) -> list[Stage]:
