@@ -180,8 +180,8 @@ def test_failed_connections_leave_no_thread_and_no_socket(profile, tmp_path: Pat
     time.sleep(0.5)  # paramiko's threads end on their own clock
     after = counts()
     # Ten refused connections: a leak would add ten threads or sockets. (Fewer is fine: something of an
-    # earlier test may close meanwhile.)
-    assert after[0] <= before[0] and after[1] <= before[1], f"threads and fds before {before}, after {after}"
+    # earlier test may close meanwhile; one or two more may be another thread's socket of the moment.)
+    assert after[0] <= before[0] and after[1] <= before[1] + 2, f"threads and fds before {before}, after {after}"
 
 
 def test_a_submission_runs_sbatch_at_most_once_per_token(profile_with, no_leftover_jobs):

@@ -246,10 +246,14 @@ else
 fi
 [ -s "$JOB_DIR/key" ] || { echo "hpcllm: could not make an API key" >&2; exit 1; }
 
-# A free loopback port on this node for the engine, chosen now: the node is only known at run time.
+# A free loopback port on this node for the engine, chosen now: the node is only known at run time. Below
+# the kernel's ephemeral range, which outgoing connections (and the relay's own port) take from: else one
+# of them may hold the port by the time the engine, which binds only once loaded, tries to.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[[ "$EPHEMERAL_LOW" =~ ^[0-9]+$ ]] && [ "$EPHEMERAL_LOW" -gt 12000 ] || EPHEMERAL_LOW=32768
 ENGINE_PORT=""
 for _ in $(seq 1 50); do
-    candidate=$(( 20000 + RANDOM % 40000 ))
+    candidate=$(( 10000 + RANDOM % (EPHEMERAL_LOW - 10000) ))
     if ! (: <"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then ENGINE_PORT=$candidate; break; fi
 done
 [ -n "$ENGINE_PORT" ] || { echo "hpcllm: no free port on $(hostname)" >&2; exit 1; }
