@@ -59,7 +59,7 @@ from .handle import LaunchHandle
 from .progress import Progress, ProgressCallback, Stage
 from .server import Server, ServerInfo, describe_idle
 from .waiting import Endpoint, api_answers, wait_for_server
-from .walltime import slurm_seconds
+from .walltime import default_wait, slurm_seconds
 
 __all__ = ["Cluster"]
 
@@ -268,7 +268,7 @@ class Cluster:
         started = self._clock()
         claimed = self._claim_renewal(old)
         row = self._probe(old).row
-        wait_for = timeout if timeout is not None else max(3600.0, slurm_seconds(row.time_left if row else "") or 0.0)
+        wait_for = timeout if timeout is not None else default_wait(row.time_left if row else None)
         if claimed is not None:  # another renewer's successor: follow it, the other renewer ends the old job
             report(Progress(Stage.REUSED, claimed, f"Job {old} is being renewed already, as job {claimed}.", 0.0))
             successor = self.wait(claimed, report=report, submitted=False, sleep=self._sleep, started=started,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..config.options import LaunchOptions
 from ..errors import HpcllmError, JobFailed, LaunchCancelled, TransportError
 from .progress import Progress, ProgressCallback, Stage
-from .walltime import slurm_seconds
+from .walltime import default_wait
 
 if TYPE_CHECKING:
     from ..planning.plan import LaunchPlan
@@ -198,9 +198,7 @@ class LaunchHandle:
                 self._report(Progress(Stage.SUBMITTED, job_id, f"Submitted job {job_id} ({plan.spec.gres}, "
                                       f"{plan.spec.time}).", self._clock() - started))
             # No wait without an end: by default, as long as the job's own time limit (at least an hour).
-            timeout = self.options.timeout
-            if timeout is None:
-                timeout = max(3600.0, slurm_seconds(plan.spec.time) or 0.0)
+            timeout = self.options.timeout if self.options.timeout is not None else default_wait(plan.spec.time)
             server = self.cluster.wait(self.job_id, report=self._report, timeout=timeout,
                                        submitted=self.submitted, sleep=self._sleep, started=started)
             if self.options.renew:

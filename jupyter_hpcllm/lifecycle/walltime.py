@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["describe_minutes", "slurm_seconds", "walltime_warning"]
+__all__ = ["default_wait", "describe_minutes", "slurm_seconds", "walltime_warning"]
 
 # [days-]hours:minutes:seconds, [days-]hours:minutes, days-hours, minutes:seconds, minutes
 _DURATION = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
@@ -26,6 +26,12 @@ def slurm_seconds(text: str | None) -> float | None:
     if second is not None:  # minutes:seconds
         return float(int(first) * 60 + int(second))
     return float(int(first) * 60)  # minutes
+
+
+def default_wait(time_limit: str | None) -> float:
+    """How long to wait for a job's server by default: its time limit, at least an hour (it cannot be ready
+    later than that, so a wait never runs forever)."""
+    return max(3600.0, slurm_seconds(time_limit) or 0.0)
 
 
 def describe_minutes(seconds: float) -> str:

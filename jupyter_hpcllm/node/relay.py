@@ -294,11 +294,12 @@ class Connection:
                 if owner is not None and owner != os.getuid():
                     # Another user took the engine's port first: they would get the key. Never connect.
                     raise Refuse(503, "the model server's port is held by another user's program")
+                # Ours: nobody else can bind it while the engine holds it, so it is not read again.
+                self.relay.engine_verified = owner == os.getuid()
             try:
                 self.engine = socket.create_connection(("127.0.0.1", self.relay.engine_port), timeout=5)
             except OSError:
                 raise Refuse(503, "the model server does not accept connections yet (still loading?)") from None
-            self.relay.engine_verified = self.relay.engine_verified or port_owner(self.relay.engine_port) == os.getuid()
             self.engine.settimeout(None)
             self.engine.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.down = threading.Thread(target=self.downstream, daemon=True)
