@@ -62,6 +62,19 @@ TRY_ROUTES = textwrap.dedent('''
 ''')
 
 
+# Prints the HTTP status of one request (what `curl -w %{http_code}` would; curl is not on every machine).
+STATUS_OF = textwrap.dedent('''
+    import sys, urllib.error, urllib.request
+    method, url, body = sys.argv[1], sys.argv[2], (sys.argv[3].encode() if len(sys.argv) > 3 else None)
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        status = urllib.request.urlopen(request, timeout=10).status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    print(status, end="")
+''')
+
+
 def _as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
                            *argv], capture_output=True, text=True, timeout=120, cwd="/")
@@ -84,9 +97,8 @@ def test_every_route_needs_the_key_even_for_another_user_on_the_cluster(profile_
         listening = cluster.transport.run(f"ss -Hltn 'sport = :{engine_port}'").stdout
         assert listening.split()[3] == f"127.0.0.1:{engine_port}", listening  # loopback only: not other nodes
         body = json.dumps({**CHAT, "model": server.model})
-        direct = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", body,
-                                 "-H", "Content-Type: application/json",
-                                 f"http://127.0.0.1:{engine_port}/invocations"], capture_output=True, text=True)
+        direct = subprocess.run([sys.executable, "-c", STATUS_OF, "POST", f"http://127.0.0.1:{engine_port}/invocations",
+                                 body], capture_output=True, text=True)
         assert direct.stdout == "200", "the double must answer /invocations without a key, as vLLM does"
         # Another user, at the address every node reaches (the relay): refused on every route but /health.
         tried = _as_nobody(sys.executable, "-c", TRY_ROUTES, server.node, str(server.port), json.dumps(ROUTES), body)
@@ -95,8 +107,7 @@ def test_every_route_needs_the_key_even_for_another_user_on_the_cluster(profile_
         assert len(seen) == 3 * len(ROUTES)
         let_through = {what: answer for what, answer in seen.items() if answer[0] != 401}
         assert not let_through, let_through
-        health = _as_nobody("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                            f"http://{server.node}:{server.port}/health")
+        health = _as_nobody("/usr/bin/python3", "-c", STATUS_OF, "GET", f"http://{server.node}:{server.port}/health")
         assert health.stdout == "200"  # the one liveness check
         # Nor can they read the key, or anything of the job's.
         job_dir = f"/home/hpcuser/.hpcllm/jobs/{server.job_id}"

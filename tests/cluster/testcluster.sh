@@ -32,7 +32,8 @@ HPC_USER=hpcuser
 SSH_PORT=2222
 NODES=(gpu01 gpu02)
 PACKAGES=(slurmctld slurmd slurm-client munge openssh-server openssh-client python3 ca-certificates iproute2 bsdutils
-    libpam-modules util-linux)  # pam_exec for the MFA sshd; setpriv, runuser (required in Debian, named anyway)
+    libpam-modules util-linux procps)  # pam_exec for the MFA sshd; setpriv, runuser (required in Debian, named
+    # anyway); ps, with which the tests look for the API key on command lines (a minimal Debian has none)
 SLURM_LOGS=/var/log/slurm
 SSHD_CONFIG=$STATE/sshd/sshd_config
 SSHD_PID=$STATE/pids/sshd
