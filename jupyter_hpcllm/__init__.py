@@ -5,6 +5,8 @@
     client = server.client()           # an openai.OpenAI pointed at the job, key set
     server.down()
 
+    hpc.panel()                        # in a notebook: the launch panel (a form that knows the cluster)
+
     cluster = hpc.Cluster("ebi")       # the same, with the transport in your hands
     handle = cluster.launch("gpt-oss-120b", gpus=4)   # at once: handle.progress, handle.cancel()
     server = handle.result()
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
         list_servers,
         up,
     )
+    from .notebook.panel import panel
     from .planning.plan import LaunchPlan
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "list_servers",
     "load_ipython_extension",
     "load_profile",
+    "panel",
     "up",
 ]
 
@@ -72,6 +76,7 @@ _LAZY = {
     "load_profile": "config.profiles",
     "FakeTransport": "edge.fake",
     "LaunchPlan": "planning.plan",
+    "panel": "notebook.panel",
 }
 
 

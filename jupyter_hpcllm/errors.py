@@ -59,6 +59,11 @@ class HpcllmError(Exception):
     def __str__(self) -> str:
         return f"{self.message} {self.hint}".strip()
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows in a notebook instead of a traceback: one paragraph, what went wrong and what
+        to do (the call that raised it is the user's own line)."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(HpcllmError):
     """A profile, the config file or an option value is wrong."""

@@ -4,7 +4,10 @@ the one-line messages about a launch. Text only; the faces decide where it goes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .lifecycle.walltime import slurm_seconds
 
 if TYPE_CHECKING:
     from .discovery.models import ModelSummary
@@ -12,14 +15,18 @@ if TYPE_CHECKING:
     from .planning.plan import LaunchPlan
 
 __all__ = [
+    "PlanView",
     "format_table",
     "interrupted_text",
     "models_rows",
     "plan_text",
+    "plan_view",
+    "problem_view",
     "servers_rows",
     "status_rows",
     "status_text",
     "stopped_message",
+    "time_left_text",
 ]
 
 
@@ -32,12 +39,17 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
 
 def servers_rows(servers: Sequence[ServerInfo]) -> list[tuple[str, ...]]:
     """`list`: a header, then one row per server."""
-    rows: list[tuple[str, ...]] = [("JOB", "STATE", "MODEL", "ENGINE", "NODE", "LEFT/REASON")]
+    rows: list[tuple[str, ...]] = [("JOB", "STATE", "MODEL", "ENGINE", "GPUS", "NODE", "LEFT/REASON")]
     for s in servers:
-        waiting = f"({s.reason})" + (f" start {s.expected_start.replace('T', ' ')}" if s.expected_start else "")
-        rows.append((s.job_id, s.state.value, s.model or "?", s.engine or "?", s.node or "-",
-                     s.time_left or waiting))
+        rows.append((s.job_id, s.state.value, s.model or "?", s.engine or "?", s.gpus or "?", s.node or "-",
+                     time_left_text(s)))
     return rows
+
+
+def time_left_text(info: ServerInfo) -> str:
+    """Time left when running; else why it waits and when Slurm expects it to start."""
+    waiting = f"({info.reason})" + (f" start {info.expected_start.replace('T', ' ')}" if info.expected_start else "")
+    return info.time_left or (waiting if info.reason else "")
 
 
 def models_rows(models: Sequence[ModelSummary]) -> list[tuple[str, ...]]:
@@ -107,3 +119,54 @@ def plan_text(plan: LaunchPlan) -> str:
     lines.append(f"  command     {plan.engine_command}")
     lines += [f"  note        {note}" for note in plan.notes]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """A plan as a launch form shows it, or why there is none (`ok` False: `problem`, and the option at
+    fault in `field` when one is). JSON-ready (`as_dict`), for the panel and the lab extension alike."""
+
+    ok: bool
+    headline: str  # "needs ≈ 81 GB → 1 × h200, tensor-parallel 1", or the problem
+    cost: str = ""  # the GPU-hours the request holds
+    problem: str = ""
+    field: str | None = None
+    details: tuple[str, ...] = ()  # parsers and where they come from, the sizing's reasons, notes
+    gpus: int | None = None
+    gpu_type: str | None = None
+    gpu_hours: float | None = None
+    need_gb: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "details": list(self.details)}
+
+
+def plan_view(plan: LaunchPlan) -> PlanView:
+    need = f"needs ≈ {plan.need_gb:.0f} GB → " if plan.need_gb else ""
+    headline = f"{need}{plan.gpus} × {plan.gpu_type}, tensor-parallel {plan.tensor_parallel}"
+    seconds = slurm_seconds(plan.spec.time)
+    gpu_hours = round(plan.gpus * seconds / 3600, 2) if seconds is not None else None
+    gpus = f"{plan.gpus} GPU" + ("s" if plan.gpus != 1 else "")
+    hours = "" if gpu_hours is None else f"{gpu_hours:g} GPU-hour" + ("s" if gpu_hours != 1 else "")
+    cost = (f"holds {gpus} for up to {plan.spec.time} = {hours} (less if you stop it, or it ends itself when "
+            "idle)" if gpu_hours is not None else f"holds {gpus} until its time limit")
+    chosen = plan.options
+    family = plan.family.name if plan.family else None
+
+    def source(override: str | None) -> str:
+        if override is not None:
+            return "your choice"
+        return f"the {family} family" if family else "none: the family is not known"
+
+    details = [f"{plan.engine}: tool-call parser {plan.tool_parser or '—'} "
+               f"({source(chosen.tool_call_parser if chosen else None)}), reasoning parser "
+               f"{plan.reasoning_parser or '—'} ({source(chosen.reasoning_parser if chosen else None)})",
+               *plan.reasons, *plan.notes]
+    return PlanView(True, headline, cost, details=tuple(details), gpus=plan.gpus, gpu_type=plan.gpu_type,
+                    gpu_hours=gpu_hours, need_gb=round(plan.need_gb, 1) if plan.need_gb else None)
+
+
+def problem_view(error: Exception) -> PlanView:
+    """Why a form's choices cannot be launched: one paragraph, and the option at fault if known."""
+    text = str(error).strip() or type(error).__name__
+    return PlanView(False, text, problem=text, field=getattr(error, "field", None))

@@ -83,9 +83,16 @@ def test_config_init_and_show(tmp_path, monkeypatch, capsys):
 
 
 def test_import_is_cheap():
-    code = "import sys, jupyter_hpcllm; print(sorted(m for m in ('paramiko', 'openai') if m in sys.modules))"
+    """Neither importing the package nor loading the magics pulls in SSH, the OpenAI client or the widgets."""
+    heavy = "('paramiko', 'openai', 'ipywidgets')"
+    code = f"import sys, jupyter_hpcllm; print(sorted(m for m in {heavy} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+    code = ("import sys; from IPython.core.interactiveshell import InteractiveShell; "
+            "InteractiveShell.instance().run_line_magic('load_ext', 'jupyter_hpcllm'); "
+            f"print(sorted(m for m in {heavy} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_a_count_only_one_gpu_type_allows_picks_that_type(capsys):

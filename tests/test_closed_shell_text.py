@@ -260,7 +260,7 @@ def test_abbreviations_of_managed_options_are_refused(engine: str, arg: str, opt
 
 
 @pytest.mark.parametrize("arg", ["--max-model-len", "--max-model-len=8192", "--config-format", "--seed",
-                                 "--ssl-ca-certs", "--h", "--p", "--enable-prefix-caching", "-tp", "8192", "--",
+                                 "--ssl-ca-certs", "--h", "--p", "--enable-prefix-caching", "8192", "--",
                                  "---port", "--hosts-file-that-does-not-exist"])
 def test_other_engine_options_pass(arg: str) -> None:
     command = build_command(EngineSpec("vllm", "/m/x", "x", 1, extra_args=(arg,)))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from kernel_session import run_notebook
 
 from jupyter_hpcllm.edge.slurm import JobState, parse_queue, queue_command
 from jupyter_hpcllm.lifecycle import Stage
@@ -176,28 +177,8 @@ def test_use_any_endpoint(shell, capsys, monkeypatch):
 
 
 def test_the_example_notebook_runs(cluster_config, tmp_path):
-    import nbformat
-    from nbclient import NotebookClient
-
-    notebook = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
     env = {"HPCLLM_CONFIG": str(cluster_config), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(notebook, timeout=180, kernel_name="python3",
-                       resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    texts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            assert output.get("output_type") != "error", output
-            texts.append(output.get("text", "") + str(output.get("data", {})))
-    joined = "\n".join(texts)
+    joined = run_notebook(ROOT / "examples" / "quickstart.ipynb", env, tmp_path, timeout=180)
     assert "Ready: `client` talks to gpt-oss-20b" in joined
     assert "Echo: Say hello to the cluster" in joined
     assert "<details><summary>Reasoning</summary>" in joined  # rich Markdown in a real kernel

@@ -44,3 +44,14 @@ def test_loading_progress_reads_the_last_tqdm_state():
            "Loading safetensors checkpoint shards:  45% Completed | 5/11 [00:05<00:06,  1.02s/it]\r")
     assert loading_progress(log) == (5, 11)
     assert loading_progress("nothing yet") is None
+
+
+@pytest.mark.parametrize(("engine", "arg"), [("vllm", "--tensor-parallel-size=2"), ("vllm", "-tp"),
+                                             ("vllm", "--tensor-parallel"), ("sglang", "--tp-size"),
+                                             ("sglang", "--tensor-parallel-size"), ("sglang", "--tp")])
+def test_the_tensor_parallel_size_is_the_gpu_count_and_cannot_be_passed_again(engine, arg):
+    """A second tensor-parallel size after `--` would win over --gpus: GPUs held idle, or not held at all."""
+    from jupyter_hpcllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set it with --gpus"):
+        build_command(EngineSpec(engine, "/m/x", "x", 4, None, None, (arg, "2")))

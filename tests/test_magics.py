@@ -158,16 +158,16 @@ def test_the_login_nodes_questions_are_asked_in_the_cell_never_from_a_background
     import threading
 
     from jupyter_hpcllm.errors import AuthenticationError
-    from jupyter_hpcllm.notebook import magics
+    from jupyter_hpcllm.notebook import session
 
     asked: list[str] = []
     monkeypatch.setattr(getpass, "getpass", lambda text: asked.append(text) or "123456")
-    assert magics._ask("Verification code: ", False) == "123456" and asked == ["Verification code: "]
+    assert session.ask("Verification code: ", False) == "123456" and asked == ["Verification code: "]
     failures: list[BaseException] = []
 
     def in_background() -> None:
         try:
-            magics._ask("Verification code: ", False)
+            session.ask("Verification code: ", False)
         except BaseException as error:
             failures.append(error)
 

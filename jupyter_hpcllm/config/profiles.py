@@ -35,7 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["PRESETS", "GpuType", "Profile", "config_path", "load_profile", "starter_config"]
+__all__ = ["PRESETS", "GpuType", "Profile", "config_path", "load_profile", "profile_names", "starter_config"]
 
 ENGINES = ("vllm", "sglang")
 RUNTIMES = ("singularity", "apptainer", "none")
@@ -291,20 +291,32 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"Cannot read the config file {path}: {error}.", "Fix the file and retry.") from None
 
 
-def load_profile(name: str | None = None, path: Path | None = None) -> Profile:
-    """Resolve a profile by name (None: ``$HPCLLM_PROFILE``, the file's ``default_profile``, else ebi)."""
-    path = path or config_path()
+def _profiles_table(path: Path) -> tuple[dict[str, Any], str]:
+    """The config file's [profiles] table, and the default profile's name."""
     data = _read_config(path)
     default = data.get("default_profile")
     if default is not None and not isinstance(default, str):
         raise ConfigError(f"default_profile in {path} must be a profile name in quotes, not {default!r}.",
                           'Write it as default_profile = "NAME".')
-    name = name or os.environ.get("HPCLLM_PROFILE") or default or "ebi"
     table = data.get("profiles", {})
     if not isinstance(table, dict):
         raise ConfigError(f"profiles in {path} must be a table of [profiles.NAME] sections, not {_kind(table)}.",
                           "Write each profile as a [profiles.NAME] section (`hpcllm config init` writes a "
                           "starter file).")
+    return table, os.environ.get("HPCLLM_PROFILE") or default or "ebi"
+
+
+def profile_names(path: Path | None = None) -> tuple[list[str], str]:
+    """(every profile a face can offer: the config file's and the built-in presets, the default one)."""
+    table, default = _profiles_table(path or config_path())
+    return sorted(set(PRESETS) | set(table)), default
+
+
+def load_profile(name: str | None = None, path: Path | None = None) -> Profile:
+    """Resolve a profile by name (None: ``$HPCLLM_PROFILE``, the file's ``default_profile``, else ebi)."""
+    path = path or config_path()
+    table, default = _profiles_table(path)
+    name = name or default
     known = sorted(set(PRESETS) | set(table))
     if name not in known:
         close = difflib.get_close_matches(name, known, n=1)

@@ -307,6 +307,11 @@ class JobRow:
     def is_ours(self) -> bool:
         return self.name.startswith(JOB_NAME_PREFIX)
 
+    @property
+    def gpus(self) -> str | None:
+        """The GPUs the job asked for, as a person reads them: "4 × a100", "2 GPUs" (None: none)."""
+        return describe_gres(self.gres)
+
     def comment_field(self, key: str) -> str | None:
         """A value from our `hpcllm;model=...;engine=...` comment."""
         for part in self.comment.split(";"):
@@ -314,6 +319,18 @@ class JobRow:
             if k == key:
                 return v
         return None
+
+
+def describe_gres(gres: str) -> str | None:
+    """squeue's %b (``gres:gpu:a100:4``, ``gres/gpu:a100=4``, ``gpu:4``) as "4 × a100" / "4 GPUs"."""
+    for item in gres.split(","):
+        parts = re.split(r"[:=]", item.strip().removeprefix("gres:").removeprefix("gres/"))
+        if parts[0] != "gpu":
+            continue
+        count = parts[-1] if len(parts) > 1 and parts[-1].isdigit() else "1"
+        kind = parts[1] if len(parts) > 2 else None
+        return f"{count} × {kind}" if kind else f"{count} GPU" + ("s" if count != "1" else "")
+    return None
 
 
 def parse_queue(text: str) -> list[JobRow]:

@@ -68,6 +68,7 @@ class ServerInfo:
     url: str | None = None
     idle: str | None = None  # "idle 12 min, ends itself in 48 min", from the job's relay
     ended_idle: bool = False  # the job ended itself: nothing used it for its idle timeout
+    gpus: str | None = None  # "4 × a100"
 
     @property
     def seconds_left(self) -> float | None:
@@ -91,6 +92,7 @@ class ServerInfo:
             started=None if waiting else (row.start_time or None),
             port=port,
             url=url,
+            gpus=row.gpus,
         )
 
 

@@ -9,16 +9,11 @@
 from __future__ import annotations
 
 import argparse
-import keyword
 import math
 import os
-import re
 import shlex
 import sys
-import threading
-import unicodedata
-from collections.abc import Collection
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -27,9 +22,10 @@ from .. import views
 from ..chat.interpolate import interpolate
 from ..chat.prompt import Endpoint, code_of, parse_json_answer, run_prompt
 from ..config.options import LaunchOptions, add_arguments, split_engine_args
-from ..errors import AuthenticationError, HpcllmError
+from ..errors import HpcllmError
 from ..lifecycle import Cluster, LaunchHandle, Server, cluster_for
 from .render import Renderer
+from .session import IPYTHON_NAMES, NotebookSession, ask, session_for
 
 __all__ = ["HpcllmMagics"]
 
@@ -43,6 +39,7 @@ Run a model server on the cluster and talk to it.
         client in `client` (or NAME) and make it the default of %%llm. Interrupting cancels the job.
         While this kernel lives it holds the job; unused and unheld for --idle-timeout minutes (default
         60), the job ends itself. --renew keeps it past its time limit with a successor.
+  %hpcllm panel [--profile P]                    a launch form: pick, see the plan and cost, launch, watch
   %hpcllm status | list | logs [-f] [-n N] | down [JOB] | attach JOB
   %hpcllm renew [--extend MIN]                   before the time limit: a successor takes over, same key
   %hpcllm models | plan MODEL | script MODEL
@@ -95,6 +92,9 @@ def _hpcllm_parser() -> _Parser:
     sub.add_argument("--profile", "-p", help="cluster profile")
     sub.add_argument("--as", dest="as_name", default="client", help="variable for the OpenAI client (default client)")
     sub.add_argument("--background", action="store_true", help="return at once; the client appears when ready")
+    sub = commands.add_parser("panel", help="the launch panel: pick a model, see the plan and its cost, launch and "
+                              "watch; your servers with Attach, Logs and Stop")
+    sub.add_argument("--profile", "-p", help="cluster profile (default: the default profile)")
     for name, text in (("status", "the current server's job"), ("list", "your servers on the cluster"),
                        ("models", "the models under the profile's model root")):
         sub = commands.add_parser(name, help=text)
@@ -169,28 +169,11 @@ def _parse(parser: _Parser, line: str) -> tuple[argparse.Namespace | None, list[
         return None, engine_args
 
 
-def _ask(text: str, echo: bool) -> str:
-    """What the login node asks, answered in the notebook: the kernel shows a (password) input under the
-    running cell. Only a cell's own thread can ask; a connection made anew in the background cannot."""
-    if threading.current_thread() is not threading.main_thread():
-        raise AuthenticationError(
-            f"The login node asks: {text.strip()!r}, which can only be answered while a cell runs.",
-            "Run `%hpcllm status` (or any %hpcllm command) to connect again and answer it.")
-    import getpass
-
-    return input(text) if echo else getpass.getpass(text)
-
-
 def _fail(message: str) -> NoReturn:
     """One red paragraph, no traceback, and the cell fails (so "Run All" stops here)."""
     raise UsageError(message)
 
 
-# IPython's own names in the namespace: overwriting one breaks the notebook (the output history, `exit`,
-# the display hook's `_`). `_N` and `_iN` are the numbered outputs and inputs.
-_IPYTHON_NAMES = frozenset({"get_ipython", "In", "Out", "exit", "quit", "_", "__", "___", "_i", "_ii", "_iii",
-                            "_oh", "_ih", "_dh"})
-_IPYTHON_NUMBERED = re.compile(r"_i?[0-9]+")
 MAX_LOG_LINES = 1_000_000
 
 
@@ -199,26 +182,35 @@ def _short(value: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _variable_problem(name: str, hidden: Collection[str]) -> str | None:
-    """Why `name` cannot take a value the magic stores (None: it can)."""
-    if not name.isidentifier() or unicodedata.normalize("NFKC", name) != name:
-        return "is not a Python variable name"
-    if keyword.iskeyword(name):
-        return "is a Python keyword"
-    if name in _IPYTHON_NAMES or _IPYTHON_NUMBERED.fullmatch(name) or name in hidden:
-        return "is one of IPython's own names (In, Out, _, _N, _iN, get_ipython, exit, quit, ...)"
-    return None
+_T = TypeVar("_T")
+
+
+class _InSession(Generic[_T]):
+    """An attribute of the magics that lives in the notebook session."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, magics: Any, owner: Any = None) -> _T:
+        return getattr(magics.session, self.name)  # type: ignore[no-any-return]
+
+    def __set__(self, magics: Any, value: _T) -> None:
+        setattr(magics.session, self.name, value)
 
 
 @magics_class
 class HpcllmMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
-        self.server: Server | None = None  # the server %%llm talks to, when it is ours
-        self.endpoint: Endpoint | None = None
-        self.history: list[dict[str, Any]] = []
-        self.launching: LaunchHandle | None = None  # a `%hpcllm up --background` in progress
-        self._warned: str | None = None  # the job whose near time limit was already pointed out
+        # Shared with the launch panel: a server either starts is the one %%llm talks to.
+        self.session: NotebookSession = session_for(shell)
+
+    # The session's state, under the names the magics (and their tests) use.
+    server: _InSession[Server | None] = _InSession("server")
+    endpoint: _InSession[Endpoint | None] = _InSession("endpoint")
+    history: _InSession[list[dict[str, Any]]] = _InSession("history")
+    launching: _InSession[LaunchHandle | None] = _InSession("launching")
+    _warned: _InSession[str | None] = _InSession("warned")
 
     @property
     def _ip(self) -> Any:
@@ -261,7 +253,7 @@ class HpcllmMagics(Magics):
     def _check_variable(self, option: str, name: str, example: str) -> None:
         """A name the magic stores a value under must be a variable the notebook can use, and not one of
         IPython's own (storing the client in `Out` or `_` would break the notebook)."""
-        problem = _variable_problem(name, getattr(self._ip, "user_ns_hidden", {}))
+        problem = self.session.variable_problem(name)
         if problem:
             _fail(f"{option} {_short(name)}: the name {problem}. Choose another name, "
                   f"e.g. {option.rsplit(' ', 1)[-1]} {example}.")
@@ -269,7 +261,7 @@ class HpcllmMagics(Magics):
     def _cluster(self, args: argparse.Namespace) -> Cluster:
         """The cluster named by --profile, else the attached server's, else the default profile's."""
         if getattr(args, "profile", None) or self.server is None:
-            return cluster_for(getattr(args, "profile", None), prompt=_ask)
+            return cluster_for(getattr(args, "profile", None), prompt=ask)
         return self.server.cluster
 
     def _up(self, args: argparse.Namespace) -> None:
@@ -313,11 +305,7 @@ class HpcllmMagics(Magics):
 
     def _adopt(self, server: Server, as_name: str) -> None:
         """Make a ready server the default of %%llm and put its client in the namespace."""
-        self.server = server
-        self.endpoint = Endpoint(server.client(), server.model, f"job {server.job_id}")
-        self._ip.user_ns[as_name] = self.endpoint.client
-        print(f"Ready: `{as_name}` talks to {server.model} ({server.engine}, job {server.job_id} on {server.node}); "
-              "%%llm uses it.")
+        print(self.session.adopt(server, as_name))
 
     def _job_or_current(self, args: argparse.Namespace) -> str:
         if getattr(args, "job", None):
@@ -387,6 +375,13 @@ class HpcllmMagics(Magics):
         else:
             state = self._cluster(args).cancel(job)
         print(views.stopped_message(job, state.value))
+
+    def _panel(self, args: argparse.Namespace) -> None:
+        from IPython.display import display
+
+        from .panel import Panel
+
+        display(Panel(self._ip, args.profile))
 
     def _renew(self, args: argparse.Namespace) -> None:
         from .progress import ProgressView
@@ -479,7 +474,7 @@ class HpcllmMagics(Magics):
         functions = {}
         hidden = getattr(self._ip, "user_ns_hidden", {})
         for name in filter(None, (n.strip() for n in (args.tools or "").split(","))):
-            if not callable(namespace.get(name)) or name in hidden or name in _IPYTHON_NAMES:
+            if not callable(namespace.get(name)) or name in hidden or name in IPYTHON_NAMES:
                 _fail(f"%%llm --tools: {_short(name)} is not a function defined in this notebook.")
             functions[name] = namespace[name]
         if args.new:

@@ -56,14 +56,18 @@ _COMMON = {
     "--config": "a config file could set the host, port or API key behind jupyter-hpcllm's back; pass its "
                 "options one by one after `--` instead",
 }
+_TP = ("the tensor-parallel size is the job's GPU count: set it with --gpus (another size would leave GPUs "
+       "the job holds idle, or ask for ones it does not hold)")
 _MANAGED: dict[str, dict[str, str]] = {
     "vllm": {
         **_COMMON,
+        "--tensor-parallel-size": _TP,
         "--uds": "a unix socket would bypass the job's relay, and with it the key check",
         "--headless": "jupyter-hpcllm talks to the engine's API server, which --headless turns off",
     },
-    "sglang": {**_COMMON, "--model-path": _MODEL, "--model": _MODEL},
+    "sglang": {**_COMMON, "--model-path": _MODEL, "--model": _MODEL, "--tp-size": _TP, "--tensor-parallel-size": _TP},
 }
+_SHORT = {"vllm": {"-tp": "--tensor-parallel-size"}}  # single-dash aliases of managed options
 
 # The SGLang shim: the key file is argv[1]; the rest is SGLang's own command line.
 _SGLANG_SHIM = (
@@ -101,7 +105,8 @@ def build_command(spec: EngineSpec) -> EngineCommand:
         if managed is not None:
             option, why = managed
             written = arg.split("=", 1)[0]
-            spelled = "" if written == option else f" ({written} abbreviates it)"
+            spelled = "" if written == option else (f" ({written} abbreviates it)" if written.startswith("--") else
+                                                    f" ({written} is its short form)")
             raise ConfigError(
                 f"{option} is set by jupyter-hpcllm and cannot be passed as an extra engine argument{spelled}: "
                 f"{why}.",
@@ -121,6 +126,9 @@ def _managed(engine: str, arg: str) -> tuple[str, str] | None:
     prefix of a long option (at least one letter after `--`; we refuse from two, as `--h` and `--p`
     are ambiguous already), with or without ``=value``; vLLM reads `_` in an option's name as `-`."""
     written = arg.split("=", 1)[0]
+    if written in _SHORT.get(engine, {}):
+        option = _SHORT[engine][written]
+        return option, _MANAGED[engine][option]
     if not written.startswith("--") or written.startswith("---") or len(written) < 4:
         return None
     name = "--" + written[2:].replace("_", "-")

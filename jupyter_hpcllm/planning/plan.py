@@ -5,15 +5,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from .._version import __version__
 from ..config.checks import check_model_name
 from ..config.options import LaunchOptions
 from ..config.profiles import GpuType, Profile
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidOption
 from .engines import EngineSpec, build_command, display_argv, path_word
 from .facts import ModelFacts
 from .families import Family, Parsers, detect_family, family_from_name
@@ -38,6 +40,11 @@ class LaunchPlan:
     reasons: tuple[str, ...] = field(default=())
     facts: ModelFacts | None = None
     options: LaunchOptions | None = None
+    need_gb: float | None = None  # the GPU memory the model needs, when its files sized it
+
+    @property
+    def tensor_parallel(self) -> int:
+        return self.gpus
 
     @property
     def job_name(self) -> str:
@@ -96,36 +103,60 @@ def _check_count(profile: Profile, gpu: GpuType, count: int) -> None:
         )
 
 
+@contextlib.contextmanager
+def _about(option: str) -> Iterator[None]:
+    """A ConfigError raised here is about this launch option: an InvalidOption, so a form can mark it."""
+    try:
+        yield
+    except InvalidOption:
+        raise
+    except ConfigError as error:
+        raise InvalidOption(option, error.message, error.hint) from None
+
+
 def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts | None = None) -> LaunchPlan:
-    """Options (and, when known, the model's facts from the cluster) → a job. Pure: no connection."""
+    """Options (and, when known, the model's facts from the cluster) → a job. Pure: no connection.
+    A choice that cannot work raises InvalidOption naming the option at fault."""
+    with _about("engine"):
+        engine = options.engine or profile.default_engine
+        image = profile.image(engine)
+    return _plan(profile, options, facts, engine, image)
+
+
+def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, engine: str, image: str) -> LaunchPlan:
     model, gpus, gpu_type = options.model, options.gpus, options.gpu_type
     tool_call_parser, reasoning_parser = options.tool_call_parser, options.reasoning_parser
     engine_args = options.engine_args
-    engine = options.engine or profile.default_engine
-    image = profile.image(engine)
     if facts is not None:
         model_path, served = facts.path, facts.name
     else:
-        model_path = model_path_for(profile, model)
+        with _about("model"):
+            model_path = model_path_for(profile, model)
         served = model_path.rsplit("/", 1)[-1]
     if gpu_type is not None:
-        profile.gpu_type(gpu_type)
+        with _about("gpu_type"):
+            profile.gpu_type(gpu_type)
     if gpus is not None:
-        _check_count(profile, _type_for_count(profile, gpu_type, gpus), gpus)
+        with _about("gpus"):
+            _check_count(profile, _type_for_count(profile, gpu_type, gpus), gpus)
+    with _about("engine_args"):
+        context = _context_arg(engine_args)
     reasons: list[str] = []
     notes = []
+    need_gb = None
     if facts is not None and facts.problems:
         # A config.json we cannot read sizes nothing: the profile's default allocation, and why.
         notes.append(f"Cannot size {served} from its files ({'; '.join(facts.problems)}): using the profile's "
                      "default allocation (pass --gpus and --gpu-type to choose).")
     if facts is not None and not facts.problems and facts.weight_bytes and facts.heads:
-        allocation, reasons = choose_allocation(profile, facts, gpu_type=gpu_type, gpus=gpus,
-                                                context=_context_arg(engine_args))
-        gpu, count = allocation.gpu, allocation.count
+        with _about("gpus" if gpus is not None else ("gpu_type" if gpu_type is not None else "model")):
+            allocation, reasons = choose_allocation(profile, facts, gpu_type=gpu_type, gpus=gpus, context=context)
+        gpu, count, need_gb = allocation.gpu, allocation.count, allocation.need.total_gb
     else:
         count = profile.default_gpus if gpus is None else gpus
         gpu = _type_for_count(profile, gpu_type, count)
-        _check_count(profile, gpu, count)
+        with _about("gpus"):
+            _check_count(profile, gpu, count)
     if facts is not None:
         family = detect_family(facts.model_type, facts.architectures, facts.chat_template, served)
         source = f"its config ({facts.model_type or 'no model_type'})"
@@ -146,9 +177,10 @@ def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts |
         # vLLM's own tool chat template for this family, as shipped in its image's examples/.
         extra += ("--chat-template",
                   path_word(f"{profile.vllm_examples_dir.rstrip('/')}/{defaults.tool_chat_template}"))
-    command = build_command(
-        EngineSpec(engine, model_path, served, count, tool or None, reasoning or None, extra + engine_args)
-    )
+    with _about("engine_args"):
+        command = build_command(
+            EngineSpec(engine, model_path, served, count, tool or None, reasoning or None, extra + engine_args)
+        )
     spec = JobSpec(
         name=f"{JOB_NAME_PREFIX}pending",
         model=served,
@@ -178,4 +210,4 @@ def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts |
     slug = re.sub(r"[^A-Za-z0-9._-]", "-", served)[:40]
     spec = replace(spec, name=f"{JOB_NAME_PREFIX}{slug}-{digest}")
     return LaunchPlan(profile, served, model_path, engine, gpu.name, count, family, tool, reasoning, spec,
-                      tuple(notes), tuple(reasons), facts, options)
+                      tuple(notes), tuple(reasons), facts, options, need_gb)

@@ -1,0 +1,91 @@
+"""What a kernel's notebook faces share: the server `%%llm` talks to, its conversation, a background
+launch. `%hpcllm up` and the launch panel both adopt a ready server here, so `client` and `%%llm` work
+the same whichever started it. One session per IPython shell."""
+
+from __future__ import annotations
+
+import keyword
+import re
+import threading
+import unicodedata
+import weakref
+from collections.abc import Collection
+from typing import Any
+
+from ..chat.prompt import Endpoint
+from ..errors import AuthenticationError
+from ..lifecycle import LaunchHandle, Server
+
+__all__ = ["NotebookSession", "ask", "session_for", "variable_problem"]
+
+# IPython's own names in the namespace: overwriting one breaks the notebook (the output history, `exit`,
+# the display hook's `_`). `_N` and `_iN` are the numbered outputs and inputs.
+IPYTHON_NAMES = frozenset({"get_ipython", "In", "Out", "exit", "quit", "_", "__", "___", "_i", "_ii", "_iii",
+                           "_oh", "_ih", "_dh"})
+_IPYTHON_NUMBERED = re.compile(r"_i?[0-9]+")
+
+
+class NotebookSession:
+    """The notebook's current server (None when `%hpcllm use` points %%llm elsewhere), its endpoint, the
+    conversation `%%llm --chat` keeps, and a launch still in progress."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.server: Server | None = None
+        self.endpoint: Endpoint | None = None
+        self.history: list[dict[str, Any]] = []
+        self.launching: LaunchHandle | None = None
+        self.warned: str | None = None  # the job whose near time limit was already pointed out
+
+    def adopt(self, server: Server, as_name: str) -> str:
+        """Make a ready server the default of %%llm and put its client in the namespace; what to tell."""
+        endpoint = Endpoint(server.client(), server.model, f"job {server.job_id}")
+        self.server, self.endpoint = server, endpoint
+        self.shell.user_ns[as_name] = endpoint.client
+        return (f"Ready: `{as_name}` talks to {server.model} ({server.engine}, job {server.job_id} on {server.node}); "
+                "%%llm uses it.")
+
+    def forget(self, job_id: str) -> None:
+        """The job ended (stopped from a face): %%llm no longer talks to it."""
+        if self.server is not None and self.server.job_id == job_id:
+            self.server, self.endpoint = None, None
+
+    def variable_problem(self, name: str) -> str | None:
+        return variable_problem(name, getattr(self.shell, "user_ns_hidden", {}))
+
+
+_sessions: weakref.WeakKeyDictionary[Any, NotebookSession] = weakref.WeakKeyDictionary()
+_sessions_lock = threading.Lock()
+
+
+def session_for(shell: Any) -> NotebookSession:
+    """The session of this IPython shell (made on first use)."""
+    with _sessions_lock:
+        session = _sessions.get(shell)
+        if session is None:
+            session = _sessions[shell] = NotebookSession(shell)
+        return session
+
+
+def variable_problem(name: str, hidden: Collection[str] = ()) -> str | None:
+    """Why `name` cannot take a value a face stores (None: it can)."""
+    if not name.isidentifier() or unicodedata.normalize("NFKC", name) != name:
+        return "is not a Python variable name"
+    if keyword.iskeyword(name):
+        return "is a Python keyword"
+    if name in IPYTHON_NAMES or _IPYTHON_NUMBERED.fullmatch(name) or name in hidden:
+        return "is one of IPython's own names (In, Out, _, _N, _iN, get_ipython, exit, quit, ...)"
+    return None
+
+
+def ask(text: str, echo: bool) -> str:
+    """What the login node asks, answered in the notebook: the kernel shows a (password) input under the
+    running cell. Only a cell's own thread can ask; a connection made anew in the background (or from a
+    widget's button) cannot."""
+    if threading.current_thread() is not threading.main_thread():
+        raise AuthenticationError(
+            f"The login node asks: {text.strip()!r}, which can only be answered while a cell runs.",
+            "Run `%hpcllm status` (or any %hpcllm command) in a cell to connect and answer it, then try again.")
+    import getpass
+
+    return input(text) if echo else getpass.getpass(text)

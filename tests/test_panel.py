@@ -1,0 +1,256 @@
+"""The launch panel in a real InteractiveShell over the shipped FakeTransport: the form, the live plan,
+launch / cancel / stop, the servers table, errors in the panel, threads, polling and closing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from jupyter_hpcllm.config.profiles import load_profile
+from jupyter_hpcllm.edge.fake import DEFAULT_MODELS, FakeTransport
+from jupyter_hpcllm.lifecycle import Cluster
+from jupyter_hpcllm.lifecycle import shared as shared_module
+from jupyter_hpcllm.notebook import panel as panel_module
+from jupyter_hpcllm.notebook.panel import Panel
+from jupyter_hpcllm.notebook.session import session_for
+
+# A model no allocation of one GPU holds: 120 B parameters in bf16 (≈ 240 GB).
+BIG = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 8192,
+       "num_attention_heads": 64, "num_key_value_heads": 8, "num_hidden_layers": 90, "max_position_embeddings": 32768,
+       "vocab_size": 151936, "intermediate_size": 24576}
+
+
+@pytest.fixture
+def shell(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCLLM_CONFIG", str(tmp_path / "c.toml"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("HPCLLM_PROFILE", raising=False)
+    (tmp_path / "c.toml").write_text('[profiles.other]\npreset = "ebi"\nmodel_root = "/elsewhere"\n')
+    InteractiveShell.clear_instance()
+    ip = InteractiveShell.instance()
+    yield ip
+    InteractiveShell.clear_instance()
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Every profile reaches one FakeTransport; the threads that use it are recorded."""
+    transport = FakeTransport(models={**DEFAULT_MODELS, "Big-120B": BIG}, pending_probes=2)
+    transport.threads = set()
+    run = transport.run
+
+    def recording_run(command, **kwargs):
+        transport.threads.add(threading.current_thread().name)
+        return run(command, **kwargs)
+
+    transport.run = recording_run
+    clusters: dict[str, Cluster] = {}
+
+    def cluster_for(profile=None, prompt=None):
+        resolved = load_profile(profile)
+        if resolved.name not in clusters:
+            clusters[resolved.name] = Cluster(resolved, transport=transport, sleep=lambda _: time.sleep(0.005))
+        return clusters[resolved.name]
+
+    monkeypatch.setattr(panel_module, "cluster_for", cluster_for)
+    monkeypatch.setattr(shared_module, "cluster_for", cluster_for)
+    monkeypatch.setattr("jupyter_hpcllm.notebook.magics.cluster_for", cluster_for)
+    yield transport
+    for cluster in clusters.values():
+        cluster.close()
+
+
+@pytest.fixture
+def panel(shell, fake):
+    shell.run_line_magic("load_ext", "jupyter_hpcllm")
+    made = Panel(shell, "ebi", replan_delay=0.01, poll_every=0.02, poll_longest=0.02).settle()
+    yield made
+    made.close()
+
+
+def until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def choose(panel: Panel, model: str, **values) -> Panel:
+    panel.form.model.value = model
+    for name, value in values.items():
+        widget = panel.form.text.get(name) or getattr(panel.form, name)
+        widget.value = value
+    return panel.settle()
+
+
+def test_the_form_offers_what_the_profile_and_its_model_root_have(panel):
+    form = panel.form
+    assert form.profile.options == ("ebi", "other") and form.profile.value == "ebi"
+    assert [name for _, name in form.model.options] == ["Big-120B", "gpt-oss-20b", "Qwen3-8B"]
+    label = dict((name, label) for label, name in form.model.options)["Qwen3-8B"]
+    assert "17.0 GB" in label and "qwen3" in label and "suggested 1 × a100" in label
+    assert [value for _, value in form.gpu_type.options] == ["a100", "h200"]
+    assert [value for _, value in form.gpus.options] == [1, 2, 3, 4]  # the ebi preset's a100: 1–4
+    assert form.text["time"].placeholder == "4:00:00" and form.text["mem"].placeholder == "32G"
+    form.search.value = "qwen3 17"
+    assert [name for _, name in form.model.options] == ["Qwen3-8B"] and "1 of 3" in form.models_note.value
+    form.search.value = ""
+    form.gpu_type.value = "h200"
+    assert [value for _, value in form.gpus.options] == list(load_profile("ebi").gpu_types["h200"].counts)
+
+
+def test_choosing_a_model_plans_it_and_preselects_its_allocation(panel):
+    assert panel.launcher.launch_button.disabled  # nothing chosen yet
+    choose(panel, "Big-120B")
+    view = panel.view
+    assert view.ok and view.gpu_type == "h200" and view.gpus == 2, view
+    assert (panel.form.gpu_type.value, panel.form.gpus.value) == ("h200", 2)
+    assert view.headline.startswith("needs ≈ ") and view.headline.endswith("→ 2 × h200, tensor-parallel 2")
+    assert view.gpu_hours == 8.0 and "8 GPU-hours" in panel.plan_box.value
+    assert "qwen3" in " ".join(view.details) and not panel.launcher.launch_button.disabled
+    panel.script_toggle.value = True
+    assert "#SBATCH --gres=gpu:h200:2" in panel.script_box.value
+    choose(panel, "Big-120B", time="1:00:00")
+    assert panel.view.gpu_hours == 2.0
+
+
+def test_a_choice_that_cannot_work_says_why_and_cannot_be_launched(panel, fake):
+    choose(panel, "Big-120B")
+    panel.form.gpu_type.value = "a100"
+    panel.form.gpus.value = 1
+    panel.settle()
+    view = panel.view
+    assert not view.ok and view.field == "gpus" and "is too small" in view.problem
+    assert "Cannot launch" in panel.plan_box.value and "too small" in panel.plan_box.value
+    assert panel.launcher.launch_button.disabled
+    assert panel.form.gpus.layout.border and not panel.form.model.layout.border  # the option at fault is marked
+    panel.launch()  # even called directly: nothing is submitted
+    assert "Nothing to launch" in panel.report.text
+    assert not [c for c in fake.commands if "sbatch" in c]
+
+    panel.form.gpus.value = 4
+    panel.settle()
+    assert panel.view.ok and not panel.form.gpus.layout.border
+    for field, value, says in (("time", "99:99", "not a Slurm time limit"), ("cpus", "many", "a whole number"),
+                               ("as_name", "Out", "IPython's own names"),
+                               ("engine_args", "--tensor-parallel-size 2", "set by jupyter-hpcllm")):
+        widget = panel.form.text.get(field) or getattr(panel.form, field)
+        widget.value = value
+        panel.settle()
+        assert not panel.view.ok and panel.view.field == field and says in panel.view.problem, (field, panel.view)
+        assert panel.launcher.launch_button.disabled
+        widget.value = "client" if field == "as_name" else ""
+        panel.settle()
+        assert panel.view.ok
+
+
+def test_launch_reaches_ready_and_the_client_is_the_notebooks(panel, shell, fake, capsys):
+    choose(panel, "Qwen3-8B")
+    panel.launcher.launch_button.click()
+    server = panel.launcher.wait(30)
+    assert server is not None, panel.report.text
+    assert panel.launcher.progress.value == 1.0 and "ready" in panel.launcher.stage.value
+    assert "Ready: `client` talks to Qwen3-8B" in panel.report.text
+    stages = [p.stage.value for p in panel.launcher.handle.history]
+    assert stages[0] == "submitted" and "pending" in stages and stages[-1] == "ready"
+    assert [m.id for m in shell.user_ns["client"].models.list()] == ["Qwen3-8B"]
+    shell.run_cell_magic("llm", "--no-stream", "hello from the panel")  # %%llm just works, as after %hpcllm up
+    assert "hello from the panel" in capsys.readouterr().out
+    assert panel.launcher.launch_button.disabled and not panel.launcher.stop_button.disabled
+    panel.launcher.stop_button.click()
+    until(lambda: "cancelled" in panel.report.text)
+    assert f"Job {server.job_id} cancelled" in panel.report.text
+    assert f"scancel {server.job_id}" in fake.commands
+    assert session_for(shell).server is None and not panel.launcher.launch_button.disabled
+    # No SSH or Slurm work ran on the kernel's main thread.
+    assert "MainThread" not in fake.threads and fake.threads
+
+
+def test_cancel_while_pending_cancels_the_job(panel, fake):
+    fake.pending_probes = 10_000
+    choose(panel, "Qwen3-8B")
+    panel.launch()
+    until(lambda: panel.launcher.handle and panel.launcher.handle.progress
+          and panel.launcher.handle.progress.stage.value == "pending")
+    assert "waiting for Priority" in panel.launcher.stage.value
+    job = panel.launcher.handle.job_id
+    panel.launcher.cancel_button.click()
+    assert panel.launcher.wait(10) is None
+    assert f"scancel {job}" in fake.commands and fake.jobs[job].state == "CANCELLED"
+    assert f"job {job} was cancelled, its GPUs are free" in panel.report.text
+    assert not panel.launcher.launch_button.disabled and panel.launcher.cancel_button.disabled
+
+
+def test_a_failed_launch_lands_in_the_panel_as_one_paragraph(panel, fake):
+    fake.sbatch_error = "sbatch: error: Invalid account or account/partition combination specified"
+    choose(panel, "Qwen3-8B")
+    panel.launch()
+    assert panel.launcher.wait(10) is None
+    text = panel.report.text
+    assert "Invalid account" in text and "Traceback" not in text and len(text.splitlines()) == 1
+    assert panel.launcher.progress.bar_style == "danger" and not panel.launcher.launch_button.disabled
+
+
+def test_the_servers_table_attach_logs_stop(panel, shell, fake):
+    cluster = panel.cluster
+    handle = cluster.launch("gpt-oss-20b")
+    job = handle.result(30).job_id
+    assert panel.servers.refresh()
+    assert [row[0] for row in panel.servers.rows] == [job]
+    assert panel.servers.rows[0][1:6] == ("gpt-oss-20b", "vllm", "RUNNING", "gpu01", "1 × a100")
+    assert not panel.servers.refresh()  # nothing changed
+    panel.form.as_name.value = "llm"
+    panel.servers.buttons[job]["attach"].click()
+    until(lambda: "Ready: `llm`" in panel.report.text)
+    assert [m.id for m in shell.user_ns["llm"].models.list()] == ["gpt-oss-20b"]
+    assert session_for(shell).server.job_id == job
+    panel.servers.logs(job).join(10)
+    assert f"engine log of job {job}" in panel.servers.log.value
+    panel.servers.stop(job).join(10)
+    assert f"Job {job} cancelled" in panel.report.text and session_for(shell).server is None
+    assert panel.servers.rows == [] and "No servers" in panel.servers.note.value
+
+
+def test_the_table_refreshes_only_while_the_panel_is_shown_and_closing_stops_everything(panel, fake):
+    time.sleep(0.2)
+    assert panel.poller.polls == 0  # no view in a front end: it stands by
+    panel._view_count = 1  # what the front end says when it shows the panel
+    deadline = time.monotonic() + 5
+    while panel.poller.polls < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert panel.poller.polls >= 3
+    panel.close()
+    time.sleep(0.1)
+    polls = panel.poller.polls
+    time.sleep(0.2)
+    assert panel.poller.polls == polls and panel.poller.closed
+    assert not [t for t in threading.enumerate() if t.name.startswith("hpcllm-panel")]
+
+
+def test_panel_magic_and_function(shell, fake, capsys, monkeypatch):
+    shell.run_line_magic("load_ext", "jupyter_hpcllm")
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **_: shown.append(obj))
+    shell.run_line_magic("hpcllm", "panel --profile other")
+    assert isinstance(shown[0], Panel) and shown[0].form.profile.value == "other"
+    shown[0].close()
+    result = shell.run_cell("%hpcllm panel --profile nope")
+    assert isinstance(result.error_in_exec, UsageError) and "Unknown profile 'nope'" in str(result.error_in_exec)
+    import jupyter_hpcllm
+
+    made = jupyter_hpcllm.panel()
+    assert isinstance(made, Panel) and made.form.profile.value == "ebi"
+    made.close()
+
+
+def test_an_error_from_a_python_call_shows_one_paragraph_in_a_notebook(shell, capsys):
+    result = shell.run_cell("import jupyter_hpcllm\njupyter_hpcllm.panel('nope')")
+    assert result.error_in_exec is not None
+    out = capsys.readouterr()
+    shown = out.out + out.err
+    assert "ConfigError: Unknown profile 'nope'" in shown and "Traceback" not in shown
+    assert len(shown.strip().splitlines()) == 1
