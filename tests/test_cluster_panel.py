@@ -50,7 +50,7 @@ WAIT_FOR = '''
 def wait_for(condition, timeout=60):
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, panel.report.text
+        assert time.monotonic() < deadline, panel.launcher.outcome.text
         time.sleep(0.05)
 '''
 
@@ -81,8 +81,8 @@ print("stages:", [p.stage.value for p in panel.launcher.handle.history])
     out = kernel.run("%%llm --no-stream\nand from the next cell")  # %%llm works as after %hpcllm up
     assert "Echo: and from the next cell" in out
 
-    kernel.run("panel.launcher.stop_button.click()\nwait_for(lambda: 'cancelled' in panel.report.text)")
-    assert f"Job {job} cancelled" in kernel.run("print(panel.report.text)")
+    kernel.run("panel.launcher.stop_button.click()\nwait_for(lambda: 'cancelled' in panel.launcher.outcome.text)")
+    assert f"Job {job} cancelled" in kernel.run("print(panel.launcher.outcome.text)")
     deadline = time.monotonic() + 30
     while _queue(transport, job) not in ([], ["COMPLETING"]) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -102,7 +102,7 @@ print("pending:", panel.launcher.handle.job_id, panel.launcher.stage.value)
     job = re.search(r"pending: (\d+)", out).group(1)
     assert "BeginTime" in out and _queue(transport, job) == ["PENDING"]
     out = kernel.run("panel.launcher.cancel_button.click()\nprint(panel.launcher.wait(60))\n"
-                     "print(panel.report.text)")
+                     "print(panel.launcher.outcome.text)")
     assert f"job {job} was cancelled, its GPUs are free" in out
     assert _queue(transport, job) == []
 

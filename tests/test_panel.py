@@ -96,6 +96,7 @@ def test_the_form_offers_what_the_profile_and_its_model_root_have(panel):
     assert [value for _, value in form.gpu_type.options] == ["a100", "h200"]
     assert [value for _, value in form.gpus.options] == [1, 2, 3, 4]  # the ebi preset's a100: 1–4
     assert form.text["time"].placeholder == "4:00:00" and form.text["mem"].placeholder == "32G"
+    assert panel.servers.rows == [] and "No servers of yours" in panel.servers.note.value
     form.search.value = "qwen3 17"
     assert [name for _, name in form.model.options] == ["Qwen3-8B"] and "1 of 3" in form.models_note.value
     form.search.value = ""
@@ -129,7 +130,7 @@ def test_a_choice_that_cannot_work_says_why_and_cannot_be_launched(panel, fake):
     assert panel.launcher.launch_button.disabled
     assert panel.form.gpus.layout.border and not panel.form.model.layout.border  # the option at fault is marked
     panel.launch()  # even called directly: nothing is submitted
-    assert "Nothing to launch" in panel.report.text
+    assert "Not launched" in panel.launcher.outcome.text and "too small" in panel.launcher.outcome.text
     assert not [c for c in fake.commands if "sbatch" in c]
 
     panel.form.gpus.value = 4
@@ -152,9 +153,9 @@ def test_launch_reaches_ready_and_the_client_is_the_notebooks(panel, shell, fake
     choose(panel, "Qwen3-8B")
     panel.launcher.launch_button.click()
     server = panel.launcher.wait(30)
-    assert server is not None, panel.report.text
+    assert server is not None, panel.launcher.outcome.text
     assert panel.launcher.progress.value == 1.0 and "ready" in panel.launcher.stage.value
-    assert "Ready: `client` talks to Qwen3-8B" in panel.report.text
+    assert "Ready: `client` talks to Qwen3-8B" in panel.launcher.outcome.text
     stages = [p.stage.value for p in panel.launcher.handle.history]
     assert stages[0] == "submitted" and "pending" in stages and stages[-1] == "ready"
     assert [m.id for m in shell.user_ns["client"].models.list()] == ["Qwen3-8B"]
@@ -162,8 +163,8 @@ def test_launch_reaches_ready_and_the_client_is_the_notebooks(panel, shell, fake
     assert "hello from the panel" in capsys.readouterr().out
     assert panel.launcher.launch_button.disabled and not panel.launcher.stop_button.disabled
     panel.launcher.stop_button.click()
-    until(lambda: "cancelled" in panel.report.text)
-    assert f"Job {server.job_id} cancelled" in panel.report.text
+    until(lambda: "cancelled" in panel.launcher.outcome.text)
+    assert f"Job {server.job_id} cancelled" in panel.launcher.outcome.text
     assert f"scancel {server.job_id}" in fake.commands
     assert session_for(shell).server is None and not panel.launcher.launch_button.disabled
     # No SSH or Slurm work ran on the kernel's main thread.
@@ -181,7 +182,7 @@ def test_cancel_while_pending_cancels_the_job(panel, fake):
     panel.launcher.cancel_button.click()
     assert panel.launcher.wait(10) is None
     assert f"scancel {job}" in fake.commands and fake.jobs[job].state == "CANCELLED"
-    assert f"job {job} was cancelled, its GPUs are free" in panel.report.text
+    assert f"job {job} was cancelled, its GPUs are free" in panel.launcher.outcome.text
     assert not panel.launcher.launch_button.disabled and panel.launcher.cancel_button.disabled
 
 
@@ -190,7 +191,7 @@ def test_a_failed_launch_lands_in_the_panel_as_one_paragraph(panel, fake):
     choose(panel, "Qwen3-8B")
     panel.launch()
     assert panel.launcher.wait(10) is None
-    text = panel.report.text
+    text = panel.launcher.outcome.text
     assert "Invalid account" in text and "Traceback" not in text and len(text.splitlines()) == 1
     assert panel.launcher.progress.bar_style == "danger" and not panel.launcher.launch_button.disabled
 
@@ -254,3 +255,169 @@ def test_an_error_from_a_python_call_shows_one_paragraph_in_a_notebook(shell, ca
     shown = out.out + out.err
     assert "ConfigError: Unknown profile 'nope'" in shown and "Traceback" not in shown
     assert len(shown.strip().splitlines()) == 1
+
+
+# --- what a review found: races between the user, the form and the background work ---------------------
+
+
+def sbatches(fake) -> list[str]:
+    return [c for c in fake.commands if "sbatch --parsable" in c]
+
+
+def test_a_double_click_launches_once_and_cancel_frees_that_job(panel, fake):
+    fake.pending_probes = 10_000
+    choose(panel, "Qwen3-8B")
+    panel.launcher.launch_button.click()
+    panel.launcher.launch_button.click()  # the kernel runs a click on a disabled button too
+    assert "in progress" in panel.launcher.outcome.text or not panel.launcher.outcome.text
+    until(lambda: panel.launcher.handle is not None and panel.launcher.handle.job_id is not None)
+    job = panel.launcher.handle.job_id
+    panel.launcher.cancel_button.click()
+    assert panel.launcher.wait(10) is None
+    assert len(sbatches(fake)) == 1 and fake.jobs[job].state == "CANCELLED"
+    assert [t for t in threading.enumerate() if t.name.startswith("hpcllm-launch")] == []
+
+
+def test_a_click_right_after_a_change_launches_the_plan_of_that_change(panel, fake):
+    choose(panel, "Qwen3-8B")
+    panel.form.text["time"].value = "0:30:00"
+    panel.launcher.launch_button.disabled = False  # as a front end might still show it
+    panel.launch()  # before the planner ran: it launches once the plan of 0:30:00 is there
+    server = panel.launcher.wait(30)
+    assert server is not None, panel.launcher.outcome.text
+    assert "--time=0:30:00" in fake.jobs[server.job_id].script
+
+
+def test_a_click_right_after_an_invalid_change_launches_nothing(panel, shell, fake):
+    choose(panel, "Qwen3-8B")
+    shell.user_ns["Out"] = out = shell.user_ns.get("Out", {})
+    panel.form.as_name.value = "Out"
+    panel.launch()
+    panel.settle()
+    assert "Not launched" in panel.launcher.outcome.text and "IPython's own names" in panel.launcher.outcome.text
+    assert sbatches(fake) == [] and shell.user_ns["Out"] is out
+
+
+def test_what_the_form_changes_by_itself_is_planned_too(panel):
+    choose(panel, "Qwen3-8B")
+    panel.form.search.value = "zzz"  # the filter hides the chosen model: nothing is chosen now
+    panel.settle()
+    assert panel.plan is None and "Choose a model" in panel.plan_box.value and panel.launcher.launch_button.disabled
+    panel.form.search.value = ""
+    choose(panel, "Qwen3-8B")
+    panel.form.set_parser_names(("my_tool",), ())
+    panel.form.tool_call_parser.value = "my_tool"
+    panel.settle()
+    assert panel.plan.tool_parser == "my_tool"
+    panel.form.set_parser_names((), ())  # the other engine's image lacks it: the form resets to automatic
+    panel.settle()
+    assert panel.form.tool_call_parser.value == "(automatic)" and panel.plan.tool_parser != "my_tool"
+
+
+def test_a_row_acts_on_the_cluster_it_was_read_from(panel, fake):
+    job = panel.cluster.launch("gpt-oss-20b").result(30).job_id
+    panel.servers.refresh()
+    ebi, stop = panel.cluster, panel.servers.buttons[job]["stop"]
+    cancelled_on = []
+    original = ebi.cancel
+    ebi.cancel = lambda job_id, **kw: cancelled_on.append(ebi) or original(job_id, **kw)
+    panel.form.profile.value = "other"
+    panel.settle()
+    assert panel.cluster is not ebi
+    stop.click()  # the row still on screen from before the switch
+    until(lambda: cancelled_on)
+    assert cancelled_on == [ebi]
+
+
+def test_a_job_stopped_by_the_magics_frees_the_panel(panel, shell, fake):
+    choose(panel, "Qwen3-8B")
+    panel.launch()
+    server = panel.launcher.wait(30)
+    shell.run_line_magic("hpcllm", "down")
+    assert fake.jobs[server.job_id].state == "CANCELLED"
+    assert panel.launcher.server is None and panel.launcher.stop_button.disabled
+    panel.settle()
+    assert not panel.launcher.launch_button.disabled
+
+
+def test_one_launch_at_a_time_per_notebook(panel, shell, fake, capsys):
+    fake.pending_probes = 10_000
+    shell.run_line_magic("hpcllm", "up gpt-oss-20b --profile ebi --background")
+    choose(panel, "Qwen3-8B")
+    panel.launch().join(10)
+    assert "already in progress in this notebook (gpt-oss-20b)" in panel.launcher.outcome.text
+    assert not panel.launcher.launch_button.disabled  # refused, not stuck
+    shell.run_line_magic("hpcllm", "down")  # still reaches the magic's launch
+    assert "Stopped the launch of gpt-oss-20b" in capsys.readouterr().out
+    assert len(sbatches(fake)) == 1
+
+
+def test_closing_while_connecting_submits_nothing(panel, fake):
+    choose(panel, "Qwen3-8B")
+    connect = panel.cluster.connect
+    panel.cluster.connect = lambda: time.sleep(0.3) or connect()
+    panel.launch()
+    panel.close()
+    assert panel.launcher.wait(5) is None
+    assert sbatches(fake) == []
+    time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("hpcllm-panel", "hpcllm-launch"))]
+
+
+def test_a_busy_rows_buttons_stay_disabled_across_refreshes(panel, fake):
+    fake.pending_probes = 10_000
+    handle = panel.cluster.launch("Qwen3-8B")
+    until(lambda: handle.job_id is not None)
+    panel.servers.refresh()
+    assert panel.servers.buttons[handle.job_id]["attach"].disabled  # pending: nothing to attach to yet
+    release = threading.Event()
+    panel.servers._act(handle.job_id, release.wait, "hpcllm-panel-test")
+    fake.jobs[handle.job_id].state = "RUNNING"  # the row changes: a refresh makes new buttons
+    panel.servers.refresh()
+    assert all(button.disabled for button in panel.servers.buttons[handle.job_id].values())
+    release.set()
+    until(lambda: not panel.servers.buttons[handle.job_id]["logs"].disabled)
+    handle.stop()
+
+
+def test_the_debouncer_runs_one_at_a_time_and_always_sees_the_last_trigger():
+    from jupyter_hpcllm.notebook.panel.background import Debounced, Report
+
+    class Sink:
+        value = ""
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "runs": 0, "seen": -1}
+    last = {"value": 0}
+
+    def work():
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        seen = last["value"]
+        time.sleep(0.003)
+        with lock:
+            state["now"] -= 1
+            state["runs"] += 1
+            state["seen"] = seen
+
+    debounced = Debounced(work, 0.001, Report(Sink()))
+
+    def hammer(offset):
+        for i in range(200):
+            last["value"] = offset + i
+            debounced.trigger()
+            time.sleep(0.0005 * (i % 3))
+
+    threads = [threading.Thread(target=hammer, args=(n * 1000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    final = last["value"]
+    assert debounced.idle.wait(10)
+    assert state["most"] == 1 and state["runs"] >= 1 and state["now"] == 0
+    assert state["seen"] == final  # the last run read the value of the last trigger
+    debounced.close()
+    debounced.trigger()
+    time.sleep(0.05)
+    assert state["now"] == 0

@@ -192,6 +192,8 @@ class _InSession(Generic[_T]):
         self.name = name
 
     def __get__(self, magics: Any, owner: Any = None) -> _T:
+        if magics is None:  # on the class (help(), autodoc): the descriptor itself
+            return self  # type: ignore[return-value]
         return getattr(magics.session, self.name)  # type: ignore[no-any-return]
 
     def __set__(self, magics: Any, value: _T) -> None:
@@ -274,9 +276,10 @@ class HpcllmMagics(Magics):
                   "with `%hpcllm down`.")
         view = ProgressView(self.rich, args.model)
         cluster.plan(options, offline=True)  # options wrong whatever the model fail before connecting
-        handle = cluster.connect().launch(options, on_progress=view)  # a password is asked in this cell
+        cluster.connect()  # a password is asked in this cell
+        # One launch at a time per notebook (the panel's too): `%hpcllm status` and `down` reach it.
+        handle = self.session.start_launch(lambda: cluster.launch(options, on_progress=view))
         if args.background:
-            self.launching = handle
 
             def finished(done: LaunchHandle) -> None:
                 view.stop()
@@ -363,17 +366,16 @@ class HpcllmMagics(Magics):
         launching = self._launching_now(args)
         if launching is not None:
             launching.stop()
-            if self.server is not None and self.server.job_id == launching.job_id:  # it became ready meanwhile
-                self.server, self.endpoint = None, None
+            if launching.job_id is not None:  # it may have become ready meanwhile: nothing talks to it now
+                self.session.forget(launching.job_id)
             return print(views.interrupted_text(launching, "%hpcllm down").replace(
                 "Interrupted", f"Stopped the launch of {launching.options.model}", 1))
         job = self._job_or_current(args)
         if self.server is not None and job == self.server.job_id:
             state = self.server.down()
-            self.server = None
-            self.endpoint = None
         else:
             state = self._cluster(args).cancel(job)
+        self.session.forget(job)  # %%llm and the launch panel forget it
         print(views.stopped_message(job, state.value))
 
     def _panel(self, args: argparse.Namespace) -> None:

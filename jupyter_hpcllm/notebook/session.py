@@ -5,18 +5,21 @@ the same whichever started it. One session per IPython shell."""
 from __future__ import annotations
 
 import keyword
+import logging
 import re
 import threading
 import unicodedata
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ..chat.prompt import Endpoint
-from ..errors import AuthenticationError
+from ..errors import AuthenticationError, ConfigError, HpcllmError
 from ..lifecycle import LaunchHandle, Server
 
 __all__ = ["NotebookSession", "ask", "session_for", "variable_problem"]
+
+_log = logging.getLogger(__name__)
 
 # IPython's own names in the namespace: overwriting one breaks the notebook (the output history, `exit`,
 # the display hook's `_`). `_N` and `_iN` are the numbered outputs and inputs.
@@ -36,9 +39,14 @@ class NotebookSession:
         self.history: list[dict[str, Any]] = []
         self.launching: LaunchHandle | None = None
         self.warned: str | None = None  # the job whose near time limit was already pointed out
+        self.on_stopped: list[Callable[[str], None]] = []  # told of every job a face stops (the panel)
+        self._lock = threading.Lock()
 
     def adopt(self, server: Server, as_name: str) -> str:
-        """Make a ready server the default of %%llm and put its client in the namespace; what to tell."""
+        """Make a ready server the default of %%llm and put its client in `as_name`; what to tell."""
+        problem = self.variable_problem(as_name)
+        if problem:
+            raise ConfigError(f"The client variable {as_name!r} {problem}.", "Choose another name, e.g. client.")
         endpoint = Endpoint(server.client(), server.model, f"job {server.job_id}")
         self.server, self.endpoint = server, endpoint
         self.shell.user_ns[as_name] = endpoint.client
@@ -46,9 +54,24 @@ class NotebookSession:
                 "%%llm uses it.")
 
     def forget(self, job_id: str) -> None:
-        """The job ended (stopped from a face): %%llm no longer talks to it."""
+        """A face stopped this job: %%llm no longer talks to it, and every face that shows it hears of it."""
         if self.server is not None and self.server.job_id == job_id:
             self.server, self.endpoint = None, None
+        for listener in list(self.on_stopped):
+            try:
+                listener(job_id)
+            except Exception:  # one face failing must not keep the others from hearing
+                _log.exception("a jupyter-hpcllm face failed to take note of a stopped job")
+
+    def start_launch(self, handle_of: Callable[[], LaunchHandle]) -> LaunchHandle:
+        """Run `handle_of()` (which starts a launch) unless another launch of this notebook is still in
+        progress: one at a time, so `%hpcllm status` and `%hpcllm down` always reach it."""
+        with self._lock:
+            if self.launching is not None and not self.launching.done():
+                raise HpcllmError(f"A launch is already in progress in this notebook ({self.launching.options.model}).",
+                                  "Wait for it, or stop it with `%hpcllm down` (or the panel's Cancel).")
+            self.launching = handle = handle_of()
+            return handle
 
     def variable_problem(self, name: str) -> str | None:
         return variable_problem(name, getattr(self.shell, "user_ns_hidden", {}))

@@ -14,6 +14,7 @@ Every SSH and Slurm call runs in a thread: the kernel stays free. Closing the pa
 from __future__ import annotations
 
 import html
+import threading
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ import ipywidgets as widgets
 
 from ...config.options import LaunchOptions
 from ...config.profiles import load_profile, profile_names
-from ...errors import ConfigError, HpcllmError
+from ...errors import HpcllmError, InvalidOption
 from ...lifecycle import Cluster, cluster_for
 from ...views import PlanView, plan_view, problem_view
 from ..session import NotebookSession, ask, session_for
@@ -55,12 +56,15 @@ class Panel(widgets.VBox):
         self.script_box = widgets.HTML()
         self.plan: Any = None  # the latest LaunchPlan (when it can be launched)
         self.view: PlanView | None = None
-        self.launcher = LaunchSection(self.session, self.report, on_change=self._launches_changed)
+        self._plan_lock = threading.Lock()
+        self._revision = 0  # counts the form's changes; a plan is launched only if made from the latest
+        self._plan_revision = -1
+        self._plan_as_name = "client"
+        self._launch_requested = False  # Launch was clicked before the plan of the latest change was ready
+        self.launcher = LaunchSection(self.session, on_change=self._launches_changed)
         self.servers = ServersTable(self.session, self.report, cluster=lambda: self.cluster,
-                                    as_name=lambda: self.form.as_name.value.strip(),
-                                    on_stopped=self.launcher.stopped_elsewhere)
+                                    as_name=lambda: self.form.as_name.value.strip())
         self.planner = Debounced(self._replan, replan_delay, self.report)
-        self._revision = 0
         self._loading: list[Any] = []  # the background loads of models, parser names and servers
         self.cluster: Cluster = cluster_for(chosen, prompt=ask)
         close = widgets.Button(icon="times", tooltip="Close the panel (a server it started keeps running)",
@@ -107,9 +111,10 @@ class Panel(widgets.VBox):
         self.script_toggle.observe(lambda _: self._show_script(), "value")
 
     def _changed(self, change: Any = None) -> None:
-        if self.form.changing_itself:
-            return
-        self._revision += 1
+        """Any change of what the form holds, the user's or its own (a filtered list, a reset parser):
+        the plan shown is no longer the form's until the planner has run."""
+        with self._plan_lock:
+            self._revision += 1
         self.launcher.allow(False)  # until the new plan says it can be launched
         self.planner.trigger()
 
@@ -142,6 +147,7 @@ class Panel(widgets.VBox):
         except HpcllmError as error:
             return self.report.error(error)
         self.report.clear()
+        self.servers.forget()
         self.form.set_models([])
         where = self.cluster.profile
         self.form.models_note.value = (f"<small>Reading the models under {html.escape(where.model_root)} on "
@@ -169,6 +175,8 @@ class Panel(widgets.VBox):
             try:
                 names = cluster.parsers(engine)
             except HpcllmError as error:
+                if cluster is not self.cluster or engine != self.form.engine.value:
+                    return  # another profile or engine meanwhile: its own load tells
                 self.form.set_parser_names((), ())
                 self.form.parsers_note.value = (f"<small>The image's parser names are not available "
                                                 f"({html.escape(str(error))}); automatic choice still works.</small>")
@@ -182,30 +190,36 @@ class Panel(widgets.VBox):
 
     def _replan(self) -> None:
         """In the planner's thread: plan the form's choices; show the plan, or why it cannot work."""
-        revision, form, cluster = self._revision, self.form, self.cluster
-        if not form.model.value:
-            self.plan, self.view = None, None
-            self.plan_box.value = "<i>Choose a model.</i>"
-            return
-        plan = None
-        try:
-            problem = form.as_name.value.strip() and self.session.variable_problem(form.as_name.value.strip())
-            if not form.as_name.value.strip() or problem:
-                raise _as_name_error(form.as_name.value, problem or "is empty")
-            options = LaunchOptions.from_mapping(form.values(suggested_allocation=not form.allocation_chosen))
-            plan = cluster.plan(options)
-            view = plan_view(plan)
-        except HpcllmError as error:
-            view = problem_view(error)
-        if revision != self._revision or cluster is not self.cluster:
-            return  # the form changed meanwhile: the next run shows the plan of what it holds now
-        if plan is not None and not form.allocation_chosen:
-            form.set_allocation(plan.gpu_type, plan.gpus)
-        self.plan, self.view = (plan if view.ok else None), view
-        form.mark(view.field)
-        self.plan_box.value = _plan_html(view)
+        with self._plan_lock:
+            revision = self._revision
+        form, cluster = self.form, self.cluster
+        as_name = form.as_name.value.strip()
+        plan, view = None, None
+        if form.model.value:
+            try:
+                problem = self.session.variable_problem(as_name) if as_name else "is empty"
+                if problem:
+                    raise InvalidOption("as_name", f"The client variable {as_name!r} {problem}.",
+                                        "Choose a Python variable name, e.g. client.")
+                options = LaunchOptions.from_mapping(form.values(suggested_allocation=not form.allocation_chosen))
+                plan = cluster.plan(options)
+                view = plan_view(plan)
+            except HpcllmError as error:
+                plan, view = None, problem_view(error)
+        with self._plan_lock:
+            if revision != self._revision or cluster is not self.cluster:
+                return  # the form changed meanwhile: the next run shows the plan of what it holds now
+            self.plan, self.view = (plan if view is not None and view.ok else None), view
+            self._plan_revision, self._plan_as_name = revision, as_name
+            launch, self._launch_requested = self._launch_requested, False
+        form.mark(view.field if view else None)
+        self.plan_box.value = _plan_html(view) if view else "<i>Choose a model.</i>"
         self._show_script()
-        self.launcher.allow(view.ok)
+        self.launcher.allow(view is not None and view.ok)
+        if plan is not None and not form.allocation_chosen:
+            form.set_allocation(plan.gpu_type, plan.gpus)  # the suggestion, preselected (plans once more)
+        if launch:
+            self.launch()
 
     def _show_script(self) -> None:
         shown = self.script_toggle.value and self.plan is not None
@@ -226,14 +240,28 @@ class Panel(widgets.VBox):
     # -- launching and closing
 
     def launch(self) -> Any:
-        """Launch the plan shown (the Launch button); returns the thread that starts it."""
-        if self.plan is None or self.view is None or not self.view.ok:
-            return self.report.error("Nothing to launch: choose a model, and fix what the plan says.")
-        try:
-            return self.launcher.launch(self.cluster, self.plan.options, self.form.as_name.value.strip())
-        except HpcllmError as error:
-            self.report.error(error)
+        """Launch the plan shown (the Launch button); returns the thread that starts it. Clicked before the
+        plan of the latest change is ready, it launches once that plan is (if it can be launched)."""
+        with self._plan_lock:
+            current = self._plan_revision == self._revision
+            if not current:
+                self._launch_requested = True
+            plan, view, as_name = self.plan, self.view, self._plan_as_name
+        if not current:
+            self.launcher.ended.clear()  # `launcher.wait()` waits for this launch, not the one before
+            self.launcher.outcome.say("Launching as soon as the plan of your latest choices is ready …")
             return None
+        if plan is None or view is None or not view.ok:
+            return self._not_launched("Not launched: " + (view.problem if view is not None else "choose a model."))
+        try:
+            return self.launcher.launch(self.cluster, plan.options, as_name)
+        except HpcllmError as error:
+            return self._not_launched(str(error))
+
+    def _not_launched(self, message: str) -> None:
+        self.launcher.outcome.error(message)
+        if not self.launcher.launching:
+            self.launcher.ended.set()
 
     def _launches_changed(self) -> None:
         self.poller.wake()  # the table shows the new (or stopped) job
@@ -250,13 +278,6 @@ class Panel(widgets.VBox):
         for child in _descendants(self):
             child.close()
         super().close()
-
-
-def _as_name_error(name: str, problem: str) -> ConfigError:
-    from ...errors import InvalidOption
-
-    return InvalidOption("as_name", f"The client variable {name.strip()!r} {problem}.",
-                         "Choose a Python variable name, e.g. client.")
 
 
 def _plan_html(view: PlanView) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,28 +36,25 @@ class Report:
 
     def __init__(self, widget: Any) -> None:
         self.widget = widget
+        self.text = ""  # what is shown, as plain text (for code cells, tests and logs)
 
     def say(self, text: str) -> None:
-        self.widget.value = f"<div class='hpcllm-message'>{html.escape(text)}</div>" if text else ""
+        self.text = text
+        self.widget.value = f"<div class='hpcllm-message'>{_code(html.escape(text))}</div>" if text else ""
 
     def error(self, error: BaseException | str) -> None:
-        text = error if isinstance(error, str) else explain(error)
+        text = self.text = error if isinstance(error, str) else explain(error)
         self.widget.value = (f"<div class='hpcllm-error' style='color:#b00020;white-space:normal'>"
-                             f"{html.escape(text)}</div>")
+                             f"{_code(html.escape(text))}</div>")
 
     def clear(self) -> None:
-        self.widget.value = ""
-
-    @property
-    def text(self) -> str:
-        """What is shown, as plain text (for tests and logs)."""
-        return html.unescape(_strip_tags(self.widget.value))
+        self.text = self.widget.value = ""
 
 
-def _strip_tags(text: str) -> str:
-    import re
+def _code(text: str) -> str:
+    """`name` in a message (commands, variables) as code, the way the magics' Markdown shows it."""
+    return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", text)
 
-    return re.sub(r"<[^>]+>", "", text)
 
 
 def run_in_background(action: Callable[[], object], report: Report, buttons: Iterable[Any] = (),
@@ -88,6 +86,7 @@ class Debounced:
         self.work, self.delay, self.report = work, delay, report
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._generation = 0  # of the timer that may run: an older one that fired late does nothing
         self._running = False
         self._again = False
         self._closed = False
@@ -102,14 +101,21 @@ class Debounced:
             if self._running:
                 self._again = True
                 return
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = threading.Timer(self.delay, self._run)
-            self._timer.daemon = True
-            self._timer.start()
+            self._schedule()
 
-    def _run(self) -> None:
+    def _schedule(self) -> None:
+        """(Under the lock.) A new timer; the one before it, if it has not run, never will."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._generation += 1
+        self._timer = threading.Timer(self.delay, self._run, args=(self._generation,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _run(self, generation: int) -> None:
         with self._lock:
+            if generation != self._generation or self._closed or self._running:
+                return  # superseded (a trigger came as it fired), closed, or a run is on: that one reruns
             self._timer, self._running, self._again = None, True, False
         try:
             self.work()
@@ -118,17 +124,16 @@ class Debounced:
         finally:
             with self._lock:
                 self._running = False
-                again = self._again and not self._closed
-            if again:
-                self.trigger()
-            else:
-                with self._lock:
-                    if self._timer is None and not self._running:
-                        self.idle.set()
+                if self._again and not self._closed:
+                    self._again = False
+                    self._schedule()
+                elif self._timer is None:
+                    self.idle.set()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._generation += 1
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None

@@ -4,6 +4,7 @@ choices (models, parser names) from its background work."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ __all__ = ["AUTOMATIC", "LaunchForm", "ModelEntry"]
 
 AUTOMATIC = "(automatic)"  # a parser choice: no parser name has parentheses
 NONE = "(none)"
-_STYLE = {"description_width": "9em"}
+_STYLE = {"description_width": "10em"}
 _WIDE = widgets.Layout(width="34em")
 # The fields offered as text, and what their description says.
 _TEXT_FIELDS = (("time", "Time limit"), ("cpus", "CPUs"), ("mem", "Memory"), ("partition", "Partition"),
@@ -48,10 +49,10 @@ class LaunchForm:
                                         style=_STYLE, layout=_WIDE)
         self.search = widgets.Text(description="Model", placeholder="type to filter by name, family or size",
                                    style=_STYLE, layout=_WIDE, continuous_update=True)
-        self.model = widgets.Select(options=[], rows=7, layout=widgets.Layout(width="34em", margin="0 0 0 9.5em"))
+        self.model = widgets.Select(options=[], rows=7, layout=widgets.Layout(width="34em", margin="0 0 0 10.5em"))
         self.models_note = widgets.HTML()
-        self.engine = widgets.ToggleButtons(options=[("vLLM", "vllm"), ("SGLang", "sglang")], description="Engine",
-                                            style={**_STYLE, "button_width": "7em"})
+        self.engine = widgets.Dropdown(options=[("vLLM", "vllm"), ("SGLang", "sglang")], description="Engine",
+                                       style=_STYLE, tooltip=_help("engine"))
         self.gpu_type = widgets.Dropdown(description="GPU type", style=_STYLE, tooltip=_help("gpu_type"))
         self.gpus = widgets.Dropdown(description="GPUs", style=_STYLE, tooltip=_help("gpus"))
         self.text = {name: widgets.Text(description=label, style=_STYLE, tooltip=_help(name))
@@ -66,7 +67,7 @@ class LaunchForm:
         self.as_name = widgets.Text(value="client", description="Client variable", style=_STYLE)
         self.entries: list[ModelEntry] = []
         self.allocation_chosen = False  # the user picked GPUs themselves: no longer the suggestion
-        self._quiet = 0  # > 0 while the form changes itself (not a user's choice)
+        self._quiet = threading.local()  # .depth > 0 in the thread where the form changes itself
         self.set_parser_names((), ())
 
     # -- what the panel shows
@@ -164,20 +165,22 @@ class LaunchForm:
 
     @property
     def changing_itself(self) -> bool:
-        return self._quiet > 0
+        """The change being observed is the form's own (a suggestion, a refilled list), not the user's."""
+        return getattr(self._quiet, "depth", 0) > 0
 
 
 class _Quiet:
-    """While the form sets its own widgets, observers know it is not the user."""
+    """While the form sets its own widgets, observers (called in the same thread) know it is not the user.
+    Per thread: a user's change on the main thread is never taken for the planner's."""
 
     def __init__(self, form: LaunchForm) -> None:
-        self.form = form
+        self.local = form._quiet
 
     def __enter__(self) -> None:
-        self.form._quiet += 1
+        self.local.depth = getattr(self.local, "depth", 0) + 1
 
     def __exit__(self, *exc: object) -> None:
-        self.form._quiet -= 1
+        self.local.depth -= 1
 
 
 def model_entries(summaries: Any) -> list[ModelEntry]:

@@ -8,7 +8,6 @@ import contextlib
 import html
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import ipywidgets as widgets
 
@@ -55,10 +54,11 @@ def log_html(title: str, text: str) -> str:
 
 
 class LaunchSection:
-    """One launch at a time; its server stays here until stopped."""
+    """One launch at a time; its server stays here until stopped. The launch's outcome has a message line
+    of its own (`outcome`), so what it says (a job that may still hold GPUs) is not overwritten by others."""
 
-    def __init__(self, session: NotebookSession, report: Report, *, on_change: Callable[[], None]) -> None:
-        self.session, self.report, self.on_change = session, report, on_change
+    def __init__(self, session: NotebookSession, *, on_change: Callable[[], None]) -> None:
+        self.session, self.on_change = session, on_change
         self.launch_button = widgets.Button(description="Launch", button_style="primary", icon="rocket",
                                             disabled=True, tooltip="Submit the job and wait until its API answers")
         self.cancel_button = widgets.Button(description="Cancel", icon="ban", disabled=True,
@@ -67,24 +67,35 @@ class LaunchSection:
                                           tooltip="Cancel the running job: its GPUs are freed")
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="34em"))
         self.stage = widgets.HTML()
+        self.outcome = Report(widgets.HTML())
         self.log = widgets.HTML()
         self.handle: LaunchHandle | None = None
         self.server: Server | None = None
         self.cluster: Cluster | None = None
         self._tail: Poller | None = None
-        self._starting: threading.Thread | None = None
+        self._starting = False  # between Launch and the handle: connecting, planning
+        self._closed = False
         self.ended = threading.Event()  # set once the latest launch has ended and the panel shows how
+        self.ended.set()
         self._lock = threading.Lock()
         self.plannable = False  # the form's latest plan can be launched
         self.cancel_button.on_click(lambda _: self.cancel())
         self.stop_button.on_click(lambda _: self.stop())
+        session.on_stopped.append(self.stopped_elsewhere)
         self.box = widgets.VBox([widgets.HBox([self.launch_button, self.cancel_button, self.stop_button]),
-                                 self.progress, self.stage, self.log])
+                                 self.progress, self.stage, self.outcome.widget, self.log])
+
+    @property
+    def launching(self) -> bool:
+        """A launch of this panel is starting or in progress."""
+        with self._lock:
+            return self._starting or (self.handle is not None and not self.handle.done())
 
     @property
     def busy(self) -> bool:
-        """A launch is in progress, or its server runs here."""
-        return (self.handle is not None and not self.handle.done()) or self.server is not None
+        """A launch is starting or in progress, or its server runs here."""
+        with self._lock:
+            return self._starting or (self.handle is not None and not self.handle.done()) or self.server is not None
 
     def allow(self, plannable: bool) -> None:
         """The form says whether its choices can be launched: the button follows (never while busy)."""
@@ -94,36 +105,51 @@ class LaunchSection:
     # -- launching
 
     def launch(self, cluster: Cluster, options: LaunchOptions, as_name: str) -> threading.Thread:
-        """Start a launch (in the background: connecting may take a while) and watch it."""
-        if self.busy:
-            raise HpcllmError("A launch from this panel is in progress or its server is running.",
-                              "Cancel or stop it first.")
-        self.report.clear()
+        """Start a launch (in the background: connecting may take a while) and watch it. Refused while
+        another launch of this panel (or of the notebook: `%hpcllm up --background`) is on its way."""
+        with self._lock:
+            if self._closed:
+                raise HpcllmError("This panel is closed.", "Run `%hpcllm panel` for a new one.")
+            if self._starting or (self.handle is not None and not self.handle.done()) or self.server is not None:
+                raise HpcllmError("This panel's launch is in progress, or its server is running.",
+                                  "Cancel or stop it first (or open another panel).")
+            self._starting = True  # from here on, a second click is refused at once
         self.ended.clear()
+        self.outcome.clear()
         self.log.value = ""
         self.progress.value, self.progress.bar_style = 0.0, ""
         self.stage.value = f"Connecting to {html.escape(cluster.profile.name)} …"
         self.launch_button.disabled = True
 
+        def begin() -> LaunchHandle:
+            with self._lock:
+                if self._closed:  # closed while connecting: nothing is submitted
+                    raise LaunchCancelled("The panel was closed before the job was submitted; nothing was "
+                                          "submitted.")
+                handle = self.handle = cluster.launch(options, on_progress=self._progress)
+                self.cluster, self._starting = cluster, False
+                return handle
+
         def start() -> None:
             try:
                 cluster.connect()
-                handle = cluster.launch(options, on_progress=self._progress)
-            except BaseException:
+                handle = self.session.start_launch(begin)
+            except BaseException as error:
+                with self._lock:
+                    self._starting = False
                 self.stage.value = ""
+                self.outcome.error(error)
                 self.allow(self.plannable)
                 self.ended.set()
-                raise
-            with self._lock:
-                self.handle, self.cluster = handle, cluster
-            self.session.launching = handle
+                return
             self.cancel_button.disabled = False
-            self._tail = Poller(self._tail_log, lambda: self._engine_started(handle), self.report,
+            if self._closed:  # the launch goes on (`%hpcllm down` stops it); the closed panel shows nothing
+                return
+            self._tail = Poller(self._tail_log, lambda: self._engine_started(handle), self.outcome,
                                 interval=2.0, longest=8.0, name="hpcllm-panel-log").start()
             handle.add_done_callback(lambda done: self._finished(done, as_name))
 
-        self._starting = run_in_background(start, self.report, name="hpcllm-panel-launch")
-        return self._starting
+        return run_in_background(start, self.outcome, name="hpcllm-panel-launch")
 
     def wait(self, timeout: float | None = None) -> Server | None:
         """Wait until the launch has ended and the panel shows it; its server (None if it failed or was
@@ -158,7 +184,7 @@ class LaunchSection:
         try:
             self._end(handle, as_name)
         except BaseException as error:  # a done callback's error would only reach a log
-            self.report.error(error)
+            self.outcome.error(error)
         finally:
             self.ended.set()
 
@@ -172,16 +198,17 @@ class LaunchSection:
             with self._lock:
                 self.server = server
             self.progress.value, self.progress.bar_style = 1.0, "success"
-            self.report.say(self.session.adopt(server, as_name))
             self.stop_button.disabled = False
+            self.outcome.say(self.session.adopt(server, as_name))
+            self._quiet_tail()  # the engine's start-up lines, however quickly it came up
         else:
             cancelled = isinstance(error, LaunchCancelled)
             self.progress.bar_style = "warning" if cancelled else "danger"
             self.stage.value = "<b>cancelled</b>" if cancelled else "<b>failed</b>"
             if cancelled:
-                self.report.say(str(error))  # whether the job it submitted was cancelled, and its GPUs freed
+                self.outcome.say(str(error))  # whether the job it submitted was cancelled, and its GPUs freed
             else:
-                self.report.error(error)
+                self.outcome.error(error)
             if self._engine_started_once(handle):
                 self._quiet_tail()  # the log says why the engine failed
         self.allow(self.plannable)
@@ -192,7 +219,7 @@ class LaunchSection:
         return any(p.stage in (Stage.RUNNING, Stage.LOADING) for p in handle.history)
 
     def _quiet_tail(self) -> None:
-        with contextlib.suppress(Exception):  # the launch's own error is the story
+        with contextlib.suppress(Exception):  # the launch's own outcome is the story
             self._tail_log()
 
     # -- stopping
@@ -205,7 +232,7 @@ class LaunchSection:
             return None
         self.cancel_button.disabled = True
         self.stage.value = "Cancelling …"
-        return run_in_background(handle.stop, self.report, name="hpcllm-panel-cancel")
+        return run_in_background(handle.stop, self.outcome, name="hpcllm-panel-cancel")
 
     def stop(self) -> threading.Thread | None:
         """Stop the server this panel launched: its job is cancelled."""
@@ -220,32 +247,31 @@ class LaunchSection:
             except BaseException:
                 self.stop_button.disabled = False
                 raise
-            self.session.forget(server.job_id)
-            with self._lock:
-                self.server = None
-            self.progress.value, self.progress.bar_style = 0.0, ""
-            self.stage.value = ""
-            self.report.say(views.stopped_message(server.job_id, state.value))
-            self.allow(self.plannable)
-            self.on_change()
+            self.session.forget(server.job_id)  # %%llm forgets it; so does this panel (stopped_elsewhere)
+            self.outcome.say(views.stopped_message(server.job_id, state.value))
 
-        return run_in_background(stop, self.report, name="hpcllm-panel-stop")
+        return run_in_background(stop, self.outcome, name="hpcllm-panel-stop")
 
     def stopped_elsewhere(self, job_id: str) -> None:
-        """The servers table stopped this job: forget it here too."""
-        server = self.server
-        if server is not None and server.job_id == job_id:
-            server.close()
-            with self._lock:
+        """A face (this panel, its table, `%hpcllm down`) stopped this job: forget it here too."""
+        with self._lock:
+            server, ours = self.server, self.server is not None and self.server.job_id == job_id
+            if ours:
                 self.server = None
-            self.stop_button.disabled = True
-            self.progress.value, self.progress.bar_style = 0.0, ""
-            self.stage.value = ""
-            self.allow(self.plannable)
+        if not ours or server is None:
+            return
+        server.close()
+        self.stop_button.disabled = True
+        self.progress.value, self.progress.bar_style = 0.0, ""
+        self.stage.value = ""
+        self.allow(self.plannable)
+        self.on_change()
 
     def close(self) -> None:
+        """No new launch, no log tail. A launch already submitted goes on (`%hpcllm down` stops it)."""
+        with self._lock:
+            self._closed = True
+        if self.stopped_elsewhere in self.session.on_stopped:
+            self.session.on_stopped.remove(self.stopped_elsewhere)
         if self._tail is not None:
             self._tail.close()
-
-    def widget(self) -> Any:
-        return self.box
