@@ -27,7 +27,7 @@ def test_up_list_status_logs_forward_down(cluster_config):
         assert stage in up.stderr
     try:
         listed = hpcllm("list", config=cluster_config).stdout
-        assert re.search(rf"^{job}\s+RUNNING\s+Qwen2.5-7B-Instruct\s+vllm\s+gpu0[12]", listed, re.MULTILINE)
+        assert re.search(rf"^{job}\s+RUNNING\s+Qwen2.5-7B-Instruct\s+vllm\s+2 × a100\s+gpu0[12]", listed, re.MULTILINE)
         status = hpcllm("status", config=cluster_config).stdout  # the only job: no id needed
         assert f"Job {job}: RUNNING" in status and "port" in status
         logs = hpcllm("logs", job, "-n", "3", config=cluster_config).stdout

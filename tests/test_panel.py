@@ -67,9 +67,17 @@ def fake(monkeypatch):
 @pytest.fixture
 def panel(shell, fake):
     shell.run_line_magic("load_ext", "jupyter_hpcllm")
+    before = set(threading.enumerate())
     made = Panel(shell, "ebi", replan_delay=0.01, poll_every=0.02, poll_longest=0.02).settle()
+    made.threads_before = before  # what other tests left running is not this panel's
     yield made
     made.close()
+
+
+def threads_of(panel: Panel, *prefixes: str) -> list[threading.Thread]:
+    """The panel's threads still running (made since it was; named by the package)."""
+    return [t for t in threading.enumerate()
+            if t not in panel.threads_before and t.name.startswith(prefixes or ("hpcllm-panel",))]
 
 
 def until(condition, timeout: float = 10.0) -> None:
@@ -229,7 +237,7 @@ def test_the_table_refreshes_only_while_the_panel_is_shown_and_closing_stops_eve
     polls = panel.poller.polls
     time.sleep(0.2)
     assert panel.poller.polls == polls and panel.poller.closed
-    assert not [t for t in threading.enumerate() if t.name.startswith("hpcllm-panel")]
+    assert not threads_of(panel)
 
 
 def test_panel_magic_and_function(shell, fake, capsys, monkeypatch):
@@ -275,7 +283,7 @@ def test_a_double_click_launches_once_and_cancel_frees_that_job(panel, fake):
     panel.launcher.cancel_button.click()
     assert panel.launcher.wait(10) is None
     assert len(sbatches(fake)) == 1 and fake.jobs[job].state == "CANCELLED"
-    assert [t for t in threading.enumerate() if t.name.startswith("hpcllm-launch")] == []
+    assert threads_of(panel, "hpcllm-launch") == []
 
 
 def test_a_click_right_after_a_change_launches_the_plan_of_that_change(panel, fake):
@@ -361,7 +369,7 @@ def test_closing_while_connecting_submits_nothing(panel, fake):
     assert panel.launcher.wait(5) is None
     assert sbatches(fake) == []
     time.sleep(0.1)
-    assert not [t for t in threading.enumerate() if t.name.startswith(("hpcllm-panel", "hpcllm-launch"))]
+    assert not threads_of(panel, "hpcllm-panel", "hpcllm-launch")
 
 
 def test_a_busy_rows_buttons_stay_disabled_across_refreshes(panel, fake):
@@ -421,3 +429,129 @@ def test_the_debouncer_runs_one_at_a_time_and_always_sees_the_last_trigger():
     debounced.trigger()
     time.sleep(0.05)
     assert state["now"] == 0
+
+
+def test_a_failed_load_says_why_and_reload_reads_again(shell, fake, monkeypatch):
+    from jupyter_hpcllm.errors import ConnectionLost
+
+    shell.run_line_magic("load_ext", "jupyter_hpcllm")
+    cluster = panel_module.cluster_for("ebi")
+    models = cluster.models
+    failures = iter([ConnectionLost("the connection to the login node dropped", "Check the network.")])
+
+    def flaky():
+        for failure in failures:
+            raise failure
+        return models()
+
+    monkeypatch.setattr(cluster, "models", flaky)
+    made = Panel(shell, "ebi", replan_delay=0.01).settle()
+    try:
+        assert "the connection to the login node dropped" in made.report.text
+        assert "could not be read" in made.form.models_note.value and made.form.model.options == ()
+        made.form.text["time"].value = "2:00:00"
+        made.reload_button.click()
+        made.settle()
+        assert len(made.form.model.options) == 3 and made.report.text == ""
+        assert made.form.text["time"].value == "2:00:00"  # the form keeps its choices
+    finally:
+        made.close()
+
+
+# --- the second review ------------------------------------------------------------------------------------
+
+
+def test_a_profile_that_cannot_load_leaves_the_form_on_the_one_before(shell, fake, tmp_path):
+    (tmp_path / "c.toml").write_text('[profiles.broken]\npreset = "nonexistent"\n')
+    shell.run_line_magic("load_ext", "jupyter_hpcllm")
+    made = Panel(shell, "ebi", replan_delay=0.01).settle()
+    try:
+        choose(made, "Qwen3-8B")
+        made.form.profile.value = "broken"
+        made.settle()
+        assert made.form.profile.value == "ebi" and "preset 'nonexistent'" in made.report.text
+        assert made.view.ok and made._plan_cluster is made.cluster and made.cluster.profile.name == "ebi"
+    finally:
+        made.close()
+
+
+def test_cancel_as_the_server_becomes_ready_stops_it_and_the_notebook_forgets_it(panel, shell, fake):
+    choose(panel, "Qwen3-8B")
+    fake.pending_probes = 10_000
+    panel.launch()
+    until(lambda: panel.launcher.handle is not None and panel.launcher.handle.job_id is not None)
+    handle = panel.launcher.handle
+    stop = handle.stop
+
+    def late_stop(*args, **kwargs):  # the click came while starting; the stop runs once it is ready
+        until(handle.done)
+        return stop(*args, **kwargs)
+
+    handle.stop = late_stop
+    panel.launcher.cancel_button.click()
+    fake.pending_probes = 0
+    until(lambda: "Cancelled" in panel.launcher.outcome.text or "cancelled" in panel.launcher.outcome.text)
+    until(lambda: fake.jobs[handle.job_id].state == "CANCELLED")
+    until(lambda: session_for(shell).server is None and panel.launcher.server is None)
+    assert not panel.launcher.launch_button.disabled and panel.launcher.stop_button.disabled
+
+
+def test_closing_right_after_submitting_leaves_the_server_to_the_notebook(panel, shell, fake, capsys):
+    choose(panel, "Qwen3-8B")
+    session = session_for(shell)
+    start_launch = session.start_launch
+
+    def then_close(begin):
+        handle = start_launch(begin)
+        panel.close()  # the user's click on ×, at that moment
+        return handle
+
+    session.start_launch = then_close
+    panel.launch()
+    until(lambda: session.launching is not None)
+    session.launching.result(30)
+    assert panel.launcher.ended.wait(10) and session.server is not None
+    shell.run_line_magic("hpcllm", "down")
+    assert "cancelled" in capsys.readouterr().out
+    assert all(job.state == "CANCELLED" for job in fake.jobs.values())
+
+
+def test_a_launch_asked_before_its_plan_happens_only_for_the_choices_it_was_asked_on(shell, fake):
+    shell.run_line_magic("load_ext", "jupyter_hpcllm")
+    made = Panel(shell, "ebi", replan_delay=0.2).settle()
+    try:
+        choose(made, "Qwen3-8B")
+        made.form.text["time"].value = "2:00:00"
+        made.launch()  # clicked; the plan of 2:00:00 is not there yet
+        made.form.text["time"].value = "0:05:00"  # and the user keeps typing
+        assert made.launcher.wait(10) is None
+        assert "the form changed after you clicked Launch" in made.launcher.outcome.text
+        assert sbatches(fake) == []
+        made.form.text["time"].value = "1:00:00"
+        made.launch()
+        made.close()  # a launch still waiting for its plan never comes; nobody waits for it forever
+        assert made.launcher.wait(3) is None and sbatches(fake) == []
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("name", ["__builtins__", "__name__", "_sh", "_exit_code", "_7", "_i3", "Out"])
+def test_the_client_never_replaces_a_name_python_or_ipython_needs(shell, name):
+    from jupyter_hpcllm.notebook.session import variable_problem
+
+    assert "own names" in variable_problem(name)
+    assert variable_problem("client") is None and variable_problem("_client") is None
+
+
+def test_closing_the_panel_closes_every_widget_it_made(shell, fake):
+    from ipywidgets.widgets.widget import _instances  # the kernel's registry of open widgets
+
+    shell.run_line_magic("load_ext", "jupyter_hpcllm")
+    before = set(_instances)
+    made = Panel(shell, "ebi", replan_delay=0.01).settle()
+    choose(made, "Qwen3-8B")
+    made.form.engine_args.value = "--port 1"
+    made.settle()
+    assert made.form.engine_args.layout.border and not made.form.profile.layout.border  # its own layout
+    made.close()
+    assert set(_instances) - before == set()  # nothing left in the kernel's registry

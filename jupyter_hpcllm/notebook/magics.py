@@ -383,7 +383,8 @@ class HpcllmMagics(Magics):
 
         from .panel import Panel
 
-        display(Panel(self._ip, args.profile))
+        # The same clusters as the other subcommands: one connection per profile for the whole notebook.
+        display(Panel(self._ip, args.profile, clusters=lambda name: cluster_for(name, prompt=ask)))
 
     def _renew(self, args: argparse.Namespace) -> None:
         from .progress import ProgressView

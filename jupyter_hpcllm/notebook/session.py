@@ -24,8 +24,10 @@ _log = logging.getLogger(__name__)
 # IPython's own names in the namespace: overwriting one breaks the notebook (the output history, `exit`,
 # the display hook's `_`). `_N` and `_iN` are the numbered outputs and inputs.
 IPYTHON_NAMES = frozenset({"get_ipython", "In", "Out", "exit", "quit", "_", "__", "___", "_i", "_ii", "_iii",
-                           "_oh", "_ih", "_dh"})
-_IPYTHON_NUMBERED = re.compile(r"_i?[0-9]+")
+                           "_oh", "_ih", "_dh", "_sh", "_exit_code"})
+# `_N`, `_iN` (numbered outputs and inputs) and `__name__`-style names (`__builtins__`: every later cell
+# would fail without it).
+_IPYTHON_NUMBERED = re.compile(r"_i?[0-9]+|__\w+__")
 
 
 class NotebookSession:
@@ -97,7 +99,7 @@ def variable_problem(name: str, hidden: Collection[str] = ()) -> str | None:
     if keyword.iskeyword(name):
         return "is a Python keyword"
     if name in IPYTHON_NAMES or _IPYTHON_NUMBERED.fullmatch(name) or name in hidden:
-        return "is one of IPython's own names (In, Out, _, _N, _iN, get_ipython, exit, quit, ...)"
+        return "is one of Python's or IPython's own names (__builtins__, In, Out, _, _N, _iN, get_ipython, exit, ...)"
     return None
 
 

@@ -8,6 +8,7 @@ Out, _, get_ipython, exit, ...) is overwritten. Plus plain tests of the --as/--o
 from __future__ import annotations
 
 import json
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,6 +192,9 @@ def _run(notebook: types.SimpleNamespace, run: Any, where: str) -> None:
                 assert launching.join(30), f"{where}: a background launch did not end"
             if launching is not None:
                 launching.join(30)  # its done-callback (adopting the server) has run
+            widgets = sys.modules.get("ipywidgets")
+            if widgets is not None:  # `%hpcllm panel` made one: closed, its threads end (as a closed tab's)
+                widgets.Widget.close_all()
     assert_no_traceback(output.text, where)
     assert notebook.shown == [], f"{where}: IPython was asked to show a traceback: {notebook.shown}"
     assert _protected(notebook.shell) == before, f"{where}: one of IPython's own names was overwritten"

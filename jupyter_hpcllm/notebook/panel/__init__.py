@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
@@ -40,8 +41,11 @@ SERVERS_EVERY, SERVERS_LONGEST = 15.0, 120.0  # the table's refresh while shown,
 class Panel(widgets.VBox):
     """The whole panel. Its parts: `form`, `launcher` (with `launcher.handle` once launched), `servers`."""
 
-    def __init__(self, shell: Any, profile: str | None = None, *, replan_delay: float = REPLAN_DELAY,
-                 poll_every: float = SERVERS_EVERY, poll_longest: float = SERVERS_LONGEST) -> None:
+    def __init__(self, shell: Any, profile: str | None = None, *, clusters: Callable[[str], Cluster] | None = None,
+                 replan_delay: float = REPLAN_DELAY, poll_every: float = SERVERS_EVERY,
+                 poll_longest: float = SERVERS_LONGEST) -> None:
+        """`clusters` gives the Cluster of a profile name (default: the shared one per profile, as the
+        magics use, asking in the notebook what the login node asks)."""
         names, default = profile_names()
         chosen = profile or default
         if chosen not in names:
@@ -60,13 +64,18 @@ class Panel(widgets.VBox):
         self._revision = 0  # counts the form's changes; a plan is launched only if made from the latest
         self._plan_revision = -1
         self._plan_as_name = "client"
-        self._launch_requested = False  # Launch was clicked before the plan of the latest change was ready
+        self._plan_cluster: Cluster | None = None  # the cluster the plan shown was made for
+        self._launch_requested: int | None = None  # the form's revision when Launch was clicked before its plan
+        self._clusters = clusters or (lambda name: cluster_for(name, prompt=ask))
+        self.cluster: Cluster = self._clusters(chosen)
         self.launcher = LaunchSection(self.session, on_change=self._launches_changed)
         self.servers = ServersTable(self.session, self.report, cluster=lambda: self.cluster,
                                     as_name=lambda: self.form.as_name.value.strip())
         self.planner = Debounced(self._replan, replan_delay, self.report)
         self._loading: list[Any] = []  # the background loads of models, parser names and servers
-        self.cluster: Cluster = cluster_for(chosen, prompt=ask)
+        self.reload_button = widgets.Button(icon="refresh", tooltip="Read the models and parser names again",
+                                            layout=widgets.Layout(width="3em"))
+        self.reload_button.on_click(lambda _: self.reload())
         close = widgets.Button(icon="times", tooltip="Close the panel (a server it started keeps running)",
                                layout=widgets.Layout(width="3em"))
         close.on_click(lambda _: self.close())
@@ -76,7 +85,8 @@ class Panel(widgets.VBox):
             widgets.HBox([widgets.HTML("<h3 style='margin:0'>HPC LLM launch panel</h3>"), close],
                          layout=widgets.Layout(justify_content="space-between", width="44em")),
             self.message,
-            section("Where and what"), form.profile, form.search, form.model, form.models_note,
+            section("Where and what"), form.profile, form.search, form.model,
+            widgets.HBox([form.models_note, self.reload_button], layout=widgets.Layout(align_items="center")),
             section("How"), form.engine, widgets.HBox([form.gpu_type, form.gpus]),
             widgets.HBox([form.text["time"], form.text["cpus"]]), widgets.HBox([form.text["mem"],
                                                                                 form.text["partition"]]),
@@ -139,31 +149,47 @@ class Panel(widgets.VBox):
 
     def _profile_changed(self, first: bool = False) -> None:
         """A profile: its choices in the form, then (in the background) its models, parsers and servers."""
+        if self.form.changing_itself:
+            return
+        self._changed()  # whatever happens next, the plan shown is not the form's any more
         name = self.form.profile.value
         try:
-            if not first:
-                self.cluster = cluster_for(name, prompt=ask)
-            self.form.set_profile(self.cluster.profile)
-        except HpcllmError as error:
+            cluster = self.cluster if first else self._clusters(name)
+        except HpcllmError as error:  # its section of the config file is wrong: stay on the one before
+            with self.form.quietly():
+                self.form.profile.value = self.cluster.profile.name
             return self.report.error(error)
-        self.report.clear()
+        self.cluster = cluster
+        self.form.set_profile(cluster.profile)
         self.servers.forget()
         self.form.set_models([])
-        where = self.cluster.profile
-        self.form.models_note.value = (f"<small>Reading the models under {html.escape(where.model_root)} on "
-                                       f"{html.escape(where.host)} …</small>")
         self.plan_box.value = "<i>Choose a model.</i>"
         self.launcher.allow(False)
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the profile's models, parser names and servers (again: after fixing what stopped them, a host
+        key to trust, a login, a model copied in). The form keeps its choices."""
+        self.report.clear()
         cluster = self.cluster
+        where = cluster.profile
+        self.form.models_note.value = (f"<small>Reading the models under {html.escape(where.model_root)} on "
+                                       f"{html.escape(where.host)} …</small>")
 
         def load() -> None:
-            cluster.connect()
-            entries = model_entries(cluster.models())
+            try:
+                cluster.connect()
+                entries = model_entries(cluster.models())
+            except BaseException:
+                if cluster is self.cluster:
+                    self.form.models_note.value = "<small>The models could not be read (see above); ↻ reads them " \
+                                                  "again.</small>"
+                raise
             if cluster is self.cluster:
                 self.form.set_models(entries)
             self.servers.refresh()
 
-        self._loading.append(run_in_background(load, self.report, name="hpcllm-panel-models"))
+        self._loading.append(run_in_background(load, self.report, [self.reload_button], name="hpcllm-panel-models"))
         self._load_parser_names()
 
     def _load_parser_names(self) -> None:
@@ -210,16 +236,19 @@ class Panel(widgets.VBox):
             if revision != self._revision or cluster is not self.cluster:
                 return  # the form changed meanwhile: the next run shows the plan of what it holds now
             self.plan, self.view = (plan if view is not None and view.ok else None), view
-            self._plan_revision, self._plan_as_name = revision, as_name
-            launch, self._launch_requested = self._launch_requested, False
+            self._plan_revision, self._plan_as_name, self._plan_cluster = revision, as_name, cluster
+            requested, self._launch_requested = self._launch_requested, None
         form.mark(view.field if view else None)
         self.plan_box.value = _plan_html(view) if view else "<i>Choose a model.</i>"
         self._show_script()
         self.launcher.allow(view is not None and view.ok)
+        if requested == revision:  # Launch was clicked on exactly these choices
+            self._launch_plan(plan, view, as_name, cluster)
+        elif requested is not None:
+            self._not_launched("Not launched: the form changed after you clicked Launch. Check the plan, then "
+                               "click Launch again.")
         if plan is not None and not form.allocation_chosen:
             form.set_allocation(plan.gpu_type, plan.gpus)  # the suggestion, preselected (plans once more)
-        if launch:
-            self.launch()
 
     def _show_script(self) -> None:
         shown = self.script_toggle.value and self.plan is not None
@@ -241,20 +270,25 @@ class Panel(widgets.VBox):
 
     def launch(self) -> Any:
         """Launch the plan shown (the Launch button); returns the thread that starts it. Clicked before the
-        plan of the latest change is ready, it launches once that plan is (if it can be launched)."""
+        plan of the latest change is ready, it launches once that plan is, if the form has not changed again
+        by then (and the plan can be launched)."""
         with self._plan_lock:
             current = self._plan_revision == self._revision
             if not current:
-                self._launch_requested = True
-            plan, view, as_name = self.plan, self.view, self._plan_as_name
+                self._launch_requested = self._revision
+            plan, view, as_name, cluster = self.plan, self.view, self._plan_as_name, self._plan_cluster
         if not current:
             self.launcher.ended.clear()  # `launcher.wait()` waits for this launch, not the one before
             self.launcher.outcome.say("Launching as soon as the plan of your latest choices is ready …")
             return None
-        if plan is None or view is None or not view.ok:
+        return self._launch_plan(plan, view, as_name, cluster)
+
+    def _launch_plan(self, plan: Any, view: PlanView | None, as_name: str, cluster: Cluster | None) -> Any:
+        """Launch this plan on the cluster it was made for (never another profile chosen since)."""
+        if plan is None or view is None or not view.ok or cluster is None:
             return self._not_launched("Not launched: " + (view.problem if view is not None else "choose a model."))
         try:
-            return self.launcher.launch(self.cluster, plan.options, as_name)
+            return self.launcher.launch(cluster, plan.options, as_name)
         except HpcllmError as error:
             return self._not_launched(str(error))
 
@@ -274,7 +308,11 @@ class Panel(widgets.VBox):
             return
         self.poller.close(timeout=0)
         self.planner.close()
+        with self._plan_lock:
+            requested, self._launch_requested = self._launch_requested, None
         self.launcher.close()
+        if requested is not None and not self.launcher.launching:
+            self.launcher.ended.set()  # the launch it was waiting for will not happen
         for child in _descendants(self):
             child.close()
         super().close()
@@ -289,10 +327,12 @@ def _plan_html(view: PlanView) -> str:
 
 
 def _descendants(widget: Any) -> list[Any]:
+    """Every widget inside this one, with their layouts and styles (widgets too, in the kernel's registry)."""
     found = []
     for child in getattr(widget, "children", ()):
         found += [*_descendants(child), child]
-    return found
+    return found + [part for item in [*found, widget] for part in (getattr(item, "layout", None),
+                                                                 getattr(item, "style", None)) if part is not None]
 
 
 def panel(profile: str | None = None) -> Panel:

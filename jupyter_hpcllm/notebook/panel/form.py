@@ -19,7 +19,8 @@ __all__ = ["AUTOMATIC", "LaunchForm", "ModelEntry"]
 AUTOMATIC = "(automatic)"  # a parser choice: no parser name has parentheses
 NONE = "(none)"
 _STYLE = {"description_width": "10em"}
-_WIDE = widgets.Layout(width="34em")
+def _wide() -> widgets.Layout:
+    return widgets.Layout(width="34em")  # one per widget: a closed panel closes its own layouts only
 # The fields offered as text, and what their description says.
 _TEXT_FIELDS = (("time", "Time limit"), ("cpus", "CPUs"), ("mem", "Memory"), ("partition", "Partition"),
                 ("account", "Account"))
@@ -46,9 +47,9 @@ class LaunchForm:
 
     def __init__(self, profiles: Sequence[str], default_profile: str) -> None:
         self.profile = widgets.Dropdown(options=list(profiles), value=default_profile, description="Profile",
-                                        style=_STYLE, layout=_WIDE)
+                                        style=_STYLE, layout=_wide())
         self.search = widgets.Text(description="Model", placeholder="type to filter by name, family or size",
-                                   style=_STYLE, layout=_WIDE, continuous_update=True)
+                                   style=_STYLE, layout=_wide(), continuous_update=True)
         self.model = widgets.Select(options=[], rows=7, layout=widgets.Layout(width="34em", margin="0 0 0 10.5em"))
         self.models_note = widgets.HTML()
         self.engine = widgets.Dropdown(options=[("vLLM", "vllm"), ("SGLang", "sglang")], description="Engine",
@@ -63,7 +64,7 @@ class LaunchForm:
                                                  tooltip=_help("reasoning_parser"))
         self.parsers_note = widgets.HTML()
         self.engine_args = widgets.Text(description="Engine arguments", placeholder="e.g. --max-model-len 32768",
-                                        style=_STYLE, layout=_WIDE, tooltip=_help("engine_args"))
+                                        style=_STYLE, layout=_wide(), tooltip=_help("engine_args"))
         self.as_name = widgets.Text(value="client", description="Client variable", style=_STYLE)
         self.entries: list[ModelEntry] = []
         self.allocation_chosen = False  # the user picked GPUs themselves: no longer the suggestion

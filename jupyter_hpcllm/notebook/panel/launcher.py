@@ -77,7 +77,7 @@ class LaunchSection:
         self._closed = False
         self.ended = threading.Event()  # set once the latest launch has ended and the panel shows how
         self.ended.set()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a launch ends at once (its done callback runs inline)
         self.plannable = False  # the form's latest plan can be launched
         self.cancel_button.on_click(lambda _: self.cancel())
         self.stop_button.on_click(lambda _: self.stop())
@@ -128,6 +128,11 @@ class LaunchSection:
                                           "submitted.")
                 handle = self.handle = cluster.launch(options, on_progress=self._progress)
                 self.cluster, self._starting = cluster, False
+                # Registered at once: even if the panel closes now, the ready server is adopted (`client`,
+                # %%llm, `%hpcllm down` reach it), never left held by nobody.
+                handle.add_done_callback(lambda done: self._finished(done, as_name))
+                self._tail = Poller(self._tail_log, lambda: self._engine_started(handle), self.outcome,
+                                    interval=2.0, longest=8.0, name="hpcllm-panel-log").start()
                 return handle
 
         def start() -> None:
@@ -142,12 +147,7 @@ class LaunchSection:
                 self.allow(self.plannable)
                 self.ended.set()
                 return
-            self.cancel_button.disabled = False
-            if self._closed:  # the launch goes on (`%hpcllm down` stops it); the closed panel shows nothing
-                return
-            self._tail = Poller(self._tail_log, lambda: self._engine_started(handle), self.outcome,
-                                interval=2.0, longest=8.0, name="hpcllm-panel-log").start()
-            handle.add_done_callback(lambda done: self._finished(done, as_name))
+            self.cancel_button.disabled = handle.done()
 
         return run_in_background(start, self.outcome, name="hpcllm-panel-launch")
 
@@ -193,6 +193,9 @@ class LaunchSection:
             self._tail.close()
         self.cancel_button.disabled = True
         error = handle.exception()
+        if error is None and handle.result().closed:  # Cancel was clicked as it became ready: stopped already
+            error = LaunchCancelled(f"The launch of {handle.options.model} was cancelled as it became ready; job "
+                                    f"{handle.job_id} was stopped.")
         if error is None:
             server = handle.result()
             with self._lock:
@@ -232,7 +235,18 @@ class LaunchSection:
             return None
         self.cancel_button.disabled = True
         self.stage.value = "Cancelling …"
-        return run_in_background(handle.stop, self.outcome, name="hpcllm-panel-cancel")
+
+        def cancel() -> None:
+            handle.stop()
+            self.ended.wait(30)  # the panel has shown how the launch ended (and may have adopted its server)
+            if handle.done() and handle.exception() is None and handle.job_id is not None:
+                # It became ready just as Cancel was clicked: stop() stopped the server too; the notebook and
+                # this panel (stopped_elsewhere) forget it, as after `%hpcllm down`.
+                self.session.forget(handle.job_id)
+                self.outcome.say(f"Cancelled: job {handle.job_id} had just become ready; it was stopped, "
+                                 "its GPUs are free.")
+
+        return run_in_background(cancel, self.outcome, name="hpcllm-panel-cancel")
 
     def stop(self) -> threading.Thread | None:
         """Stop the server this panel launched: its job is cancelled."""
@@ -268,10 +282,12 @@ class LaunchSection:
         self.on_change()
 
     def close(self) -> None:
-        """No new launch, no log tail. A launch already submitted goes on (`%hpcllm down` stops it)."""
+        """No new launch, no log tail. A launch already submitted goes on and its server is adopted when
+        ready (`%hpcllm down` stops it)."""
         with self._lock:
             self._closed = True
+            tail = self._tail
         if self.stopped_elsewhere in self.session.on_stopped:
             self.session.on_stopped.remove(self.stopped_elsewhere)
-        if self._tail is not None:
-            self._tail.close()
+        if tail is not None:
+            tail.close()

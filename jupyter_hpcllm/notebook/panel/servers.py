@@ -98,14 +98,16 @@ class ServersTable:
             actions["attach"].on_click(lambda _, job=job: self.attach(job, cluster))
             actions["logs"].on_click(lambda _, job=job: self.logs(job, cluster))
             actions["stop"].on_click(lambda _, job=job: self.stop(job, cluster))
-            with self._lock:
-                busy = job in self._busy
-            for name, button in actions.items():
-                button.disabled = busy or (name == "attach" and not running)
+            for button in actions.values():
+                button.disabled = True  # until they are in place (below), as what a running action expects
             buttons[job] = actions
             children.append(widgets.HBox(list(actions.values())))
-        with self._lock:
+        with self._lock:  # an action ending now re-enables the buttons in place: these, or the ones before
             old, self.buttons = self.grid.children, buttons
+            for job, actions in buttons.items():
+                running = any(row[0] == job and row[3] == "RUNNING" for row in rows)
+                for name, button in actions.items():
+                    button.disabled = job in self._busy or (name == "attach" and not running)
             self.grid.children = tuple(children)
         self.note.value = "" if rows else "<small>No servers of yours on this profile.</small>"
         for child in old:
@@ -129,10 +131,9 @@ class ServersTable:
             finally:
                 with self._lock:
                     self._busy.discard(job)
-                    again = dict(self.buttons.get(job, {}))
-                running = any(row[0] == job and row[3] == "RUNNING" for row in self.rows or [])
-                for kind, button in again.items():
-                    button.disabled = kind == "attach" and not running
+                    running = any(row[0] == job and row[3] == "RUNNING" for row in self.rows or [])
+                    for kind, button in self.buttons.get(job, {}).items():
+                        button.disabled = kind == "attach" and not running
 
         return run_in_background(run, self.report, name=name)
 
