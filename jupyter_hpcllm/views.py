@@ -11,13 +11,14 @@ from .lifecycle.walltime import slurm_seconds
 
 if TYPE_CHECKING:
     from .discovery.models import ModelSummary
-    from .lifecycle import LaunchHandle, ServerInfo
+    from .lifecycle import EngineMetrics, LaunchHandle, ServerInfo
     from .planning.plan import LaunchPlan
 
 __all__ = [
     "PlanView",
     "format_table",
     "interrupted_text",
+    "metrics_rows",
     "models_rows",
     "plan_text",
     "plan_view",
@@ -77,6 +78,22 @@ def status_rows(info: ServerInfo) -> list[tuple[str, str]]:
     if info.ended_idle:
         rows.append(("ended", "by itself: nothing used it for its idle timeout"))
     return rows
+
+
+def metrics_rows(metrics: EngineMetrics) -> list[tuple[str, str]]:
+    """The engine's live numbers as `status` shows them (only those it gives)."""
+    rows = []
+    if metrics.running is not None or metrics.waiting is not None:
+        rows.append(("requests", f"{_count(metrics.running)} running, {_count(metrics.waiting)} waiting"))
+    if metrics.tokens_per_second is not None:
+        rows.append(("generation", f"{metrics.tokens_per_second:,.0f} tokens/s"))
+    if metrics.kv_cache is not None:
+        rows.append(("KV cache", f"{metrics.kv_cache * 100:.0f} % used"))
+    return rows
+
+
+def _count(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
 
 
 def status_text(info: ServerInfo, indent: str = "") -> str:

@@ -285,3 +285,21 @@ def test_timeout_cancels_what_it_submitted(profile_with, transport):
         hpc.up("Qwen3-8B", profile=profile_with(delay=60), timeout=3, on_progress=seen.append)
     rows = parse_queue(transport.run(queue_command()).stdout)
     assert seen[0].job_id not in [r.job_id for r in rows if r.state is not JobState.COMPLETING]
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_live_metrics_through_the_jobs_relay(profile_with, engine):
+    """The engine's /metrics under its own names, read through the forward and the relay with the key."""
+    with Cluster(profile_with(delay=0.3)) as cluster:
+        server = cluster.up("Qwen3-8B", engine=engine)
+        try:
+            idle = server.metrics()
+            assert (idle.running, idle.waiting, idle.kv_cache) == (0.0, 0.0, 0.0), idle
+            assert idle.tokens_per_second is not None  # vLLM: from two readings; SGLang: its gauge
+            server.client().chat.completions.create(model="Qwen3-8B",
+                                                    messages=[{"role": "user", "content": "count my tokens"}])
+            after = server.metrics(rate_within=0)
+            if engine == "vllm":
+                assert after.generation_tokens is not None and after.generation_tokens > 0
+        finally:
+            server.down()

@@ -103,7 +103,11 @@ def test_up_chat_status_down_through_the_fake_transport(shell, capsys, fake):
     shell.run_cell_magic("llm", "--no-stream", "hello fake")
     assert "hello fake" in capsys.readouterr().out
     shell.run_line_magic("hpcllm", "status")
-    assert "RUNNING" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "RUNNING" in out
+    # The engine's live numbers, through the relay (vLLM: the token rate from two readings).
+    assert "requests        0 running, 0 waiting" in out and "KV cache        25 % used" in out
+    assert "generation      0 tokens/s" in out
     shell.run_line_magic("hpcllm", "list")
     assert "Qwen3-8B" in capsys.readouterr().out
     shell.run_line_magic("hpcllm", "down")

@@ -596,3 +596,20 @@ def test_the_source_runs_on_python_3_6_and_survives_the_job_scripts_heredoc(tmp_
     assert embedded.stdout == RELAY_SOURCE.rstrip("\n")
     helped = subprocess.run([RELAY_PYTHON, "-c", embedded.stdout, "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--idle-timeout" in helped.stdout
+
+
+def test_the_engines_metrics_with_the_key_are_not_activity(engine, start_relay):
+    """A dashboard (the lab extension's sidebar) reads the metrics through the relay; watching a model is
+    not using it, so the job still ends itself when idle."""
+    relay = start_relay(engine, "--idle-timeout", "3").wait_port()
+    first = relay.activity()
+    answer = exchange(relay.port, request("GET", "/hpcllm/metrics"))
+    assert answer.status == 200 and "vllm:num_requests_running" in answer.json()["metrics"]
+    assert exchange(relay.port, request("GET", "/hpcllm/metrics", key=None)).status == 401
+    assert exchange(relay.port, request("GET", "/hpcllm/metrics", key="wrong")).status == 401
+    assert exchange(relay.port, request("POST", "/hpcllm/metrics")).status == 405
+    time.sleep(1.2)
+    later = relay.activity()
+    assert later["last_activity"] == first["last_activity"] and later["requests_trusted"] == 0
+    nothing = start_relay(free_port(), "--idle-timeout", "3").wait_port()  # no engine listening yet
+    assert exchange(nothing.port, request("GET", "/hpcllm/metrics")).status == 503

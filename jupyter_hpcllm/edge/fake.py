@@ -96,6 +96,8 @@ class FakeRun:
     alive: bool = True
     probes: int = 0
     leases: dict[str, float] = field(default_factory=dict)  # client -> expiry (time.time()), as the relay keeps
+    generated: int = 0  # completion tokens served (its /metrics counter)
+    in_flight: int = 0  # chat requests being answered
 
 
 @dataclass
@@ -208,14 +210,21 @@ class _Engine(BaseHTTPRequestHandler):
             return self._lease(run, body)
         if not run.ready:
             return self._send(503, _error("The server is starting.", 503))
+        if path == "/hpcllm/metrics":  # the relay reads the engine's /metrics (vLLM's or SGLang's names)
+            return self._send(200, {"metrics": _metrics_text(job.engine, run)})
         if self.command == "GET" and path == "/v1/models":
             return self._send(200, {"object": "list", "data": [{"id": job.model, "object": "model", "created": 0,
                                                                 "owned_by": job.engine}]})
         if self.command == "POST" and path == "/v1/chat/completions":
+            with self.server.fake._lock:
+                run.in_flight += 1
             try:
-                return self._chat(job, json.loads(body or b"{}"))
+                return self._chat(job, run, json.loads(body or b"{}"))
             except (ValueError, AttributeError) as error:  # not JSON, or not the shape of a chat request
                 return self._send(400, _error(f"Bad request: {error}", 400))
+            finally:
+                with self.server.fake._lock:
+                    run.in_flight -= 1
         self._send(404, _error(f"Not found: {self.command} {path}", 404))
 
     def _lease(self, run: FakeRun, body: bytes) -> None:
@@ -229,7 +238,7 @@ class _Engine(BaseHTTPRequestHandler):
         return self._send(200, {"idle_timeout": 3600, "renew_every": self.server.fake.lease_renew_every,
                                 "lease_expires": run.leases[str(request["client"])]})
 
-    def _chat(self, job: FakeJob, request: dict[str, Any]) -> None:
+    def _chat(self, job: FakeJob, run: FakeRun, request: dict[str, Any]) -> None:
         if request.get("model") != job.model:
             return self._send(404, _error(f"The model `{request.get('model')}` does not exist.", 404))
         messages = request.get("messages") or []
@@ -237,6 +246,8 @@ class _Engine(BaseHTTPRequestHandler):
         if isinstance(content, list):  # content parts
             content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
         words = re.findall(r"\S+\s*", f"Echo: {content}")
+        with self.server.fake._lock:
+            run.generated += len(words)
         base = {"id": f"chatcmpl-{secrets.token_hex(8)}", "created": int(time.time()), "model": job.model}
         if not request.get("stream"):
             prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
@@ -262,6 +273,17 @@ class _Engine(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _metrics_text(engine: str, run: FakeRun) -> str:
+    """Prometheus text under the engine's own names (a vLLM counter of tokens; SGLang's throughput gauge)."""
+    if engine == "sglang":
+        return (f"# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{{model_name=\"m\"}} {run.in_flight}\n"
+                "sglang:num_queue_reqs{model_name=\"m\"} 0\nsglang:token_usage{model_name=\"m\"} 0.25\n"
+                f"sglang:gen_throughput{{model_name=\"m\"}} {40.0 if run.in_flight else 0.0}\n")
+    return (f"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"m\"}} {run.in_flight}\n"
+            "vllm:num_requests_waiting{model_name=\"m\"} 0\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\n"
+            f"vllm:generation_tokens_total{{model_name=\"m\"}} {float(run.generated)}\n")
 
 
 def _error(message: str, code: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ launch in progress, the Server it gives, and waiting as a pure step."""
 from ..edge.slurm import JobState
 from .cluster import Cluster
 from .handle import LaunchHandle
+from .metrics import EngineMetrics
 from .progress import Progress, ProgressCallback, Stage
 from .server import Server, ServerInfo
 from .shared import attach, cancel, cluster_for, launch, list_servers, up
@@ -11,6 +12,7 @@ from .walltime import walltime_warning
 
 __all__ = [
     "Cluster",
+    "EngineMetrics",
     "JobState",
     "LaunchHandle",
     "Progress",

@@ -18,7 +18,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "relay_request"]
 
 _log = logging.getLogger(__name__)
 _FIRST_TTL = 180.0  # seconds, until the relay has said how often to renew
@@ -76,23 +76,29 @@ class Lease:
             self._stop.wait(self.renew_every if self.renewals else min(5.0, self.renew_every))
 
     def _request(self, method: str, path: str, body: dict[str, object] | None) -> dict[str, object] | None:
-        host, _, port = self._address().rpartition(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=_TIMEOUT)
         try:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
-            connection.request(method, path, body=data, headers=headers)
-            response = connection.getresponse()
-            raw = response.read()
-            if response.status == 404:
-                self.unsupported = True  # no relay there (a job of an older jupyter-hpcllm): nothing to renew
-                return None
-            if response.status != 200:
-                return None
-            parsed = json.loads(raw or b"{}")
-            return parsed if isinstance(parsed, dict) else {}
+            status, answer = relay_request(self._address(), self._api_key, method, path, body)
         except (OSError, http.client.HTTPException, ValueError) as error:
             _log.debug("lease renewal failed: %s", error)
             return None
-        finally:
-            connection.close()
+        if status == 404:
+            self.unsupported = True  # no relay there (a job of an older jupyter-hpcllm): nothing to renew
+        return answer if status == 200 else None
+
+
+def relay_request(address: str, api_key: str, method: str, path: str, body: dict[str, object] | None = None,
+                  timeout: float = _TIMEOUT) -> tuple[int, dict[str, object]]:
+    """One request to the job's relay's own routes (/hpcllm/...) through a forward's local address: (HTTP
+    status, the JSON answer). Raises OSError, HTTPException or ValueError when there is no answer."""
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+        parsed = json.loads(raw or b"{}") if response.headers.get_content_type() == "application/json" else {}
+        return response.status, parsed if isinstance(parsed, dict) else {}
+    finally:
+        connection.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from ..config.profiles import Profile
 from ..edge.slurm import JobRow, JobState
 from ..edge.transport import Forward
-from ..errors import JobNotFound
-from .lease import Lease
+from ..errors import JobNotFound, ServerNotReady
+from .lease import Lease, relay_request
+from .metrics import EngineMetrics, parse_metrics, with_rate
 from .walltime import describe_minutes, slurm_seconds, walltime_warning
 
 if TYPE_CHECKING:
@@ -117,6 +119,8 @@ class Server:
         # kernel that dies stops renewing, and the job then ends itself after its idle timeout.
         self._lease = Lease(lambda: self._forward.address, api_key).start() if hold else None
         self._closed = threading.Event()
+        self._last_metrics: EngineMetrics | None = None  # the reading before, for vLLM's tokens per second
+        self._metrics_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"<Server job {self.job_id}: {self.model} on {self.engine} at {self.node}:{self.port}, "
@@ -158,6 +162,34 @@ class Server:
         except JobNotFound:
             return ServerInfo(self.job_id, JobState.UNKNOWN, self.model, self.engine, self.node, None, None)
         return info if self._down else _with_url(info, self.base_url)
+
+    def metrics(self, *, rate_within: float = 1.0) -> EngineMetrics:
+        """The engine's live numbers: requests running and waiting, generation tokens per second, KV-cache
+        use. Read through the job's relay; reading them does not count as using the server (the job still
+        ends itself when idle). vLLM counts tokens, so its rate needs two readings: the first call reads
+        twice, `rate_within` seconds apart (0: once, no rate)."""
+        with self._metrics_lock:  # no reading of the last minute to take the rate against: read twice
+            stale = self._last_metrics is None or time.monotonic() - self._last_metrics.read_at > 60
+        reading = self._read_metrics()
+        if stale and reading.tokens_per_second is None and reading.generation_tokens is not None and rate_within > 0:
+            time.sleep(rate_within)
+            reading = self._read_metrics()
+        return reading
+
+    def _read_metrics(self) -> EngineMetrics:
+        try:
+            status, answer = relay_request(self._forward.address, self._api_key, "GET", "/hpcllm/metrics")
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            raise ServerNotReady(f"Cannot read the metrics of job {self.job_id} ({error}).",
+                                 "Is the job still running? `hpcllm status` shows it.") from None
+        text = answer.get("metrics")
+        if status != 200 or not isinstance(text, str):
+            why = "its relay is older than metrics" if status == 404 else str(answer.get("error") or status)
+            raise ServerNotReady(f"The metrics of job {self.job_id} are not available ({why}).")
+        current = parse_metrics(text, time.monotonic())
+        with self._metrics_lock:
+            result, self._last_metrics = with_rate(current, self._last_metrics), current
+        return result
 
     def logs(self, lines: int = 100) -> str:
         """The last lines of the engine log (the API key is redacted on the node)."""

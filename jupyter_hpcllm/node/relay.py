@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 
 HEAD_LIMIT = 16 * 1024
 BODY_LIMIT = 4096  # the one body the relay reads itself: a lease
+METRICS_LIMIT = 4 << 20  # the engine's /metrics answer, as the relay reads it (a few hundred KB at most)
 MAX_CONNECTIONS = 1024
 MAX_UNTRUSTED = 128  # connections yet to show the key
 UP_BUFFER = 64 * 1024  # client → engine: requests are small
@@ -177,11 +178,15 @@ class Relay:
             self.write_failed = True
 
     def answer(self, method: str, path: str, query: str, body: bytes) -> Tuple[int, Dict[str, Any]]:
-        """/hpcllm/...: leases and status. Not activity: a lease says how long, on purpose."""
+        """/hpcllm/...: leases, status and the engine's metrics. Not activity: a lease says how long, on
+        purpose, and a dashboard that watches the metrics does not use the model."""
         if path == "/hpcllm/status" and method in ("GET", "HEAD"):
             return 200, self.activity()
+        if path == "/hpcllm/metrics" and method in ("GET", "HEAD"):
+            return self.engine_metrics()
         if path != "/hpcllm/lease" or method not in ("POST", "DELETE"):
-            return (405 if path in ("/hpcllm/status", "/hpcllm/lease") else 404), {"error": "no such route"}
+            routes = ("/hpcllm/status", "/hpcllm/lease", "/hpcllm/metrics")
+            return (405 if path in routes else 404), {"error": "no such route"}
         now = time.time()
         if method == "DELETE":
             with self.lock:
@@ -201,6 +206,31 @@ class Relay:
         self.write_activity()
         renew = max(1.0, min(60.0, self.idle_timeout / 4)) if self.idle_timeout else 60.0
         return 200, {"idle_timeout": self.idle_timeout, "renew_every": renew, "lease_expires": expires}
+
+
+    def engine_metrics(self) -> Tuple[int, Dict[str, Any]]:
+        """The engine's Prometheus text (GET /metrics on its loopback port, which needs no key: none is
+        sent), as {"metrics": text}. Only from an engine port our own uid listens on."""
+        owner = port_owner(self.engine_port)
+        if owner is not None and owner != os.getuid():
+            return 503, {"error": "the model server's port is held by another user's program"}
+        deadline, received = time.monotonic() + 10, b""
+        try:
+            with socket.create_connection(("127.0.0.1", self.engine_port), timeout=5) as engine:
+                engine.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")  # 1.0: it closes after
+                while len(received) <= METRICS_LIMIT:
+                    data = recv_by(engine, deadline, 1 << 16)
+                    if not data:
+                        break
+                    received += data
+        except OSError:
+            return 503, {"error": "the model server does not accept connections yet (still loading?)"}
+        head, _, text = received.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1:2]
+        if status != [b"200"] or len(received) > METRICS_LIMIT:
+            shown = (status or [b"no answer"])[0].decode("latin-1")
+            return 502, {"error": f"the model server's /metrics answered {shown}"}
+        return 200, {"metrics": text.decode("utf-8", "replace")}
 
 
 def pump(src: socket.socket, dst: socket.socket, size: int, connection: "Connection", upstream: bool) -> None:

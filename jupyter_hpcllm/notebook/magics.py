@@ -22,8 +22,8 @@ from .. import views
 from ..chat.interpolate import interpolate
 from ..chat.prompt import Endpoint, code_of, parse_json_answer, run_prompt
 from ..config.options import LaunchOptions, add_arguments, split_engine_args
-from ..errors import HpcllmError
-from ..lifecycle import Cluster, LaunchHandle, Server, cluster_for
+from ..errors import HpcllmError, ServerNotReady
+from ..lifecycle import Cluster, JobState, LaunchHandle, Server, cluster_for
 from .render import Renderer
 from .session import IPYTHON_NAMES, NotebookSession, ask, session_for
 
@@ -333,12 +333,18 @@ class HpcllmMagics(Magics):
             return print(f"Launching {launching.options.model}: "
                          + (progress.message if progress else "planning (reading the model's facts)."))
         job = self._job_or_current(args)
+        metrics = None
         if self.server is not None and job == self.server.job_id:
             info = self.server.status()
+            if info.state is JobState.RUNNING:
+                try:
+                    metrics = self.server.metrics()
+                except ServerNotReady:  # still loading, or a job of an older jupyter-hpcllm: no numbers
+                    metrics = None
         else:
             info = self._cluster(args).status(job)
         self._warn_walltime()
-        view = StatusView(info)
+        view = StatusView(info, metrics)
         if self.rich:
             from IPython.display import display
 

@@ -9,8 +9,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from ..lifecycle import Progress, ServerInfo, Stage
-from ..views import status_rows
+from ..lifecycle import EngineMetrics, Progress, ServerInfo, Stage
+from ..views import metrics_rows, status_rows
 
 __all__ = ["ProgressView", "StatusView"]
 
@@ -114,13 +114,14 @@ class _Shown:
 
 
 class StatusView:
-    """`%hpcllm status`: a table in a notebook, lines in a terminal."""
+    """`%hpcllm status`: a table in a notebook, lines in a terminal; the engine's live numbers when known."""
 
-    def __init__(self, info: ServerInfo) -> None:
+    def __init__(self, info: ServerInfo, metrics: EngineMetrics | None = None) -> None:
         self.info = info
+        self.metrics = metrics
 
     def rows(self) -> list[tuple[str, str]]:
-        return status_rows(self.info)
+        return status_rows(self.info) + (metrics_rows(self.metrics) if self.metrics is not None else [])
 
     def __repr__(self) -> str:
         return "\n".join(f"{k:15} {v}" for k, v in self.rows())
