@@ -87,6 +87,11 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(HpcllmMagics)
 
 
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The Jupyter server extension (REST endpoints under /hpcllm/ for the JupyterLab sidebar)."""
+    return [{"module": "jupyter_hpcllm.serverext"}]
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

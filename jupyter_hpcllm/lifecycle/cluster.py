@@ -162,11 +162,12 @@ class Cluster:
             raise
 
     def attach(self, job_id: str, *, on_progress: ProgressCallback | None = None,
-               timeout: float | None = 3600.0, local_port: int = 0) -> Server:
+               timeout: float | None = 3600.0, local_port: int = 0, hold: bool = True) -> Server:
         """Connect to a job started earlier (by this or another session); waits (by default up to an hour)
-        if it is still starting. `local_port` fixes the local end of the forward (0: any free port)."""
+        if it is still starting. `local_port` fixes the local end of the forward (0: any free port). Without
+        `hold` the Server keeps no lease: watching a job (its metrics) does not keep it from ending itself."""
         return self.wait(self._job_id(job_id), report=on_progress or (lambda _: None), timeout=timeout,
-                         submitted=False, sleep=self._sleep, local_port=local_port)
+                         submitted=False, sleep=self._sleep, local_port=local_port, hold=hold)
 
     def open_forward(self, server: Server, local_port: int = 0) -> Forward:
         """Another local address for a server (e.g. on a port of your choosing); close it when done."""

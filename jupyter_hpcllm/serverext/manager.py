@@ -1,0 +1,202 @@
+"""What the JupyterLab sidebar asks, answered with JSON models over the core: profiles, models, plans,
+servers, launches, logs and live metrics. Blocking (SSH, Slurm) work runs in the manager's thread pool,
+never on the Jupyter server's event loop. `labextension/src/models.ts` mirrors these models.
+
+A server launched here is not held by the Jupyter server: once it is ready its lease is given back, so a
+job nobody attaches to ends itself after its idle timeout, as the commons wants. Metrics are read through
+a forward that holds no lease, through the relay's /hpcllm/metrics, which does not count as use.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import views
+from ..config.options import LaunchOptions
+from ..config.profiles import load_profile, profile_names
+from ..errors import ConfigError, HpcllmError, JobNotFound
+from ..lifecycle import Cluster, LaunchHandle, Server, ServerInfo, cluster_for, walltime_warning
+
+__all__ = ["LabManager"]
+
+JSON = dict[str, Any]
+
+
+class LabManager:
+    """One per Jupyter server. `clusters` gives the Cluster of a profile name (default: one shared per
+    profile; a login that would ask for a password fails with a clear error instead)."""
+
+    def __init__(self, clusters: Callable[[str], Cluster] | None = None, workers: int = 8) -> None:
+        self._clusters = clusters or (lambda name: cluster_for(name))
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="hpcllm-lab")
+        self._launches: dict[str, tuple[str, LaunchHandle]] = {}  # launch id -> (profile, handle)
+        self._watched: dict[tuple[str, str], Server] = {}  # (profile, job) -> a Server without a lease
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """The Jupyter server stops: launches not ready yet are stopped (nobody is left to see them; their
+        jobs are cancelled), the metrics forwards closed."""
+        with self._lock:
+            launches, self._launches = list(self._launches.values()), {}
+            watched, self._watched = list(self._watched.values()), {}
+        for _, handle in launches:
+            if not handle.done():
+                handle.stop(timeout=30)
+        for server in watched:
+            server.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def cluster(self, profile: str | None) -> Cluster:
+        names, default = profile_names()
+        name = profile or default
+        if name not in names:
+            load_profile(name)  # the clear "Unknown profile" error, with the known ones
+        return self._clusters(name)
+
+    # -- what there is
+
+    def profiles(self) -> JSON:
+        names, default = profile_names()
+        return {"profiles": names, "default": default}
+
+    def profile(self, name: str | None) -> JSON:
+        """A profile as a launch form offers it: engines, GPU types and counts, defaults."""
+        profile = load_profile(name)
+        return {"name": profile.name, "host": profile.host, "default_engine": profile.default_engine,
+                "engines": ["vllm", "sglang"], "model_root": profile.model_root,
+                "gpu_types": [{"name": g.name, "memory_gb": g.memory_gb, "counts": list(g.counts)}
+                              for g in profile.gpu_types.values()],
+                "default_gpu_type": profile.default_gpu_type,
+                "defaults": {"time": profile.time, "cpus": profile.cpus, "mem": profile.mem,
+                             "partition": profile.partition, "account": profile.account,
+                             "idle_timeout": profile.idle_timeout}}
+
+    def models(self, profile: str | None) -> list[JSON]:
+        cluster = self.cluster(profile)
+        return [{"name": m.facts.name, "size_gb": round(m.facts.weight_gb, 1), "family": m.family,
+                 "suggestion": m.suggestion, "problem": m.problem,
+                 "parsers": {engine: {"tool": p.tool, "reasoning": p.reasoning} for engine, p in m.parsers.items()}}
+                for m in cluster.models()]
+
+    def plan(self, body: Mapping[str, Any]) -> JSON:
+        """A launch form's values → the plan (or why not, with the option at fault): what the panel shows."""
+        profile, options = _launch_body(body)
+        try:
+            plan = self.cluster(profile).plan(LaunchOptions.from_mapping(options))
+        except HpcllmError as error:
+            return views.problem_view(error).as_dict()
+        return {**views.plan_view(plan).as_dict(), "script": plan.script}
+
+    # -- servers
+
+    def servers(self, profile: str | None) -> list[JSON]:
+        cluster = self.cluster(profile)
+        return [_server_model(info, cluster) for info in cluster.list()]
+
+    def server(self, profile: str | None, job: str) -> JSON:
+        cluster = self.cluster(profile)
+        return _server_model(cluster.status(job), cluster)
+
+    def stop(self, profile: str | None, job: str) -> JSON:
+        cluster = self.cluster(profile)
+        state = cluster.cancel(job)
+        self._forget(profile, job)
+        return {"job_id": job, "state": state.value, "message": views.stopped_message(job, state.value)}
+
+    def logs(self, profile: str | None, job: str, lines: int) -> JSON:
+        if not 1 <= lines <= 100_000:
+            raise ConfigError(f"lines must be from 1 to 100000, not {lines}.")
+        return {"job_id": job, "text": self.cluster(profile).logs(job, lines=lines)}
+
+    def metrics(self, profile: str | None, job: str) -> JSON:
+        """The engine's live numbers, through a forward that holds no lease (it is kept for the next call)."""
+        key = (profile or "", job)
+        with self._lock:
+            server = self._watched.get(key)
+        if server is None or server.closed:
+            server = self.cluster(profile).attach(job, timeout=10, hold=False)
+            with self._lock:
+                self._watched[key] = server
+        try:
+            numbers = server.metrics()
+        except HpcllmError:
+            self._forget(profile, job)  # the job moved or ended: the next call attaches again
+            raise
+        return {"job_id": job, **numbers.as_dict(), "rows": [list(row) for row in views.metrics_rows(numbers)]}
+
+    def _forget(self, profile: str | None, job: str) -> None:
+        with self._lock:
+            server = self._watched.pop((profile or "", job), None)
+        if server is not None:
+            server.close()
+
+    # -- launches
+
+    def launch(self, body: Mapping[str, Any]) -> JSON:
+        """Start a launch; its id, to follow (`progress`) or cancel. The options are checked first."""
+        profile, options = _launch_body(body)
+        chosen = LaunchOptions.from_mapping(options)
+        cluster = self.cluster(profile).connect()
+        handle = cluster.launch(chosen)
+        handle.add_done_callback(_release_when_ready)
+        launch_id = secrets.token_hex(8)
+        with self._lock:
+            self._launches[launch_id] = (profile or "", handle)
+        return self.progress(launch_id)
+
+    def progress(self, launch_id: str) -> JSON:
+        profile, handle = self._launch(launch_id)
+        progress = handle.progress
+        model: JSON = {"id": launch_id, "profile": profile, "model": handle.options.model, "job_id": handle.job_id,
+                       "stage": progress.stage.value if progress else "planning",
+                       "message": progress.message if progress else "Reading the model's facts …",
+                       "elapsed": progress.elapsed if progress else 0.0, "node": progress and progress.node,
+                       "reason": progress and progress.reason, "expected_start": progress and progress.expected_start,
+                       "shards": list(progress.shards) if progress and progress.shards else None,
+                       "done": handle.done(), "error": None, "field": None}
+        if handle.done():
+            error = handle.exception()
+            if error is not None:
+                model.update(error=str(error), field=getattr(error, "field", None),
+                             stage="cancelled" if handle.cancelled() else "failed")
+        return model
+
+    def cancel_launch(self, launch_id: str) -> JSON:
+        _, handle = self._launch(launch_id)
+        handle.stop()
+        return self.progress(launch_id)
+
+    def _launch(self, launch_id: str) -> tuple[str, LaunchHandle]:
+        with self._lock:
+            found = self._launches.get(launch_id)
+        if found is None:
+            raise JobNotFound(launch_id, "No launch of this Jupyter server has this id (it restarted?).")
+        return found
+
+
+def _launch_body(body: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
+    profile, options = body.get("profile"), body.get("options")
+    if profile is not None and not isinstance(profile, str):
+        raise ConfigError("profile must be a profile name (text).")
+    if not isinstance(options, Mapping):
+        raise ConfigError('The body must be {"profile": NAME, "options": {"model": ..., ...}}.')
+    return profile, options
+
+
+def _release_when_ready(handle: LaunchHandle) -> None:
+    """A server launched from the sidebar is not held by the Jupyter server: the notebook that attaches
+    holds it (or, unused, it ends itself after its idle timeout)."""
+    if handle.exception() is None:
+        handle.result().close()
+
+
+def _server_model(info: ServerInfo, cluster: Cluster) -> JSON:
+    return {"job_id": info.job_id, "state": info.state.value, "model": info.model, "engine": info.engine,
+            "node": info.node, "gpus": info.gpus, "time_left": info.time_left, "seconds_left": info.seconds_left,
+            "reason": info.reason, "expected_start": info.expected_start, "idle": info.idle,
+            "ended_idle": info.ended_idle, "left": views.time_left_text(info),
+            "walltime_warning": walltime_warning(info.job_id, info.seconds_left, cluster.profile.walltime_warning)}
