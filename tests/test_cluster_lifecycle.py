@@ -303,3 +303,27 @@ def test_live_metrics_through_the_jobs_relay(profile_with, engine):
                 assert after.generation_tokens is not None and after.generation_tokens > 0
         finally:
             server.down()
+
+
+def test_watching_a_jobs_metrics_does_not_keep_it_from_ending_itself(profile_with):
+    """A dashboard (the lab sidebar) attaches without a lease and reads metrics every second: the job, which
+    nobody uses, still ends itself after its idle timeout (6 s here)."""
+    import contextlib
+    import time
+
+    with Cluster(profile_with(delay=0.3)) as cluster:
+        server = cluster.up("Qwen3-8B", idle_timeout=0.1)
+        job = server.job_id
+        server.close()  # the lease is given back: nothing holds the job now
+        watcher = cluster.attach(job, hold=False)
+        try:
+            deadline = time.monotonic() + 60
+            while cluster.status(job).state.is_active and time.monotonic() < deadline:
+                with contextlib.suppress(hpc.errors.ServerNotReady):  # the engine may be stopping
+                    watcher.metrics(rate_within=0)
+                time.sleep(1.0)
+            info = cluster.status(job)
+            assert info.ended_idle and not info.state.is_active, info
+        finally:
+            watcher.close()
+            cluster.cancel_quietly(job)

@@ -613,3 +613,35 @@ def test_the_engines_metrics_with_the_key_are_not_activity(engine, start_relay):
     assert later["last_activity"] == first["last_activity"] and later["requests_trusted"] == 0
     nothing = start_relay(free_port(), "--idle-timeout", "3").wait_port()  # no engine listening yet
     assert exchange(nothing.port, request("GET", "/hpcllm/metrics")).status == 503
+
+
+@pytest.mark.parametrize("answer, stall", [
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\nvllm:num_requests_running 17", False),  # closed early
+    (b"HTTP/1.0 200 OK\r\n\r\nvllm:num_requests_running 1", True),  # stalls: the rest never comes
+])
+def test_metrics_cut_short_are_a_504_never_a_wrong_number(start_relay, answer, stall):
+    """An engine that sends part of its /metrics and closes, or stalls, must not pass `running 1` for 17."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    done = threading.Event()
+
+    def engine():
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(answer)
+        if stall:
+            done.wait(15)
+        connection.close()
+
+    threading.Thread(target=engine, daemon=True).start()
+    relay = start_relay(port).wait_port()
+    try:
+        started = time.monotonic()
+        conn = Conn(relay.port, timeout=15).send(request("GET", "/hpcllm/metrics"))
+        reply = conn.response()
+        conn.close()
+        assert reply.status == 504 and "whole" in reply.json()["error"], reply.json()
+        assert time.monotonic() - started < 9  # within the client's 10 s
+    finally:
+        done.set()
+        listener.close()

@@ -208,3 +208,41 @@ def test_jupyter_server_finds_every_handler_method_authenticated(jp_serverapp):
     app = jp_serverapp.web_app
     undecorated = [method for pattern, handler in ROUTES for method in app._check_handler_auth(pattern, handler)]
     assert undecorated == []
+
+
+# --- what a review found -----------------------------------------------------------------------------------
+
+
+async def test_watching_metrics_is_never_use_and_attaches_once(fake, jp_fetch, jp_serverapp):
+    import asyncio
+
+    _, launch = await fetch(jp_fetch, "hpcllm", "servers", method="POST", body={"options": {"model": "Qwen3-8B"}})
+    job = (await until(jp_fetch, launch["id"], lambda p: p["done"]))["job_id"]
+    run = fake.jobs[job].run
+    used, forwards = run.used, len(fake.forwards)
+    answers = await asyncio.gather(*(fetch(jp_fetch, "hpcllm", "servers", job, "metrics") for _ in range(6)))
+    assert all(status == 200 for status, _ in answers), answers
+    assert len(fake.forwards) == forwards + 1  # six tabs at once: one forward
+    assert run.used == used  # neither the attach nor the readings reached the engine as use
+    manager = jp_serverapp.web_app.settings["hpcllm_manager"]
+    manager_module.WATCH_SECONDS = -1.0
+    try:
+        manager._sweep()  # unused for long: its forward is closed
+    finally:
+        manager_module.WATCH_SECONDS = 600.0
+    assert fake.forwards[forwards].closed and manager._watched == {}
+
+
+async def test_metrics_of_a_job_not_running_yet_answer_at_once(fake, jp_fetch):
+    fake.pending_probes = 10_000
+    _, launch = await fetch(jp_fetch, "hpcllm", "servers", method="POST", body={"options": {"model": "Qwen3-8B"}})
+    job = (await until(jp_fetch, launch["id"], lambda p: p["stage"] == "pending"))["job_id"]
+    started = time.monotonic()
+    status, answer = await fetch(jp_fetch, "hpcllm", "servers", job, "metrics")
+    assert status == 504 and "PENDING" in answer["error"] and time.monotonic() - started < 3
+    await fetch(jp_fetch, "hpcllm", "launches", launch["id"], method="DELETE")
+
+
+async def test_a_line_count_that_is_not_ascii_digits_is_400(fake, jp_fetch):
+    status, answer = await fetch(jp_fetch, "hpcllm", "servers", "1000", "logs", lines="²")
+    assert status == 400 and "whole number" in answer["error"]

@@ -97,6 +97,7 @@ class FakeRun:
     probes: int = 0
     leases: dict[str, float] = field(default_factory=dict)  # client -> expiry (time.time()), as the relay keeps
     generated: int = 0  # completion tokens served (its /metrics counter)
+    used: int = 0  # keyed requests that reach the engine (what the relay counts as activity)
     in_flight: int = 0  # chat requests being answered
 
 
@@ -208,8 +209,14 @@ class _Engine(BaseHTTPRequestHandler):
             return self._send(401, _error("Unauthorized: the API key is missing or wrong.", 401))
         if path == "/hpcllm/lease":  # the job's relay keeps leases, whether the engine is ready or not
             return self._lease(run, body)
+        if path == "/hpcllm/status":
+            with self.server.fake._lock:
+                return self._send(200, {"idle_timeout": 3600, "leases": len(run.leases), "requests_trusted": 0})
         if not run.ready:
             return self._send(503, _error("The server is starting.", 503))
+        if not path.startswith("/hpcllm/"):
+            with self.server.fake._lock:
+                run.used += 1
         if path == "/hpcllm/metrics":  # the relay reads the engine's /metrics (vLLM's or SGLang's names)
             return self._send(200, {"metrics": _metrics_text(job.engine, run)})
         if self.command == "GET" and path == "/v1/models":

@@ -58,7 +58,7 @@ from ..planning.plan import LaunchPlan, plan_launch
 from .handle import LaunchHandle
 from .progress import Progress, ProgressCallback, Stage
 from .server import Server, ServerInfo, describe_idle
-from .waiting import Endpoint, api_answers, wait_for_server
+from .waiting import Endpoint, api_answers, relay_answers, wait_for_server
 from .walltime import default_wait, slurm_seconds
 
 __all__ = ["Cluster"]
@@ -81,6 +81,8 @@ class Cluster:
         # `prompt` answers what the login node asks (a password, a one-time code); the faces pass one.
         self.transport = transport if transport is not None else connect(self.profile, prompt=prompt)
         self._ready_check = ready_check
+        # Attaching only to watch (no lease) checks readiness without using the server (see relay_answers).
+        self._watch_check = relay_answers if ready_check is api_answers else ready_check
         self._clock = clock
         self._servers: weakref.WeakSet[Server] = weakref.WeakSet()  # closed with the cluster
         self._injected_sleep = sleep  # tests pass one; launches then use it instead of their cancel event
@@ -165,9 +167,11 @@ class Cluster:
                timeout: float | None = 3600.0, local_port: int = 0, hold: bool = True) -> Server:
         """Connect to a job started earlier (by this or another session); waits (by default up to an hour)
         if it is still starting. `local_port` fixes the local end of the forward (0: any free port). Without
-        `hold` the Server keeps no lease: watching a job (its metrics) does not keep it from ending itself."""
+        `hold` the Server keeps no lease and the attach itself sends no request to the engine: watching a job
+        (its metrics) never keeps it from ending itself when idle."""
         return self.wait(self._job_id(job_id), report=on_progress or (lambda _: None), timeout=timeout,
-                         submitted=False, sleep=self._sleep, local_port=local_port, hold=hold)
+                         submitted=False, sleep=self._sleep, local_port=local_port, hold=hold,
+                         ready_check=None if hold else self._watch_check)
 
     def open_forward(self, server: Server, local_port: int = 0) -> Forward:
         """Another local address for a server (e.g. on a port of your choosing); close it when done."""
@@ -228,12 +232,12 @@ class Cluster:
 
     def wait(self, job_id: str, *, report: ProgressCallback, timeout: float | None, submitted: bool,
              sleep: Callable[[float], None], started: float | None = None, local_port: int = 0,
-             hold: bool = True) -> Server:
+             hold: bool = True, ready_check: Callable[[str, str], bool] | None = None) -> Server:
         """Wait until the job's server answers; the Server, with a forward to it open (and, with `hold`, a
         lease that keeps the job from ending itself as idle while the Server lives)."""
         ready = wait_for_server(
             job_id, observe=self._observe, connect=lambda endpoint: self._connect(job_id, endpoint, local_port),
-            answers=self._ready_check, report=report,
+            answers=ready_check or self._ready_check, report=report,
             timeout=timeout, submitted=submitted, clock=self._clock, sleep=sleep, started=started)
         endpoint = ready.endpoint
         server = Server(self, job_id, model=endpoint.model, engine=endpoint.engine, node=endpoint.node,

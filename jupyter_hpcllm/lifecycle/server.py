@@ -188,7 +188,9 @@ class Server:
             raise ServerNotReady(f"The metrics of job {self.job_id} are not available ({why}).")
         current = parse_metrics(text, time.monotonic())
         with self._metrics_lock:
-            result, self._last_metrics = with_rate(current, self._last_metrics), current
+            result = with_rate(current, self._last_metrics)
+            if self._last_metrics is None or current.read_at > self._last_metrics.read_at:
+                self._last_metrics = current  # two calls at once: the newer reading is kept
         return result
 
     def logs(self, lines: int = 100) -> str:

@@ -222,6 +222,26 @@ def api_answers(address: str, api_key: str) -> bool:
         connection.close()
 
 
+def relay_answers(address: str, api_key: str) -> bool:
+    """Ready to watch: /health says 200 (no key) and the job's relay takes the key on its own route
+    (/hpcllm/status). Neither counts as using the server, so watching a job never keeps it from ending
+    itself when idle (what `api_answers`' keyed /v1/models would do)."""
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        for path, headers in (("/health", {}), ("/hpcllm/status", {"Authorization": f"Bearer {api_key}"})):
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                return False
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
 @dataclass
 class Ready:
     """A server that answers: its engine run, the local address that reaches it, and its key."""

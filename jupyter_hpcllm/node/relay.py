@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 HEAD_LIMIT = 16 * 1024
 BODY_LIMIT = 4096  # the one body the relay reads itself: a lease
 METRICS_LIMIT = 4 << 20  # the engine's /metrics answer, as the relay reads it (a few hundred KB at most)
+METRICS_SECONDS = 5.0  # well within a client's 10 s: a slow engine is a 504, not a client that gave up
 MAX_CONNECTIONS = 1024
 MAX_UNTRUSTED = 128  # connections yet to show the key
 UP_BUFFER = 64 * 1024  # client → engine: requests are small
@@ -210,24 +211,35 @@ class Relay:
 
     def engine_metrics(self) -> Tuple[int, Dict[str, Any]]:
         """The engine's Prometheus text (GET /metrics on its loopback port, which needs no key: none is
-        sent), as {"metrics": text}. Only from an engine port our own uid listens on."""
+        sent), as {"metrics": text}. Only from an engine port our own uid listens on; only a whole answer
+        (to its Content-Length, or to the engine's close) within METRICS_SECONDS, else 504."""
         owner = port_owner(self.engine_port)
         if owner is not None and owner != os.getuid():
             return 503, {"error": "the model server's port is held by another user's program"}
-        deadline, received = time.monotonic() + 10, b""
+        deadline, received, ended = time.monotonic() + METRICS_SECONDS, b"", False
         try:
-            with socket.create_connection(("127.0.0.1", self.engine_port), timeout=5) as engine:
+            with socket.create_connection(("127.0.0.1", self.engine_port), timeout=2) as engine:
                 engine.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")  # 1.0: it closes after
                 while len(received) <= METRICS_LIMIT:
                     data = recv_by(engine, deadline, 1 << 16)
+                    if data is None:  # the deadline: an answer cut short must not pass for the whole
+                        break
                     if not data:
+                        ended = True
                         break
                     received += data
         except OSError:
             return 503, {"error": "the model server does not accept connections yet (still loading?)"}
         head, _, text = received.partition(b"\r\n\r\n")
-        status = head.split(b" ", 2)[1:2]
-        if status != [b"200"] or len(received) > METRICS_LIMIT:
+        lines = head.split(b"\r\n")
+        status = lines[0].split(b" ", 2)[1:2]
+        lengths = [line.split(b":", 1)[1].strip() for line in lines[1:] if line.lower().startswith(b"content-length:")]
+        whole = ended and (not lengths or lengths[-1] == str(len(text)).encode())
+        if len(received) > METRICS_LIMIT:
+            return 502, {"error": "the model server's /metrics answer is larger than 4 MB"}
+        if not whole:
+            return 504, {"error": f"the model server's /metrics did not answer whole within {METRICS_SECONDS:g} s"}
+        if status != [b"200"]:
             shown = (status or [b"no answer"])[0].decode("latin-1")
             return 502, {"error": f"the model server's /metrics answered {shown}"}
         return 200, {"metrics": text.decode("utf-8", "replace")}

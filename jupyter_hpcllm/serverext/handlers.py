@@ -8,6 +8,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -116,7 +117,7 @@ class LogsHandler(_Handler):
     @authorized
     async def get(self, job: str) -> None:
         lines = self.get_query_argument("lines", "100")
-        if not lines.isdigit():
+        if not re.fullmatch(r"[0-9]{1,6}", lines):
             self.set_status(400)
             self.finish(json.dumps({"error": f"lines must be a whole number, not {lines!r}.", "field": None}))
             return

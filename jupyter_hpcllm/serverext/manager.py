@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,12 +19,15 @@ from typing import Any
 from .. import views
 from ..config.options import LaunchOptions
 from ..config.profiles import load_profile, profile_names
-from ..errors import ConfigError, HpcllmError, JobNotFound
-from ..lifecycle import Cluster, LaunchHandle, Server, ServerInfo, cluster_for, walltime_warning
+from ..errors import ConfigError, HpcllmError, JobNotFound, ServerNotReady
+from ..lifecycle import Cluster, JobState, LaunchHandle, Server, ServerInfo, cluster_for, walltime_warning
 
 __all__ = ["LabManager"]
 
 JSON = dict[str, Any]
+METRICS_ATTACH_SECONDS = 5.0  # a running job's relay answers at once; a loading engine is "not ready" now
+WATCH_SECONDS = 600.0  # a job's metrics forward, unused this long, is closed
+LAUNCH_KEPT_SECONDS = 3600.0  # a launch that ended is forgotten after this
 
 
 class LabManager:
@@ -33,8 +37,10 @@ class LabManager:
     def __init__(self, clusters: Callable[[str], Cluster] | None = None, workers: int = 8) -> None:
         self._clusters = clusters or (lambda name: cluster_for(name))
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="hpcllm-lab")
-        self._launches: dict[str, tuple[str, LaunchHandle]] = {}  # launch id -> (profile, handle)
-        self._watched: dict[tuple[str, str], Server] = {}  # (profile, job) -> a Server without a lease
+        self._launches: dict[str, tuple[str, LaunchHandle, float]] = {}  # id -> (profile, handle, started)
+        # (profile, job) -> (a Server without a lease, when last asked), and a lock per job for attaching
+        self._watched: dict[tuple[str, str], tuple[Server, float]] = {}
+        self._gates: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -43,10 +49,10 @@ class LabManager:
         with self._lock:
             launches, self._launches = list(self._launches.values()), {}
             watched, self._watched = list(self._watched.values()), {}
-        for _, handle in launches:
+        for _, handle, _ in launches:
             if not handle.done():
                 handle.stop(timeout=30)
-        for server in watched:
+        for server, _ in watched:
             server.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -104,7 +110,7 @@ class LabManager:
     def stop(self, profile: str | None, job: str) -> JSON:
         cluster = self.cluster(profile)
         state = cluster.cancel(job)
-        self._forget(profile, job)
+        self._forget((profile or "", job))
         return {"job_id": job, "state": state.value, "message": views.stopped_message(job, state.value)}
 
     def logs(self, profile: str | None, job: str, lines: int) -> JSON:
@@ -113,26 +119,54 @@ class LabManager:
         return {"job_id": job, "text": self.cluster(profile).logs(job, lines=lines)}
 
     def metrics(self, profile: str | None, job: str) -> JSON:
-        """The engine's live numbers, through a forward that holds no lease (it is kept for the next call)."""
+        """The engine's live numbers, through a forward that holds no lease and a relay route that is not
+        use (kept for the next call; one attach per job however many tabs ask at once)."""
         key = (profile or "", job)
         with self._lock:
-            server = self._watched.get(key)
-        if server is None or server.closed:
-            server = self.cluster(profile).attach(job, timeout=10, hold=False)
+            gate = self._gates.setdefault(key, threading.Lock())
+        with gate:
+            self._sweep()
             with self._lock:
-                self._watched[key] = server
-        try:
-            numbers = server.metrics()
-        except HpcllmError:
-            self._forget(profile, job)  # the job moved or ended: the next call attaches again
-            raise
+                watched = self._watched.get(key)
+            if watched is None or watched[0].closed:
+                cluster = self.cluster(profile)
+                info = cluster.status(job)
+                if info.state is not JobState.RUNNING:
+                    raise ServerNotReady(f"Job {job} is {info.state.value}: its metrics come once it runs.")
+                server = cluster.attach(job, timeout=METRICS_ATTACH_SECONDS, hold=False)
+                with self._lock:
+                    self._watched[key] = (server, time.monotonic())
+            else:
+                server = watched[0]
+            try:
+                numbers = server.metrics()
+            except ServerNotReady as error:
+                if "not available" not in error.message:  # no answer at all: the job moved or ended
+                    self._forget(key, server)
+                raise
+            with self._lock:
+                self._watched[key] = (server, time.monotonic())
         return {"job_id": job, **numbers.as_dict(), "rows": [list(row) for row in views.metrics_rows(numbers)]}
 
-    def _forget(self, profile: str | None, job: str) -> None:
+    def _sweep(self) -> None:
+        """Close the forwards nobody asked through for WATCH_SECONDS (a tab closed, a job gone), and forget
+        launches that ended an hour ago."""
+        now = time.monotonic()
         with self._lock:
-            server = self._watched.pop((profile or "", job), None)
-        if server is not None:
-            server.close()
+            idle = [(key, server) for key, (server, used) in self._watched.items() if now - used > WATCH_SECONDS]
+            self._launches = {launch_id: entry for launch_id, entry in self._launches.items()
+                              if not (entry[1].done() and now - entry[2] > LAUNCH_KEPT_SECONDS)}
+        for key, server in idle:
+            self._forget(key, server)
+
+    def _forget(self, key: tuple[str, str], server: Server | None = None) -> None:
+        """Close the watch of this job (only this Server's, when given: another thread may have made anew)."""
+        with self._lock:
+            watched = self._watched.get(key)
+            if watched is None or (server is not None and watched[0] is not server):
+                return
+            del self._watched[key]
+        watched[0].close()
 
     # -- launches
 
@@ -145,11 +179,12 @@ class LabManager:
         handle.add_done_callback(_release_when_ready)
         launch_id = secrets.token_hex(8)
         with self._lock:
-            self._launches[launch_id] = (profile or "", handle)
+            self._launches[launch_id] = (profile or "", handle, time.monotonic())
+        self._sweep()
         return self.progress(launch_id)
 
     def progress(self, launch_id: str) -> JSON:
-        profile, handle = self._launch(launch_id)
+        profile, handle, _ = self._launch(launch_id)
         progress = handle.progress
         model: JSON = {"id": launch_id, "profile": profile, "model": handle.options.model, "job_id": handle.job_id,
                        "stage": progress.stage.value if progress else "planning",
@@ -166,11 +201,11 @@ class LabManager:
         return model
 
     def cancel_launch(self, launch_id: str) -> JSON:
-        _, handle = self._launch(launch_id)
+        _, handle, _ = self._launch(launch_id)
         handle.stop()
         return self.progress(launch_id)
 
-    def _launch(self, launch_id: str) -> tuple[str, LaunchHandle]:
+    def _launch(self, launch_id: str) -> tuple[str, LaunchHandle, float]:
         with self._lock:
             found = self._launches.get(launch_id)
         if found is None:
