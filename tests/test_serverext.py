@@ -16,6 +16,7 @@ from jupyter_hpcllm.config.profiles import load_profile
 from jupyter_hpcllm.edge.fake import FakeTransport
 from jupyter_hpcllm.lifecycle import Cluster
 from jupyter_hpcllm.serverext import manager as manager_module
+from jupyter_hpcllm.serverext import models as api
 from jupyter_hpcllm.serverext.handlers import ROUTES
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -100,6 +101,7 @@ async def test_profiles_models_and_plans(fake, jp_fetch):
                                body={"profile": "ebi", "options": {"model": "Qwen3-8B", "time": "2:00:00"}})
     assert status == 200 and plan["ok"] and plan["headline"].endswith("1 × a100, tensor-parallel 1")
     assert plan["gpu_hours"] == 2.0 and "#SBATCH --time=2:00:00" in plan["script"]
+    assert set(plan) == set(api.PlanModel.__annotations__) and set(ebi) == set(api.ProfileModel.__annotations__)
     status, refused = await fetch(jp_fetch, "hpcllm", "plans", method="POST",
                                   body={"profile": "ebi", "options": {"model": "Qwen3-8B", "gpus": 9}})
     assert status == 200 and not refused["ok"] and refused["field"] == "gpus" and "allows 1–4" in refused["problem"]
@@ -117,9 +119,12 @@ async def test_launch_follow_metrics_logs_and_stop(fake, jp_fetch):
         [(job, "RUNNING", "Qwen3-8B", "1 × a100")]
     status, server = await fetch(jp_fetch, "hpcllm", "servers", job, profile="ebi")
     assert status == 200 and server["state"] == "RUNNING" and server["walltime_warning"] is None
+    assert set(server) == set(api.ServerModel.__annotations__)  # the model models.ts mirrors
+    assert set(ready) == set(api.LaunchModel.__annotations__)
     status, metrics = await fetch(jp_fetch, "hpcllm", "servers", job, "metrics", profile="ebi")
     assert status == 200 and metrics["running"] == 0 and metrics["kv_cache"] == 0.25
     assert ["requests", "0 running, 0 waiting"] in metrics["rows"]
+    assert set(metrics) == set(api.MetricsModel.__annotations__)
     status, logs = await fetch(jp_fetch, "hpcllm", "servers", job, "logs", profile="ebi", lines="5")
     assert status == 200 and logs["job_id"] == job and isinstance(logs["text"], str)
     # The sidebar holds no lease: a server nobody attaches to can still end itself when idle.
@@ -155,6 +160,7 @@ async def test_cancel_a_launch_while_pending(fake, jp_fetch):
 async def test_errors_are_statuses_with_one_paragraph(fake, jp_fetch, parts, method, body, params, code, says):
     status, answer = await fetch(jp_fetch, "hpcllm", *parts, method=method, body=body, **params)
     assert status == code and says in answer["error"], answer
+    assert set(answer) == set(api.ErrorModel.__annotations__)
     assert "\n" not in answer["error"] and "Traceback" not in answer["error"]
     if says == "not a Slurm time limit":
         assert answer["field"] == "time"

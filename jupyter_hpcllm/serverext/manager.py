@@ -21,10 +21,20 @@ from ..config.options import LaunchOptions
 from ..config.profiles import load_profile, profile_names
 from ..errors import ConfigError, HpcllmError, JobNotFound, ServerNotReady
 from ..lifecycle import Cluster, JobState, LaunchHandle, Server, ServerInfo, cluster_for, walltime_warning
+from .models import (
+    LaunchModel,
+    LogsModel,
+    MetricsModel,
+    ModelModel,
+    PlanModel,
+    ProfileModel,
+    ProfilesModel,
+    ServerModel,
+    StoppedModel,
+)
 
 __all__ = ["LabManager"]
 
-JSON = dict[str, Any]
 METRICS_ATTACH_SECONDS = 5.0  # a running job's relay answers at once; a loading engine is "not ready" now
 WATCH_SECONDS = 600.0  # a job's metrics forward, unused this long, is closed
 LAUNCH_KEPT_SECONDS = 3600.0  # a launch that ended is forgotten after this
@@ -65,11 +75,11 @@ class LabManager:
 
     # -- what there is
 
-    def profiles(self) -> JSON:
+    def profiles(self) -> ProfilesModel:
         names, default = profile_names()
         return {"profiles": names, "default": default}
 
-    def profile(self, name: str | None) -> JSON:
+    def profile(self, name: str | None) -> ProfileModel:
         """A profile as a launch form offers it: engines, GPU types and counts, defaults."""
         profile = load_profile(name)
         return {"name": profile.name, "host": profile.host, "default_engine": profile.default_engine,
@@ -81,44 +91,44 @@ class LabManager:
                              "partition": profile.partition, "account": profile.account,
                              "idle_timeout": profile.idle_timeout}}
 
-    def models(self, profile: str | None) -> list[JSON]:
+    def models(self, profile: str | None) -> list[ModelModel]:
         cluster = self.cluster(profile)
         return [{"name": m.facts.name, "size_gb": round(m.facts.weight_gb, 1), "family": m.family,
                  "suggestion": m.suggestion, "problem": m.problem,
                  "parsers": {engine: {"tool": p.tool, "reasoning": p.reasoning} for engine, p in m.parsers.items()}}
                 for m in cluster.models()]
 
-    def plan(self, body: Mapping[str, Any]) -> JSON:
+    def plan(self, body: Mapping[str, Any]) -> PlanModel:
         """A launch form's values → the plan (or why not, with the option at fault): what the panel shows."""
         profile, options = _launch_body(body)
         try:
             plan = self.cluster(profile).plan(LaunchOptions.from_mapping(options))
         except HpcllmError as error:
-            return views.problem_view(error).as_dict()
-        return {**views.plan_view(plan).as_dict(), "script": plan.script}
+            return _plan_model(views.problem_view(error), None)
+        return _plan_model(views.plan_view(plan), plan.script)
 
     # -- servers
 
-    def servers(self, profile: str | None) -> list[JSON]:
+    def servers(self, profile: str | None) -> list[ServerModel]:
         cluster = self.cluster(profile)
         return [_server_model(info, cluster) for info in cluster.list()]
 
-    def server(self, profile: str | None, job: str) -> JSON:
+    def server(self, profile: str | None, job: str) -> ServerModel:
         cluster = self.cluster(profile)
         return _server_model(cluster.status(job), cluster)
 
-    def stop(self, profile: str | None, job: str) -> JSON:
+    def stop(self, profile: str | None, job: str) -> StoppedModel:
         cluster = self.cluster(profile)
         state = cluster.cancel(job)
         self._forget((profile or "", job))
         return {"job_id": job, "state": state.value, "message": views.stopped_message(job, state.value)}
 
-    def logs(self, profile: str | None, job: str, lines: int) -> JSON:
+    def logs(self, profile: str | None, job: str, lines: int) -> LogsModel:
         if not 1 <= lines <= 100_000:
             raise ConfigError(f"lines must be from 1 to 100000, not {lines}.")
         return {"job_id": job, "text": self.cluster(profile).logs(job, lines=lines)}
 
-    def metrics(self, profile: str | None, job: str) -> JSON:
+    def metrics(self, profile: str | None, job: str) -> MetricsModel:
         """The engine's live numbers, through a forward that holds no lease and a relay route that is not
         use (kept for the next call; one attach per job however many tabs ask at once)."""
         key = (profile or "", job)
@@ -146,7 +156,9 @@ class LabManager:
                 raise
             with self._lock:
                 self._watched[key] = (server, time.monotonic())
-        return {"job_id": job, **numbers.as_dict(), "rows": [list(row) for row in views.metrics_rows(numbers)]}
+        return {"job_id": job, "running": numbers.running, "waiting": numbers.waiting, "kv_cache": numbers.kv_cache,
+                "tokens_per_second": numbers.tokens_per_second, "generation_tokens": numbers.generation_tokens,
+                "rows": [list(row) for row in views.metrics_rows(numbers)]}
 
     def _sweep(self) -> None:
         """Close the forwards nobody asked through for WATCH_SECONDS (a tab closed, a job gone), and forget
@@ -170,7 +182,7 @@ class LabManager:
 
     # -- launches
 
-    def launch(self, body: Mapping[str, Any]) -> JSON:
+    def launch(self, body: Mapping[str, Any]) -> LaunchModel:
         """Start a launch; its id, to follow (`progress`) or cancel. The options are checked first."""
         profile, options = _launch_body(body)
         chosen = LaunchOptions.from_mapping(options)
@@ -183,24 +195,23 @@ class LabManager:
         self._sweep()
         return self.progress(launch_id)
 
-    def progress(self, launch_id: str) -> JSON:
+    def progress(self, launch_id: str) -> LaunchModel:
         profile, handle, _ = self._launch(launch_id)
         progress = handle.progress
-        model: JSON = {"id": launch_id, "profile": profile, "model": handle.options.model, "job_id": handle.job_id,
-                       "stage": progress.stage.value if progress else "planning",
-                       "message": progress.message if progress else "Reading the model's facts …",
-                       "elapsed": progress.elapsed if progress else 0.0, "node": progress and progress.node,
-                       "reason": progress and progress.reason, "expected_start": progress and progress.expected_start,
-                       "shards": list(progress.shards) if progress and progress.shards else None,
-                       "done": handle.done(), "error": None, "field": None}
-        if handle.done():
-            error = handle.exception()
-            if error is not None:
-                model.update(error=str(error), field=getattr(error, "field", None),
-                             stage="cancelled" if handle.cancelled() else "failed")
-        return model
+        error = handle.exception() if handle.done() else None
+        stage = progress.stage.value if progress else "planning"
+        if error is not None:
+            stage = "cancelled" if handle.cancelled() else "failed"
+        return {"id": launch_id, "profile": profile, "model": handle.options.model, "job_id": handle.job_id,
+                "stage": stage, "message": progress.message if progress else "Reading the model's facts …",
+                "elapsed": progress.elapsed if progress else 0.0, "node": progress.node if progress else None,
+                "reason": progress.reason if progress else None,
+                "expected_start": progress.expected_start if progress else None,
+                "shards": list(progress.shards) if progress and progress.shards else None,
+                "done": handle.done(), "error": str(error) if error is not None else None,
+                "field": getattr(error, "field", None)}
 
-    def cancel_launch(self, launch_id: str) -> JSON:
+    def cancel_launch(self, launch_id: str) -> LaunchModel:
         _, handle, _ = self._launch(launch_id)
         handle.stop()
         return self.progress(launch_id)
@@ -229,7 +240,13 @@ def _release_when_ready(handle: LaunchHandle) -> None:
         handle.result().close()
 
 
-def _server_model(info: ServerInfo, cluster: Cluster) -> JSON:
+def _plan_model(view: views.PlanView, script: str | None) -> PlanModel:
+    return {"ok": view.ok, "headline": view.headline, "cost": view.cost, "problem": view.problem, "field": view.field,
+            "details": list(view.details), "gpus": view.gpus, "gpu_type": view.gpu_type, "gpu_hours": view.gpu_hours,
+            "need_gb": view.need_gb, "script": script}
+
+
+def _server_model(info: ServerInfo, cluster: Cluster) -> ServerModel:
     return {"job_id": info.job_id, "state": info.state.value, "model": info.model, "engine": info.engine,
             "node": info.node, "gpus": info.gpus, "time_left": info.time_left, "seconds_left": info.seconds_left,
             "reason": info.reason, "expected_start": info.expected_start, "idle": info.idle,
