@@ -87,6 +87,11 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(HpcllmMagics)
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab extension (the "HPC LLM" sidebar), inside the package."""
+    return [{"src": "labextension", "dest": "jupyter-hpcllm"}]
+
+
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
     """The Jupyter server extension (REST endpoints under /hpcllm/ for the JupyterLab sidebar)."""
     return [{"module": "jupyter_hpcllm.serverext"}]
