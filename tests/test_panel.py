@@ -7,12 +7,12 @@ import threading
 import time
 
 import pytest
+from fake_clusters import recording, shared_clusters
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_hpcllm.config.profiles import load_profile
 from jupyter_hpcllm.edge.fake import DEFAULT_MODELS, FakeTransport
-from jupyter_hpcllm.lifecycle import Cluster
 from jupyter_hpcllm.lifecycle import shared as shared_module
 from jupyter_hpcllm.notebook import panel as panel_module
 from jupyter_hpcllm.notebook.panel import Panel
@@ -39,23 +39,8 @@ def shell(tmp_path, monkeypatch):
 @pytest.fixture
 def fake(monkeypatch):
     """Every profile reaches one FakeTransport; the threads that use it are recorded."""
-    transport = FakeTransport(models={**DEFAULT_MODELS, "Big-120B": BIG}, pending_probes=2)
-    transport.threads = set()
-    run = transport.run
-
-    def recording_run(command, **kwargs):
-        transport.threads.add(threading.current_thread().name)
-        return run(command, **kwargs)
-
-    transport.run = recording_run
-    clusters: dict[str, Cluster] = {}
-
-    def cluster_for(profile=None, prompt=None):
-        resolved = load_profile(profile)
-        if resolved.name not in clusters:
-            clusters[resolved.name] = Cluster(resolved, transport=transport, sleep=lambda _: time.sleep(0.005))
-        return clusters[resolved.name]
-
+    transport = recording(FakeTransport(models={**DEFAULT_MODELS, "Big-120B": BIG}, pending_probes=2))
+    cluster_for, clusters = shared_clusters(transport)
     monkeypatch.setattr(panel_module, "cluster_for", cluster_for)
     monkeypatch.setattr(shared_module, "cluster_for", cluster_for)
     monkeypatch.setattr("jupyter_hpcllm.notebook.magics.cluster_for", cluster_for)

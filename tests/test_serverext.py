@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 
 import pytest
+from fake_clusters import recording, shared_clusters
 from tornado.httpclient import HTTPClientError
 
-from jupyter_hpcllm.config.profiles import load_profile
 from jupyter_hpcllm.edge.fake import FakeTransport
-from jupyter_hpcllm.lifecycle import Cluster
 from jupyter_hpcllm.serverext import manager as manager_module
 from jupyter_hpcllm.serverext import models as api
 from jupyter_hpcllm.serverext.handlers import ROUTES
@@ -38,22 +36,8 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCLLM_CONFIG", str(tmp_path / "c.toml"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("HPCLLM_PROFILE", raising=False)
-    transport = FakeTransport(pending_probes=2)
-    transport.threads = set()
-    run = transport.run
-
-    def recording_run(command, **kwargs):
-        transport.threads.add(threading.current_thread().name)
-        return run(command, **kwargs)
-
-    transport.run = recording_run
-    clusters: dict[str, Cluster] = {}
-
-    def cluster_for(name=None, prompt=None):
-        if name not in clusters:
-            clusters[name] = Cluster(load_profile(name), transport=transport, sleep=lambda _: time.sleep(0.005))
-        return clusters[name]
-
+    transport = recording(FakeTransport(pending_probes=2))
+    cluster_for, clusters = shared_clusters(transport)
     monkeypatch.setattr(manager_module, "cluster_for", cluster_for)
     yield transport
     for cluster in clusters.values():
