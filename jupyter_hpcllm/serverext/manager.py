@@ -67,11 +67,8 @@ class LabManager:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def cluster(self, profile: str | None) -> Cluster:
-        names, default = profile_names()
-        name = profile or default
-        if name not in names:
-            load_profile(name)  # the clear "Unknown profile" error, with the known ones
-        return self._clusters(name)
+        """The profile's Cluster (an unknown profile: load_profile's clear error, with the known ones)."""
+        return self._clusters(profile or profile_names()[1])
 
     # -- what there is
 

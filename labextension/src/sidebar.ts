@@ -76,7 +76,7 @@ export class HpcllmSidebar extends Widget {
     this.render();
   }
 
-  private async act(job: string, work: () => Promise<void>): Promise<void> {
+  private async act(work: () => Promise<void>): Promise<void> {
     try {
       await work();
     } catch (error) {
@@ -84,11 +84,10 @@ export class HpcllmSidebar extends Widget {
     }
     this.render();
     void this.poll.refresh();
-    void job;
   }
 
   private stop(server: ServerModel): Promise<void> {
-    return this.act(server.job_id, async () => {
+    return this.act(async () => {
       const stopped = await requestAPI<StoppedModel>(
         `servers/${server.job_id}?profile=${encodeURIComponent(this.profile)}`,
         { method: 'DELETE' }
@@ -98,7 +97,7 @@ export class HpcllmSidebar extends Widget {
   }
 
   private toggleLogs(server: ServerModel): Promise<void> {
-    return this.act(server.job_id, async () => {
+    return this.act(async () => {
       if (this.logs.has(server.job_id)) {
         this.logs.delete(server.job_id);
         return;
@@ -113,17 +112,13 @@ export class HpcllmSidebar extends Widget {
   private render(): void {
     const node = this.node;
     node.textContent = '';
-    const heading = document.createElement('h2');
-    heading.textContent = 'HPC LLM';
-    node.appendChild(heading);
+    node.appendChild(element('h2', '', 'HPC LLM'));
     if (this.profiles.length) {
-      const select = document.createElement('select');
-      select.className = 'jp-hpcllm-profile';
+      const select = element('select', 'jp-hpcllm-profile');
       for (const name of this.profiles) {
-        const option = document.createElement('option');
-        option.value = option.textContent = name;
+        const option = select.appendChild(element('option', '', name));
+        option.value = name;
         option.selected = name === this.profile;
-        select.appendChild(option);
       }
       select.onchange = () => {
         this.profile = select.value;
@@ -133,16 +128,10 @@ export class HpcllmSidebar extends Widget {
       node.appendChild(select);
     }
     if (this.message) {
-      const message = document.createElement('p');
-      message.className = 'jp-hpcllm-message';
-      message.textContent = this.message;
-      node.appendChild(message);
+      node.appendChild(element('p', 'jp-hpcllm-message', this.message));
     }
     if (!this.servers.length) {
-      const empty = document.createElement('p');
-      empty.className = 'jp-hpcllm-empty';
-      empty.textContent = 'No servers of yours on this profile.';
-      node.appendChild(empty);
+      node.appendChild(element('p', 'jp-hpcllm-empty', 'No servers of yours on this profile.'));
     }
     for (const server of this.servers) {
       node.appendChild(this.renderServer(server));
@@ -151,31 +140,17 @@ export class HpcllmSidebar extends Widget {
 
   private renderServer(server: ServerModel): HTMLElement {
     const card = serverCard(server, this.metrics.get(server.job_id) ?? null);
-    const box = document.createElement('div');
-    box.className = 'jp-hpcllm-server';
+    const box = element('div', 'jp-hpcllm-server');
     box.dataset.job = server.job_id;
-    const title = document.createElement('div');
-    title.className = 'jp-hpcllm-title';
-    title.textContent = card.title;
-    box.appendChild(title);
+    box.appendChild(element('div', 'jp-hpcllm-title', card.title));
     for (const line of card.lines) {
-      const fact = document.createElement('div');
-      fact.className = 'jp-hpcllm-facts';
-      fact.textContent = line;
-      box.appendChild(fact);
+      box.appendChild(element('div', 'jp-hpcllm-facts', line));
     }
     if (card.warning) {
-      const warning = document.createElement('div');
-      warning.className = 'jp-hpcllm-warning';
-      warning.textContent = card.warning;
-      box.appendChild(warning);
+      box.appendChild(element('div', 'jp-hpcllm-warning', card.warning));
     }
     const button = (label: string, action: () => void): void => {
-      const element = document.createElement('button');
-      element.className = 'jp-mod-styled';
-      element.textContent = label;
-      element.onclick = action;
-      box.appendChild(element);
+      box.appendChild(element('button', 'jp-mod-styled', label)).onclick = action;
     };
     button('Stop', () => void this.stop(server));
     button(this.logs.has(server.job_id) ? 'Hide log' : 'Logs', () => void this.toggleLogs(server));
@@ -189,11 +164,20 @@ export class HpcllmSidebar extends Widget {
     }
     const log = this.logs.get(server.job_id);
     if (log !== undefined) {
-      const pre = document.createElement('pre');
-      pre.className = 'jp-hpcllm-log';
-      pre.textContent = log;
-      box.appendChild(pre);
+      box.appendChild(element('pre', 'jp-hpcllm-log', log));
     }
     return box;
   }
+}
+
+/** A new element of the sidebar, with its class and text. */
+function element<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className: string,
+  text = ''
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = className;
+  node.textContent = text;
+  return node;
 }

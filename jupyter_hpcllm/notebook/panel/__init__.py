@@ -22,7 +22,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ...config.options import LaunchOptions
-from ...config.profiles import load_profile, profile_names
+from ...config.profiles import profile_names
 from ...errors import HpcllmError, InvalidOption
 from ...lifecycle import Cluster, cluster_for
 from ...views import PlanView, plan_view, problem_view
@@ -48,8 +48,8 @@ class Panel(widgets.VBox):
         magics use, asking in the notebook what the login node asks)."""
         names, default = profile_names()
         chosen = profile or default
-        if chosen not in names:
-            load_profile(chosen)  # the clear "Unknown profile" error, with the known ones
+        self._clusters = clusters or (lambda name: cluster_for(name, prompt=ask))
+        self.cluster: Cluster = self._clusters(chosen)  # an unknown profile: the clear error, with the known ones
         self.session: NotebookSession = session_for(shell)
         self.message = widgets.HTML()
         self.report = Report(self.message)
@@ -66,8 +66,6 @@ class Panel(widgets.VBox):
         self._plan_as_name = "client"
         self._plan_cluster: Cluster | None = None  # the cluster the plan shown was made for
         self._launch_requested: int | None = None  # the form's revision when Launch was clicked before its plan
-        self._clusters = clusters or (lambda name: cluster_for(name, prompt=ask))
-        self.cluster: Cluster = self._clusters(chosen)
         self.launcher = LaunchSection(self.session, on_change=self._launches_changed)
         self.servers = ServersTable(self.session, self.report, cluster=lambda: self.cluster,
                                     as_name=lambda: self.form.as_name.value.strip())
@@ -313,8 +311,8 @@ class Panel(widgets.VBox):
         self.launcher.close()
         if requested is not None and not self.launcher.launching:
             self.launcher.ended.set()  # the launch it was waiting for will not happen
-        for child in _descendants(self):
-            child.close()
+        for part in _parts(self)[:-1]:
+            part.close()
         super().close()
 
 
@@ -326,13 +324,12 @@ def _plan_html(view: PlanView) -> str:
             f"<ul style='margin:2px 0'>{details}</ul></div>")
 
 
-def _descendants(widget: Any) -> list[Any]:
-    """Every widget inside this one, with their layouts and styles (widgets too, in the kernel's registry)."""
-    found = []
-    for child in getattr(widget, "children", ()):
-        found += [*_descendants(child), child]
-    return found + [part for item in [*found, widget] for part in (getattr(item, "layout", None),
-                                                                 getattr(item, "style", None)) if part is not None]
+def _parts(widget: Any) -> list[Any]:
+    """This widget last, after what it holds: the widgets inside it, and its layout and style (widgets
+    too, in the kernel's registry until closed)."""
+    inside = [part for child in getattr(widget, "children", ()) for part in _parts(child)]
+    own = [part for part in (getattr(widget, "layout", None), getattr(widget, "style", None)) if part is not None]
+    return [*inside, *own, widget]
 
 
 def panel(profile: str | None = None) -> Panel:

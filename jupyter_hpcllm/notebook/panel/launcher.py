@@ -95,7 +95,7 @@ class LaunchSection:
     def busy(self) -> bool:
         """A launch is starting or in progress, or its server runs here."""
         with self._lock:
-            return self._starting or (self.handle is not None and not self.handle.done()) or self.server is not None
+            return self.launching or self.server is not None
 
     def allow(self, plannable: bool) -> None:
         """The form says whether its choices can be launched: the button follows (never while busy)."""
@@ -110,15 +110,14 @@ class LaunchSection:
         with self._lock:
             if self._closed:
                 raise HpcllmError("This panel is closed.", "Run `%hpcllm panel` for a new one.")
-            if self._starting or (self.handle is not None and not self.handle.done()) or self.server is not None:
+            if self.busy:
                 raise HpcllmError("This panel's launch is in progress, or its server is running.",
                                   "Cancel or stop it first (or open another panel).")
             self._starting = True  # from here on, a second click is refused at once
         self.ended.clear()
         self.outcome.clear()
         self.log.value = ""
-        self.progress.value, self.progress.bar_style = 0.0, ""
-        self.stage.value = f"Connecting to {html.escape(cluster.profile.name)} …"
+        self._reset_progress(f"Connecting to {html.escape(cluster.profile.name)} …")
         self.launch_button.disabled = True
 
         def begin() -> LaunchHandle:
@@ -142,7 +141,7 @@ class LaunchSection:
             except BaseException as error:
                 with self._lock:
                     self._starting = False
-                self.stage.value = ""
+                self._reset_progress()
                 self.outcome.error(error)
                 self.allow(self.plannable)
                 self.ended.set()
@@ -157,6 +156,10 @@ class LaunchSection:
         if not self.ended.wait(timeout):
             raise TimeoutError("The launch is still in progress.")
         return self.server
+
+    def _reset_progress(self, stage: str = "") -> None:
+        self.progress.value, self.progress.bar_style = 0.0, ""
+        self.stage.value = stage
 
     def _progress(self, progress: Progress) -> None:
         self.progress.value = fraction(progress)
@@ -269,15 +272,13 @@ class LaunchSection:
     def stopped_elsewhere(self, job_id: str) -> None:
         """A face (this panel, its table, `%hpcllm down`) stopped this job: forget it here too."""
         with self._lock:
-            server, ours = self.server, self.server is not None and self.server.job_id == job_id
-            if ours:
-                self.server = None
-        if not ours or server is None:
-            return
+            server = self.server
+            if server is None or server.job_id != job_id:
+                return
+            self.server = None
         server.close()
         self.stop_button.disabled = True
-        self.progress.value, self.progress.bar_style = 0.0, ""
-        self.stage.value = ""
+        self._reset_progress()
         self.allow(self.plannable)
         self.on_change()
 

@@ -70,13 +70,8 @@ class ServersTable:
 
     def forget(self) -> None:
         """Another profile: its table is read anew."""
-        with self._lock:
-            self.rows, self._rows_cluster = None, None
-            old, self.buttons = self.grid.children, {}
-            self.grid.children = ()
-        self.note.value = "<small>Reading the queue …</small>"
-        for child in old:
-            child.close()
+        self.rows, self._rows_cluster = None, None
+        self._place([], {}, "<small>Reading the queue …</small>")
 
     def _show(self, rows: list[tuple[str, ...]], cluster: Cluster) -> None:
         children: list[Any] = []
@@ -98,20 +93,27 @@ class ServersTable:
             actions["attach"].on_click(lambda _, job=job: self.attach(job, cluster))
             actions["logs"].on_click(lambda _, job=job: self.logs(job, cluster))
             actions["stop"].on_click(lambda _, job=job: self.stop(job, cluster))
-            for button in actions.values():
-                button.disabled = True  # until they are in place (below), as what a running action expects
             buttons[job] = actions
             children.append(widgets.HBox(list(actions.values())))
-        with self._lock:  # an action ending now re-enables the buttons in place: these, or the ones before
+        self._place(children, buttons, "" if rows else "<small>No servers of yours on this profile.</small>")
+
+    def _place(self, children: list[Any], buttons: dict[str, dict[str, Any]], note: str) -> None:
+        """Swap a new table in. Under the lock: an action ending meanwhile enables the buttons in place, these
+        or the ones before."""
+        with self._lock:
             old, self.buttons = self.grid.children, buttons
-            for job, actions in buttons.items():
-                running = any(row[0] == job and row[3] == "RUNNING" for row in rows)
-                for name, button in actions.items():
-                    button.disabled = job in self._busy or (name == "attach" and not running)
+            for job in buttons:
+                self._enable(job)
             self.grid.children = tuple(children)
-        self.note.value = "" if rows else "<small>No servers of yours on this profile.</small>"
+        self.note.value = note
         for child in old:
             child.close()
+
+    def _enable(self, job: str) -> None:
+        """(Under the lock.) A row's buttons: disabled while its action runs; Attach only when it runs."""
+        running = any(row[0] == job and row[3] == "RUNNING" for row in self.rows or [])
+        for name, button in self.buttons.get(job, {}).items():
+            button.disabled = job in self._busy or (name == "attach" and not running)
 
     # -- the row's actions (each in the background, the row's buttons disabled meanwhile)
 
@@ -131,9 +133,7 @@ class ServersTable:
             finally:
                 with self._lock:
                     self._busy.discard(job)
-                    running = any(row[0] == job and row[3] == "RUNNING" for row in self.rows or [])
-                    for kind, button in self.buttons.get(job, {}).items():
-                        button.disabled = kind == "attach" and not running
+                    self._enable(job)
 
         return run_in_background(run, self.report, name=name)
 
