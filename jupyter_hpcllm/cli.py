@@ -320,6 +320,8 @@ def _serve_forward(cluster: Cluster, job: str, port: int, show_key: bool, *, ren
     server = cluster.attach(job, local_port=port)
     if renew:
         server.renew_automatically()
+    else:
+        server.follow_renewals()  # another renewer's successor (the lab sidebar's Renew): this forward moves too
     warned: set[str] = set()
     try:
         print(f"export OPENAI_BASE_URL={server.base_url}")

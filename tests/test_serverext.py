@@ -236,3 +236,40 @@ async def test_metrics_of_a_job_not_running_yet_answer_at_once(fake, jp_fetch):
 async def test_a_line_count_that_is_not_ascii_digits_is_400(fake, jp_fetch):
     status, answer = await fetch(jp_fetch, "hpcllm", "servers", "1000", "logs", lines="²")
     assert status == 400 and "whole number" in answer["error"]
+
+
+async def test_options_and_parser_names_for_the_form(fake, jp_fetch):
+    status, options = await fetch(jp_fetch, "hpcllm", "options")
+    assert status == 200 and options[0]["name"] == "model" and options[0]["kind"] == "text"
+    by_name = {option["name"]: option for option in options}
+    assert by_name["gpus"]["kind"] == "integer" and by_name["gpus"]["minimum"] == 1
+    assert by_name["engine"]["choices"] == ["vllm", "sglang"] and by_name["engine_args"]["kind"] == "arguments"
+    assert by_name["renew"]["kind"] == "boolean" and by_name["renew"]["group"] == "launch"
+    assert by_name["idle_timeout"]["kind"] == "number" and all(set(o) == set(api.OptionModel.__annotations__)
+                                                             for o in options)
+    status, names = await fetch(jp_fetch, "hpcllm", "parsers", profile="ebi", engine="sglang")
+    assert status == 200 and names["engine"] == "sglang" and names["problem"] is None
+    assert "qwen25" in names["tool"] and "qwen3" in names["reasoning"]
+    fake.drop("stat -L", times=10)  # the image cannot be asked: why, and no names (automatic still works)
+    status, unknown = await fetch(jp_fetch, "hpcllm", "parsers", profile="ebi", engine="vllm")
+    assert status == 200 and unknown["tool"] == [] and unknown["problem"], unknown
+
+
+async def test_renew_near_the_time_limit_moves_to_a_successor(fake, jp_fetch, monkeypatch):
+    monkeypatch.setattr(manager_module, "RENEW_GRACE_SECONDS", 0.05)
+    status, launch = await fetch(jp_fetch, "hpcllm", "servers", method="POST",
+                                 body={"profile": "ebi", "options": {"model": "Qwen3-8B", "time": "1:00:00"}})
+    old = (await until(jp_fetch, launch["id"], lambda p: p["done"]))["job_id"]
+    status, refused = await fetch(jp_fetch, "hpcllm", "servers", old, "renew", method="POST", profile="ebi")
+    assert status == 400 and "not near its time limit" in refused["error"] and "last 10 minutes" in refused["error"]
+    fake.jobs[old].sbatch["time"] = "0:05:00"  # now five minutes are left
+    status, renewal = await fetch(jp_fetch, "hpcllm", "servers", old, "renew", method="POST", profile="ebi")
+    assert status == 202 and renewal["model"] == "Qwen3-8B", renewal
+    done = await until(jp_fetch, renewal["id"], lambda p: p["done"])
+    assert done["stage"] == "ready" and done["error"] is None and done["job_id"] not in (None, old), done
+    new = done["job_id"]
+    assert fake.jobs[new].sbatch["time"] == "1:00:00"  # the same plan, from the job's own script copy
+    status, servers = await fetch(jp_fetch, "hpcllm", "servers", profile="ebi")
+    assert [s["job_id"] for s in servers] == [new]  # the old job stopped after the grace
+    status, unknown = await fetch(jp_fetch, "hpcllm", "servers", "999", "renew", method="POST", profile="ebi")
+    assert status == 404 and "999" in unknown["error"]

@@ -376,6 +376,7 @@ class FakeTransport:
             (re.compile(rf"cd; if mkdir {_J}/{_ID}/renewal 2>/dev/null; then echo (\S+); .*"), self._claim_renewal),
             (re.compile(rf"cd; echo {_ID} > {_J}/{_ID}/renewal/job\.new && mv .*"), self._record_renewal),
             (re.compile(rf"cd; rm -rf {_J}/{_ID}/renewal"), self._drop_renewal),
+            (re.compile(rf"cat {_J}/{_ID}/renewal/job 2>/dev/null; true"), self._successor),
             (re.compile(rf"scontrol update JobId={_ID} TimeLimit=\+(\d+)"), self._extend),
             (re.compile(rf'squeue -h -u "\$USER" -o {_FMT}(?: -n (\S+))?(?: -t ([A-Z,]+))?'), self._squeue),
             (re.compile(rf"scancel {_ID}"), self._scancel),
@@ -502,6 +503,10 @@ class FakeTransport:
     def _record_renewal(self, match: re.Match[str], _: str) -> _Out:
         self.renewals[match[2]] = match[1]
         return 0, "", ""
+
+    def _successor(self, match: re.Match[str], _: str) -> _Out:
+        successor = self.renewals.get(match[1], "")
+        return 0, successor + "\n" if successor else "", ""
 
     def _drop_renewal(self, match: re.Match[str], _: str) -> _Out:
         self.renewals.pop(match[1], None)

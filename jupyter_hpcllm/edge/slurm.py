@@ -36,6 +36,7 @@ __all__ = [
     "queue_command",
     "renewal_command",
     "submit_command",
+    "successor_command",
 ]
 
 QUEUE_FORMAT = "%i|%j|%T|%N|%L|%r|%S|%k|%b|%M"
@@ -236,6 +237,11 @@ def renewal_command(job_id: str, successor: str | None = None) -> str:
         return f"cd; echo {check_job_id(successor)} > {renewal}/job.new && mv {renewal}/job.new {renewal}/job"
     return (f"cd; if mkdir {renewal} 2>/dev/null; then echo {RENEWAL_CLAIMED}; "
             f"else cat {renewal}/job 2>/dev/null; fi; true")
+
+
+def successor_command(job_id: str) -> str:
+    """Print the successor recorded for a job's renewal, if any (read only: claims nothing)."""
+    return f"cat {JOBS_DIR}/{check_job_id(job_id)}/renewal/job 2>/dev/null; true"
 
 
 def extend_command(job_id: str, minutes: int) -> str:

@@ -43,6 +43,7 @@ from ..edge.slurm import (
     queue_command,
     renewal_command,
     submit_command,
+    successor_command,
 )
 from ..edge.transport import CommandResult, Forward, Prompt, Transport, connect, run_idempotent
 from ..errors import (
@@ -312,6 +313,11 @@ class Cluster:
         finally:
             self.cancel_quietly(old)
         return server
+
+    def successor(self, job_id: str) -> str | None:
+        """The job another renewer started to take over from this one (None: no renewal under way)."""
+        said = self._read(successor_command(job_id), check=False, timeout=30).stdout.strip()
+        return check_job_id(said) if said else None
 
     def _claim_renewal(self, job_id: str) -> str | None:
         """None if this renewer claimed the job's renewal; else the successor another one started."""

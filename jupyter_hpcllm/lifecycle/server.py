@@ -119,6 +119,7 @@ class Server:
         # kernel that dies stops renewing, and the job then ends itself after its idle timeout.
         self._lease = Lease(lambda: self._forward.address, api_key).start() if hold else None
         self._closed = threading.Event()
+        self._renewing = False  # renew_automatically runs: it follows another renewer's successor itself
         self._last_metrics: EngineMetrics | None = None  # the reading before, for vLLM's tokens per second
         self._metrics_lock = threading.Lock()
 
@@ -227,6 +228,8 @@ class Server:
         the old job serves until its end."""
         lead = max(5.0, self.profile.walltime_warning) if lead_minutes is None else lead_minutes
 
+        self._renewing = True
+
         def watch() -> None:
             while not self._closed.wait(check_every):
                 left = self.seconds_left
@@ -238,6 +241,27 @@ class Server:
                         return
 
         threading.Thread(target=watch, name=f"hpcllm-renew-{self.job_id}", daemon=True).start()
+
+    def follow_renewals(self, lead_minutes: float | None = None, *, check_every: float = 30.0) -> None:
+        """From a thread of its own: when less than `lead_minutes` of the job's time limit remain and
+        someone else renewed the job (the lab sidebar's Renew, another notebook's `%hpcllm renew`), move
+        to the successor once it answers, so the clients made from this server keep working. Stops when
+        the server is closed or renews itself (`renew_automatically` follows on its own)."""
+        lead = max(5.0, self.profile.walltime_warning) if lead_minutes is None else lead_minutes
+
+        def watch() -> None:
+            while not self._closed.wait(check_every) and not self._renewing:
+                left = self.seconds_left
+                if left is None or left >= lead * 60:
+                    continue
+                try:
+                    if self.cluster.successor(self.job_id):
+                        self.cluster.renew(self)  # the claim is taken: this follows the successor
+                except Exception:  # the old job serves until its end; the walltime warning still shows
+                    _log.exception("following the renewal of job %s failed", self.job_id)
+                    return
+
+        threading.Thread(target=watch, name=f"hpcllm-follow-{self.job_id}", daemon=True).start()
 
     def retarget(self, job_id: str, node: str, port: int, seconds_left: float | None) -> None:
         """Move to a successor job (same key): the local address and every client made from it now reach

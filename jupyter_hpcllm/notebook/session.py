@@ -4,6 +4,7 @@ the same whichever started it. One session per IPython shell."""
 
 from __future__ import annotations
 
+import json
 import keyword
 import logging
 import re
@@ -17,7 +18,7 @@ from ..chat.prompt import Endpoint
 from ..errors import AuthenticationError, ConfigError, HpcllmError
 from ..lifecycle import LaunchHandle, Server
 
-__all__ = ["NotebookSession", "ask", "session_for", "variable_problem"]
+__all__ = ["NotebookSession", "ask", "attached", "session_for", "variable_problem"]
 
 _log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class NotebookSession:
             raise ConfigError(f"The client variable {as_name!r} {problem}.", "Choose another name, e.g. client.")
         endpoint = Endpoint(server.client(), server.model, f"job {server.job_id}")
         self.server, self.endpoint = server, endpoint
+        server.follow_renewals()  # a Renew from the lab sidebar (or another notebook) keeps `client` working
         self.shell.user_ns[as_name] = endpoint.client
         return (f"Ready: `{as_name}` talks to {server.model} ({server.engine}, job {server.job_id} on {server.node}); "
                 "%%llm uses it.")
@@ -90,6 +92,32 @@ def session_for(shell: Any) -> NotebookSession:
         if session is None:
             session = _sessions[shell] = NotebookSession(shell)
         return session
+
+
+class _JsonText:
+    """Shows as its JSON text (a kernel's user_expressions answer is the text/plain of a value)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def attached() -> _JsonText | None:
+    """The server this kernel's %%llm talks to, as JSON (job, model, engine, node, profile, seconds left),
+    or None: what the JupyterLab status bar asks the kernel, silently, without importing anything."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    with _sessions_lock:
+        session = _sessions.get(shell) if shell is not None else None
+    server = session.server if session is not None else None
+    if server is None or server.closed:
+        return None
+    return _JsonText(json.dumps({"job_id": server.job_id, "model": server.model, "engine": server.engine,
+                                 "node": server.node, "profile": server.profile.name,
+                                 "seconds_left": server.seconds_left}))
 
 
 def variable_problem(name: str, hidden: Collection[str] = ()) -> str | None:

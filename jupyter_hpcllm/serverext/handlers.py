@@ -112,6 +112,27 @@ class ServerHandler(_Handler):
         await self.answer(self.manager.stop, self.profile, job)
 
 
+class RenewHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def post(self, job: str) -> None:
+        await self.answer(self.manager.renew, self.profile, job, status=202)
+
+
+class OptionsHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        await self.answer(self.manager.options)
+
+
+class ParsersHandler(_Handler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        await self.answer(self.manager.parsers, self.profile, self.get_query_argument("engine", None) or None)
+
+
 class LogsHandler(_Handler):
     @web.authenticated
     @authorized
@@ -148,10 +169,13 @@ class LaunchHandler(_Handler):
 ROUTES: list[tuple[str, type[_Handler]]] = [
     (r"hpcllm/profiles", ProfilesHandler),
     (r"hpcllm/profiles/(?P<name>[^/]+)", ProfilesHandler),
+    (r"hpcllm/options", OptionsHandler),
+    (r"hpcllm/parsers", ParsersHandler),
     (r"hpcllm/models", ModelsHandler),
     (r"hpcllm/plans", PlansHandler),
     (r"hpcllm/servers", ServersHandler),
     (rf"hpcllm/servers/{_JOB}", ServerHandler),
+    (rf"hpcllm/servers/{_JOB}/renew", RenewHandler),
     (rf"hpcllm/servers/{_JOB}/logs", LogsHandler),
     (rf"hpcllm/servers/{_JOB}/metrics", MetricsHandler),
     (r"hpcllm/launches/(?P<launch>[0-9a-f]{16})", LaunchHandler),

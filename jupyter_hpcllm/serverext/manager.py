@@ -12,20 +12,33 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+import typing
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .. import views
-from ..config.options import LaunchOptions
+from ..config.options import LaunchOptions, option_specs
 from ..config.profiles import load_profile, profile_names
-from ..errors import ConfigError, HpcllmError, JobNotFound, ServerNotReady
-from ..lifecycle import Cluster, JobState, LaunchHandle, Server, ServerInfo, cluster_for, walltime_warning
+from ..errors import ConfigError, HpcllmError, JobNotFound, LaunchCancelled, ServerNotReady
+from ..lifecycle import (
+    Cluster,
+    JobState,
+    LaunchHandle,
+    Progress,
+    Server,
+    ServerInfo,
+    cluster_for,
+    walltime_warning,
+)
 from .models import (
     LaunchModel,
     LogsModel,
     MetricsModel,
     ModelModel,
+    OptionModel,
+    ParserNamesModel,
     PlanModel,
     ProfileModel,
     ProfilesModel,
@@ -38,6 +51,30 @@ __all__ = ["LabManager"]
 METRICS_ATTACH_SECONDS = 5.0  # a running job's relay answers at once; a loading engine is "not ready" now
 WATCH_SECONDS = 600.0  # a job's metrics forward, unused this long, is closed
 LAUNCH_KEPT_SECONDS = 3600.0  # a launch that ended is forgotten after this
+# Seconds the old job serves after a renewal: the notebooks holding it check for a successor every 30 s
+# (`Server.follow_renewals`) and move to it within this.
+RENEW_GRACE_SECONDS = 75.0
+
+
+class _Task(Protocol):
+    """What the sidebar follows: a LaunchHandle, or a renewal."""
+
+    @property
+    def progress(self) -> Progress | None: ...
+    @property
+    def job_id(self) -> str | None: ...
+    def done(self) -> bool: ...
+    def exception(self) -> BaseException | None: ...
+    def cancelled(self) -> bool: ...
+    def stop(self) -> object: ...
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    profile: str
+    model: str
+    task: _Task
+    started: float
 
 
 class LabManager:
@@ -47,7 +84,7 @@ class LabManager:
     def __init__(self, clusters: Callable[[str], Cluster] | None = None, workers: int = 8) -> None:
         self._clusters = clusters or (lambda name: cluster_for(name))
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="hpcllm-lab")
-        self._launches: dict[str, tuple[str, LaunchHandle, float]] = {}  # id -> (profile, handle, started)
+        self._launches: dict[str, _Tracked] = {}  # launches and renewals, by id
         # (profile, job) -> (a Server without a lease, when last asked), and a lock per job for attaching
         self._watched: dict[tuple[str, str], tuple[Server, float]] = {}
         self._gates: dict[tuple[str, str], threading.Lock] = {}
@@ -59,9 +96,9 @@ class LabManager:
         with self._lock:
             launches, self._launches = list(self._launches.values()), {}
             watched, self._watched = list(self._watched.values()), {}
-        for _, handle, _ in launches:
-            if not handle.done():
-                handle.stop(timeout=30)
+        for tracked in launches:
+            if not tracked.task.done() and isinstance(tracked.task, LaunchHandle):
+                tracked.task.stop(timeout=30)  # (a renewal's successor is cancelled by its own failure)
         for server, _ in watched:
             server.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -87,6 +124,25 @@ class LabManager:
                 "defaults": {"time": profile.time, "cpus": profile.cpus, "mem": profile.mem,
                              "partition": profile.partition, "account": profile.account,
                              "idle_timeout": profile.idle_timeout}}
+
+    def options(self) -> list[OptionModel]:
+        """Every launch option a form offers, from their one definition (`config.options`)."""
+        return [{"name": name, "kind": _kind(hint), "help": spec.help, "group": spec.group,
+                 "choices": list(spec.choices) if spec.choices else None,
+                 "minimum": spec.minimum, "maximum": spec.maximum}
+                for name, hint, _, spec in option_specs()]
+
+    def parsers(self, profile: str | None, engine: str | None) -> ParserNamesModel:
+        """The parser names the engine's image registers, for a form's suggestions; if the image cannot
+        be asked, why (the automatic choice still works)."""
+        cluster = self.cluster(profile)
+        engine = engine or cluster.profile.default_engine
+        try:
+            names = cluster.parsers(engine)
+        except HpcllmError as error:
+            return {"engine": engine, "tool": [], "reasoning": [], "problem": str(error)}
+        return {"engine": engine, "tool": list(names.get("tool", ())), "reasoning": list(names.get("reasoning", ())),
+                "problem": None}
 
     def models(self, profile: str | None) -> list[ModelModel]:
         cluster = self.cluster(profile)
@@ -163,8 +219,8 @@ class LabManager:
         now = time.monotonic()
         with self._lock:
             idle = [(key, server) for key, (server, used) in self._watched.items() if now - used > WATCH_SECONDS]
-            self._launches = {launch_id: entry for launch_id, entry in self._launches.items()
-                              if not (entry[1].done() and now - entry[2] > LAUNCH_KEPT_SECONDS)}
+            self._launches = {launch_id: tracked for launch_id, tracked in self._launches.items()
+                              if not (tracked.task.done() and now - tracked.started > LAUNCH_KEPT_SECONDS)}
         for key, server in idle:
             self._forget(key, server)
 
@@ -186,20 +242,38 @@ class LabManager:
         cluster = self.cluster(profile).connect()
         handle = cluster.launch(chosen)
         handle.add_done_callback(_release_when_ready)
+        return self._track(profile, chosen.model, handle)
+
+    def renew(self, profile: str | None, job: str) -> LaunchModel:
+        """Start the renewal of a job near its time limit: a successor with the same plan and key; the
+        notebooks holding the job move to it, then the old job stops. Followed like a launch."""
+        cluster = self.cluster(profile)
+        info = cluster.status(job)
+        warning = walltime_warning(job, info.seconds_left, cluster.profile.walltime_warning)
+        if info.state is not JobState.RUNNING or warning is None:
+            left = views.time_left_text(info)
+            raise ConfigError(f"Job {job} is not near its time limit ({info.state.value}, {left}).",
+                              f"Renew is for the last {cluster.profile.walltime_warning:g} minutes of a running job "
+                              "(the profile's walltime_warning): the notebooks holding it watch for a successor "
+                              "then. To keep a server longer from the start, launch it with a longer time.")
+        return self._track(profile, info.model or job, _Renewal(cluster, job).start())
+
+    def _track(self, profile: str | None, model: str, task: _Task) -> LaunchModel:
         launch_id = secrets.token_hex(8)
         with self._lock:
-            self._launches[launch_id] = (profile or "", handle, time.monotonic())
+            self._launches[launch_id] = _Tracked(profile or "", model, task, time.monotonic())
         self._sweep()
         return self.progress(launch_id)
 
     def progress(self, launch_id: str) -> LaunchModel:
-        profile, handle, _ = self._launch(launch_id)
+        tracked = self._launch(launch_id)
+        handle = tracked.task
         progress = handle.progress
         error = handle.exception() if handle.done() else None
         stage = progress.stage.value if progress else "planning"
         if error is not None:
             stage = "cancelled" if handle.cancelled() else "failed"
-        return {"id": launch_id, "profile": profile, "model": handle.options.model, "job_id": handle.job_id,
+        return {"id": launch_id, "profile": tracked.profile, "model": tracked.model, "job_id": handle.job_id,
                 "stage": stage, "message": progress.message if progress else "Reading the model's facts …",
                 "elapsed": progress.elapsed if progress else 0.0, "node": progress.node if progress else None,
                 "reason": progress.reason if progress else None,
@@ -209,16 +283,85 @@ class LabManager:
                 "field": getattr(error, "field", None)}
 
     def cancel_launch(self, launch_id: str) -> LaunchModel:
-        _, handle, _ = self._launch(launch_id)
-        handle.stop()
+        self._launch(launch_id).task.stop()
         return self.progress(launch_id)
 
-    def _launch(self, launch_id: str) -> tuple[str, LaunchHandle, float]:
+    def _launch(self, launch_id: str) -> _Tracked:
         with self._lock:
             found = self._launches.get(launch_id)
         if found is None:
             raise JobNotFound(launch_id, "No launch of this Jupyter server has this id (it restarted?).")
         return found
+
+
+class _Renewal:
+    """A renewal in a thread of its own, followed like a launch (`Cluster.renew` over a Server that holds
+    no lease). stop() gives it up: the successor is cancelled and the old job keeps serving."""
+
+    def __init__(self, cluster: Cluster, job: str) -> None:
+        self._cluster, self._old = cluster, job
+        self._future: Future[str] = Future()
+        self._progress: Progress | None = None
+        self._server: Server | None = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> _Renewal:
+        threading.Thread(target=self._run, name=f"hpcllm-lab-renew-{self._old}", daemon=True).start()
+        return self
+
+    @property
+    def progress(self) -> Progress | None:
+        return self._progress
+
+    @property
+    def job_id(self) -> str | None:
+        """The successor, once submitted (the old job before)."""
+        progress = self._progress  # every step of a renewal is about the successor
+        return progress.job_id if progress is not None else self._old
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def exception(self) -> BaseException | None:
+        return self._future.exception() if self._future.done() else None
+
+    def cancelled(self) -> bool:
+        return self._stopped.is_set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            server = self._server
+        if server is not None:
+            server.close()  # renew() sees it closed once the successor answers, and cancels the successor
+
+    def _report(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def _run(self) -> None:
+        server: Server | None = None
+        try:
+            server = self._cluster.attach(self._old, timeout=60, hold=False)
+            with self._lock:
+                self._server = server
+            if self._stopped.is_set():
+                raise LaunchCancelled(f"The renewal of job {self._old} was stopped.")
+            self._cluster.renew(server, on_progress=self._report, grace=RENEW_GRACE_SECONDS)
+            self._future.set_result(server.job_id)
+        except BaseException as error:  # the old job keeps serving: say why in the sidebar
+            self._future.set_exception(error)
+        finally:
+            if server is not None:
+                server.close()
+
+
+def _kind(hint: Any) -> str:
+    """A launch option's type as a form takes it."""
+    base = next((arg for arg in typing.get_args(hint) if arg is not type(None)), hint)
+    if typing.get_origin(hint) is tuple:
+        return "arguments"
+    return {int: "integer", float: "number", bool: "boolean"}.get(base, "text")
 
 
 def _launch_body(body: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:

@@ -14,6 +14,8 @@ __all__ = [
     "LogsModel",
     "MetricsModel",
     "ModelModel",
+    "OptionModel",
+    "ParserNamesModel",
     "ParsersModel",
     "PlanModel",
     "ProfileModel",
@@ -56,6 +58,28 @@ class ProfileModel(TypedDict):
     gpu_types: list[GpuTypeModel]
     default_gpu_type: str | None
     defaults: DefaultsModel
+
+
+class OptionModel(TypedDict):
+    """GET /hpcllm/options: one launch option as a form offers it (from `config.options`, the one
+    definition every face is built from). kind: "text", "integer", "number", "boolean" or "arguments"."""
+
+    name: str
+    kind: str
+    help: str
+    group: str
+    choices: list[str] | None
+    minimum: float | None
+    maximum: float | None
+
+
+class ParserNamesModel(TypedDict):
+    """GET /hpcllm/parsers: the parser names the engine's image registers (or why they are not known)."""
+
+    engine: str
+    tool: list[str]
+    reasoning: list[str]
+    problem: str | None
 
 
 class ParsersModel(TypedDict):
@@ -137,7 +161,8 @@ class MetricsModel(TypedDict):
 
 
 class LaunchModel(TypedDict):
-    """POST /hpcllm/servers (202), GET and DELETE /hpcllm/launches/ID."""
+    """POST /hpcllm/servers (202), POST /hpcllm/servers/JOB/renew (202), GET and DELETE
+    /hpcllm/launches/ID: a launch, or a renewal (job_id: the successor once submitted)."""
 
     id: str
     profile: str

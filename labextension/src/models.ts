@@ -36,6 +36,28 @@ export interface ProfileModel {
   defaults: DefaultsModel;
 }
 
+/**
+ * GET /hpcllm/options: one launch option as a form offers it (the one definition every face is built
+ * from). kind: "text", "integer", "number", "boolean" or "arguments".
+ */
+export interface OptionModel {
+  name: string;
+  kind: string;
+  help: string;
+  group: string;
+  choices: string[] | null;
+  minimum: number | null;
+  maximum: number | null;
+}
+
+/** GET /hpcllm/parsers: the parser names the engine's image registers (or why they are not known). */
+export interface ParserNamesModel {
+  engine: string;
+  tool: string[];
+  reasoning: string[];
+  problem: string | null;
+}
+
 export interface ParsersModel {
   tool: string | null;
   reasoning: string | null;
@@ -108,7 +130,7 @@ export interface MetricsModel {
   rows: string[][];
 }
 
-/** POST /hpcllm/servers (202), GET and DELETE /hpcllm/launches/ID */
+/** POST /hpcllm/servers (202), POST /hpcllm/servers/JOB/renew (202), GET and DELETE /hpcllm/launches/ID */
 export interface LaunchModel {
   id: string;
   profile: string;

@@ -1,17 +1,37 @@
 /**
- * The "HPC LLM" sidebar: your servers on a profile, with their state, GPUs, time left, idle time and live
- * metrics; Stop, Logs, and "Insert client code". It polls the server extension while it is shown, backing
- * off while nothing changes, and stands by while hidden.
+ * The "HPC LLM" sidebar: for a profile, a launch form (folded away until asked for), the launches and
+ * renewals under way, and your servers with their state, GPUs, time left, idle time and live metrics;
+ * Stop, Logs, Renew near the time limit, and "Insert client code". It polls the server extension while it
+ * is shown, backing off while nothing changes, and stands by while hidden. JupyterLab notifications say
+ * when a server is ready, failed (with the diagnosis) or nears its time limit.
  */
+import { Notification } from '@jupyterlab/apputils';
 import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import { ApiError, requestAPI } from './api';
-import { clientCode, fingerprint, nextInterval, serverCard } from './logic';
-import type { LogsModel, MetricsModel, ProfilesModel, ServerModel, StoppedModel } from './models';
+import { element } from './dom';
+import { LaunchForm } from './launchform';
+import { clientCode, fingerprint, launchLine, newWarnings, nextInterval, serverCard } from './logic';
+import type {
+  LaunchModel,
+  MetricsModel,
+  OptionModel,
+  ProfileModel,
+  ProfilesModel,
+  ServerModel,
+  StoppedModel
+} from './models';
 
 export const MIN_INTERVAL = 10_000;
 export const MAX_INTERVAL = 120_000;
+export const LAUNCH_INTERVAL = 1_500;
+
+/** What the sidebar asks of JupyterLab (index.ts): a cell in the active notebook, a log in the main area. */
+export interface SidebarHooks {
+  insertCode(code: string): boolean;
+  openLogs(profile: string, server: ServerModel): void;
+}
 
 export class HpcllmSidebar extends Widget {
   readonly poll: Poll;
@@ -19,16 +39,27 @@ export class HpcllmSidebar extends Widget {
   private profile = '';
   private servers: ServerModel[] = [];
   private metrics = new Map<string, MetricsModel>();
-  private logs = new Map<string, string>();
+  private launches = new Map<string, LaunchModel>();
+  private warned = new Set<string>();
   private message = '';
   private seen = '';
   private interval = MIN_INTERVAL;
+  private options: OptionModel[] | null = null;
+  private form: LaunchForm | null = null;
+  private launchTimer: number | undefined;
+  private readonly header = element('div', 'jp-hpcllm-header');
+  private readonly formHost = element('div', 'jp-hpcllm-formhost');
+  private readonly formToggle = element('button', 'jp-mod-styled', 'New server…');
+  private readonly body = element('div', 'jp-hpcllm-body');
 
-  constructor(private readonly insertCode: (code: string) => boolean) {
+  constructor(private readonly hooks: SidebarHooks) {
     super();
     this.id = 'jp-hpcllm-sidebar';
     this.addClass('jp-hpcllm-sidebar');
     this.title.caption = 'HPC LLM: your model servers on the cluster';
+    this.formHost.hidden = true;
+    this.formToggle.onclick = () => void this.toggleForm();
+    this.node.append(this.header, this.formHost, this.body);
     this.poll = new Poll({
       factory: () => this.refresh(),
       frequency: { interval: MIN_INTERVAL, backoff: true, max: MAX_INTERVAL },
@@ -36,11 +67,19 @@ export class HpcllmSidebar extends Widget {
       standby: () => (this.isVisible ? 'when-hidden' : true),
       name: 'jupyter-hpcllm:servers'
     });
+    this.renderHeader();
     this.render();
+  }
+
+  /** Shown again: read at once (the poll stood by while hidden). */
+  protected onAfterShow(): void {
+    void this.poll.refresh();
   }
 
   dispose(): void {
     this.poll.dispose();
+    this.form?.dispose();
+    window.clearTimeout(this.launchTimer);
     super.dispose();
   }
 
@@ -51,23 +90,26 @@ export class HpcllmSidebar extends Widget {
         const known = await requestAPI<ProfilesModel>('profiles');
         this.profiles = known.profiles;
         this.profile = known.default;
+        this.renderHeader();
       }
-      const query = `?profile=${encodeURIComponent(this.profile)}`;
+      const query = this.query();
       this.servers = await requestAPI<ServerModel[]>(`servers${query}`);
       const running = this.servers.filter(s => s.state === 'RUNNING');
-      this.metrics.clear();
+      const metrics = new Map<string, MetricsModel>();
       await Promise.all(
         running.map(async s => {
           try {
-            this.metrics.set(s.job_id, await requestAPI<MetricsModel>(`servers/${s.job_id}/metrics${query}`));
+            metrics.set(s.job_id, await requestAPI<MetricsModel>(`servers/${s.job_id}/metrics${query}`));
           } catch {
             // still loading, or an older job: no numbers this time
           }
         })
       );
+      this.metrics = metrics;
       this.message = '';
+      this.warnNearWalltime();
     } catch (error) {
-      this.message = error instanceof ApiError ? error.message : String(error);
+      this.message = errorText(error);
     }
     const now = fingerprint(this.servers);
     this.interval = nextInterval(this.interval, now !== this.seen, MIN_INTERVAL, MAX_INTERVAL);
@@ -76,11 +118,106 @@ export class HpcllmSidebar extends Widget {
     this.render();
   }
 
+  /** Open the launch form (with these values, e.g. from a command) and plan them. */
+  async showForm(values: Record<string, string> = {}): Promise<void> {
+    if (!this.form) {
+      await this.toggleForm();
+    }
+    this.form?.fill(values);
+  }
+
+  private query(): string {
+    return `?profile=${encodeURIComponent(this.profile)}`;
+  }
+
+  private async toggleForm(): Promise<void> {
+    if (this.form) {
+      this.form.dispose();
+      this.form = null;
+      this.formHost.textContent = '';
+      this.formHost.hidden = true;
+      this.formToggle.textContent = 'New server…';
+      return;
+    }
+    try {
+      this.options ??= await requestAPI<OptionModel[]>('options');
+      if (!this.profile) {
+        await this.refresh();
+      }
+      const profile = await requestAPI<ProfileModel>(`profiles/${encodeURIComponent(this.profile)}`);
+      this.form = new LaunchForm(profile, this.options, launch => this.follow(launch));
+      this.formHost.appendChild(this.form.node);
+      this.formHost.hidden = false;
+      this.formToggle.textContent = 'Close the form';
+    } catch (error) {
+      this.message = errorText(error);
+      this.render();
+    }
+  }
+
+  /** Follow a launch or renewal until it ends; notify then. */
+  private follow(launch: LaunchModel): void {
+    this.launches.set(launch.id, launch);
+    this.render();
+    this.scheduleLaunches();
+  }
+
+  private scheduleLaunches(): void {
+    window.clearTimeout(this.launchTimer);
+    if ([...this.launches.values()].some(l => !l.done)) {
+      this.launchTimer = window.setTimeout(() => void this.readLaunches(), LAUNCH_INTERVAL);
+    }
+  }
+
+  private async readLaunches(): Promise<void> {
+    await Promise.all(
+      [...this.launches.values()].filter(l => !l.done).map(async before => {
+        let now: LaunchModel;
+        try {
+          now = await requestAPI<LaunchModel>(`launches/${before.id}`);
+        } catch (error) {
+          now = { ...before, done: true, stage: 'failed', error: errorText(error) };
+        }
+        this.launches.set(now.id, now);
+        if (now.done) {
+          this.announce(now);
+        }
+      })
+    );
+    this.render();
+    this.scheduleLaunches();
+  }
+
+  private announce(launch: LaunchModel): void {
+    const line = launchLine(launch);
+    if (line.outcome === 'ready') {
+      const server = { job_id: launch.job_id ?? '' } as ServerModel;
+      Notification.success(`${launch.model} is ready (job ${launch.job_id}).`, {
+        autoClose: 10_000,
+        actions: [{ label: 'Insert client code', callback: () => this.insert(server, launch.profile) }]
+      });
+      this.seen = '';
+      void this.poll.refresh();
+    } else if (line.outcome === 'failed') {
+      Notification.error(`${launch.model} did not start: ${launch.error}`, { autoClose: false });
+    }
+  }
+
+  private warnNearWalltime(): void {
+    for (const server of newWarnings(this.servers, this.warned)) {
+      this.warned.add(server.job_id);
+      Notification.warning(server.walltime_warning ?? '', {
+        autoClose: false,
+        actions: [{ label: 'Renew', callback: () => void this.renew(server) }]
+      });
+    }
+  }
+
   private async act(work: () => Promise<void>): Promise<void> {
     try {
       await work();
     } catch (error) {
-      this.message = error instanceof ApiError ? error.message : String(error);
+      this.message = errorText(error);
     }
     this.render();
     void this.poll.refresh();
@@ -88,33 +225,35 @@ export class HpcllmSidebar extends Widget {
 
   private stop(server: ServerModel): Promise<void> {
     return this.act(async () => {
-      const stopped = await requestAPI<StoppedModel>(
-        `servers/${server.job_id}?profile=${encodeURIComponent(this.profile)}`,
-        { method: 'DELETE' }
-      );
+      const stopped = await requestAPI<StoppedModel>(`servers/${server.job_id}${this.query()}`, { method: 'DELETE' });
       this.message = stopped.message;
     });
   }
 
-  private toggleLogs(server: ServerModel): Promise<void> {
+  private renew(server: ServerModel): Promise<void> {
     return this.act(async () => {
-      if (this.logs.has(server.job_id)) {
-        this.logs.delete(server.job_id);
-        return;
-      }
-      const logs = await requestAPI<LogsModel>(
-        `servers/${server.job_id}/logs?lines=40&profile=${encodeURIComponent(this.profile)}`
-      );
-      this.logs.set(server.job_id, logs.text);
+      this.follow(await requestAPI<LaunchModel>(`servers/${server.job_id}/renew${this.query()}`, { method: 'POST' }));
     });
   }
 
-  private render(): void {
-    const node = this.node;
-    node.textContent = '';
-    node.appendChild(element('h2', '', 'HPC LLM'));
+  private cancel(launch: LaunchModel): Promise<void> {
+    return this.act(async () => {
+      this.launches.set(launch.id, await requestAPI<LaunchModel>(`launches/${launch.id}`, { method: 'DELETE' }));
+    });
+  }
+
+  private insert(server: ServerModel, profile: string): void {
+    if (!this.hooks.insertCode(clientCode(server, profile))) {
+      this.message = 'Open a notebook first: the code goes into the active one.';
+      this.render();
+    }
+  }
+
+  private renderHeader(): void {
+    this.header.textContent = '';
+    this.header.appendChild(element('h2', '', 'HPC LLM'));
     if (this.profiles.length) {
-      const select = element('select', 'jp-hpcllm-profile');
+      const select = element('select', 'jp-hpcllm-profile jp-mod-styled');
       for (const name of this.profiles) {
         const option = select.appendChild(element('option', '', name));
         option.value = name;
@@ -123,9 +262,21 @@ export class HpcllmSidebar extends Widget {
       select.onchange = () => {
         this.profile = select.value;
         this.seen = '';
+        if (this.form) {
+          void this.toggleForm().then(() => this.toggleForm()); // the new profile's choices
+        }
         void this.poll.refresh();
       };
-      node.appendChild(select);
+      this.header.appendChild(select);
+    }
+    this.header.appendChild(this.formToggle);
+  }
+
+  private render(): void {
+    const node = this.body;
+    node.textContent = '';
+    for (const launch of this.launches.values()) {
+      node.appendChild(this.renderLaunch(launch));
     }
     if (this.message) {
       node.appendChild(element('p', 'jp-hpcllm-message', this.message));
@@ -138,10 +289,32 @@ export class HpcllmSidebar extends Widget {
     }
   }
 
+  private renderLaunch(launch: LaunchModel): HTMLElement {
+    const line = launchLine(launch);
+    const box = element('div', `jp-hpcllm-launch jp-hpcllm-${line.outcome}`);
+    box.dataset.launch = launch.id;
+    box.dataset.outcome = line.outcome;
+    box.appendChild(element('div', 'jp-hpcllm-facts', line.text));
+    if (line.outcome === 'running') {
+      const bar = box.appendChild(element('progress', ''));
+      if (line.fraction !== null) {
+        bar.value = line.fraction;
+      }
+      box.appendChild(element('button', 'jp-mod-styled', 'Cancel')).onclick = () => void this.cancel(launch);
+    } else {
+      box.appendChild(element('button', 'jp-mod-styled', 'Dismiss')).onclick = () => {
+        this.launches.delete(launch.id);
+        this.render();
+      };
+    }
+    return box;
+  }
+
   private renderServer(server: ServerModel): HTMLElement {
     const card = serverCard(server, this.metrics.get(server.job_id) ?? null);
     const box = element('div', 'jp-hpcllm-server');
     box.dataset.job = server.job_id;
+    box.dataset.state = server.state;
     box.appendChild(element('div', 'jp-hpcllm-title', card.title));
     for (const line of card.lines) {
       box.appendChild(element('div', 'jp-hpcllm-facts', line));
@@ -152,32 +325,19 @@ export class HpcllmSidebar extends Widget {
     const button = (label: string, action: () => void): void => {
       box.appendChild(element('button', 'jp-mod-styled', label)).onclick = action;
     };
+    const profile = this.profile;
     button('Stop', () => void this.stop(server));
-    button(this.logs.has(server.job_id) ? 'Hide log' : 'Logs', () => void this.toggleLogs(server));
-    if (server.state === 'RUNNING') {
-      button('Insert client code', () => {
-        if (!this.insertCode(clientCode(server, this.profile))) {
-          this.message = 'Open a notebook first: the code goes into the active one.';
-          this.render();
-        }
-      });
+    button('Logs', () => this.hooks.openLogs(profile, server));
+    if (card.renewable) {
+      button('Renew', () => void this.renew(server));
     }
-    const log = this.logs.get(server.job_id);
-    if (log !== undefined) {
-      box.appendChild(element('pre', 'jp-hpcllm-log', log));
+    if (server.state === 'RUNNING') {
+      button('Insert client code', () => this.insert(server, profile));
     }
     return box;
   }
 }
 
-/** A new element of the sidebar, with its class and text. */
-function element<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text = ''
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  node.textContent = text;
-  return node;
+function errorText(error: unknown): string {
+  return error instanceof ApiError ? error.message : String(error);
 }

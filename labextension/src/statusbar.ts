@@ -1,0 +1,99 @@
+/**
+ * The status bar item: the model server the current notebook's kernel talks to (model, job, time left).
+ * It asks the kernel silently (user_expressions; nothing is imported there that was not) when the
+ * notebook or its kernel changes, after each run, and every minute for the time left.
+ */
+import type { INotebookTracker } from '@jupyterlab/notebook';
+import type { Kernel } from '@jupyterlab/services';
+import { Signal } from '@lumino/signaling';
+import { Widget } from '@lumino/widgets';
+
+import { ATTACHED_EXPRESSION, parseAttached, statusText, type AttachedModel } from './logic';
+
+export const STATUS_INTERVAL = 60_000;
+
+export class KernelServerStatus extends Widget {
+  /** Emitted when the notebook's server (or the lack of one) may have changed: the status bar shows or hides. */
+  readonly activeChanged = new Signal<this, void>(this);
+  private attached: AttachedModel | null = null;
+  private askedAt = 0;
+  private kernel: Kernel.IKernelConnection | null = null;
+  private readonly timer: number;
+  private asking = 0;
+
+  constructor(private readonly notebooks: INotebookTracker) {
+    super();
+    this.addClass('jp-hpcllm-status');
+    this.node.title = 'The LLM server this notebook talks to (jupyter-hpcllm)';
+    notebooks.currentChanged.connect(this.follow, this);
+    this.follow();
+    this.timer = window.setInterval(() => void this.ask(), STATUS_INTERVAL);
+  }
+
+  get active(): boolean {
+    return this.attached !== null;
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+    this.notebooks.currentChanged.disconnect(this.follow, this);
+    this.kernel?.statusChanged.disconnect(this.kernelStatus, this);
+    Signal.clearData(this);
+    super.dispose();
+  }
+
+  /** The current notebook's kernel (and again when it restarts or changes). */
+  private follow(): void {
+    const context = this.notebooks.currentWidget?.sessionContext;
+    context?.kernelChanged.disconnect(this.follow, this);
+    context?.kernelChanged.connect(this.follow, this);
+    this.kernel?.statusChanged.disconnect(this.kernelStatus, this);
+    this.kernel = context?.session?.kernel ?? null;
+    this.kernel?.statusChanged.connect(this.kernelStatus, this);
+    void this.ask();
+  }
+
+  private kernelStatus(_: Kernel.IKernelConnection, status: Kernel.Status): void {
+    if (status === 'idle') {
+      void this.ask();
+    }
+  }
+
+  /** Ask the kernel, when it is idle (never queue behind a running cell). */
+  async ask(): Promise<void> {
+    const kernel = this.kernel;
+    const asked = ++this.asking;
+    let found: AttachedModel | null = null;
+    if (kernel && kernel.status === 'idle') {
+      try {
+        const reply = await kernel.requestExecute({
+          code: '',
+          silent: true,
+          store_history: false,
+          user_expressions: { hpcllm: ATTACHED_EXPRESSION }
+        }).done;
+        const content = reply.content as { status: string; user_expressions?: Record<string, any> };
+        const answer = content.user_expressions?.hpcllm;
+        found = answer?.status === 'ok' ? parseAttached(answer.data?.['text/plain']) : null;
+      } catch {
+        found = null; // the kernel went away, or is not Python
+      }
+    } else if (kernel && this.attached) {
+      found = this.attached; // busy: keep what it said
+    }
+    if (asked !== this.asking) {
+      return;
+    }
+    if (found !== this.attached) {
+      this.askedAt = Date.now();
+    }
+    this.attached = found;
+    this.render();
+  }
+
+  private render(): void {
+    const since = (Date.now() - this.askedAt) / 1000;
+    this.node.textContent = this.attached ? `HPC LLM: ${statusText(this.attached, since)}` : '';
+    this.activeChanged.emit();
+  }
+}
