@@ -271,10 +271,13 @@ class LabManager:
         progress = handle.progress
         error = handle.exception() if handle.done() else None
         stage = progress.stage.value if progress else "planning"
+        message = progress.message if progress else "Reading the model's facts …"
         if error is not None:
             stage = "cancelled" if handle.cancelled() else "failed"
+        elif handle.done() and progress is not None:  # (the address it names is this Jupyter server's own)
+            message = f"Ready on {progress.node}: “Insert client code” attaches a notebook to it."
         return {"id": launch_id, "profile": tracked.profile, "model": tracked.model, "job_id": handle.job_id,
-                "stage": stage, "message": progress.message if progress else "Reading the model's facts …",
+                "stage": stage, "message": message,
                 "elapsed": progress.elapsed if progress else 0.0, "node": progress.node if progress else None,
                 "reason": progress.reason if progress else None,
                 "expected_start": progress.expected_start if progress else None,

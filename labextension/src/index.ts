@@ -51,7 +51,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       if (!panel) {
         return false;
       }
-      NotebookActions.insertBelow(panel.content);
+      if (panel.content.activeCell?.model.sharedModel.getSource().trim() !== '') {
+        NotebookActions.insertBelow(panel.content); // (an empty active cell takes the code itself)
+      }
       panel.content.activeCell?.model.sharedModel.setSource(code);
       app.shell.activateById(panel.id);
       return true;

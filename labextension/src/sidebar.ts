@@ -41,7 +41,8 @@ export class HpcllmSidebar extends Widget {
   private metrics = new Map<string, MetricsModel>();
   private launches = new Map<string, LaunchModel>();
   private warned = new Set<string>();
-  private message = '';
+  private problem = ''; // why the last read failed (cleared by the next good one)
+  private notice = ''; // what the last action did (kept until the next action)
   private seen = '';
   private interval = MIN_INTERVAL;
   private options: OptionModel[] | null = null;
@@ -106,10 +107,10 @@ export class HpcllmSidebar extends Widget {
         })
       );
       this.metrics = metrics;
-      this.message = '';
+      this.problem = '';
       this.warnNearWalltime();
     } catch (error) {
-      this.message = errorText(error);
+      this.problem = errorText(error);
     }
     const now = fingerprint(this.servers);
     this.interval = nextInterval(this.interval, now !== this.seen, MIN_INTERVAL, MAX_INTERVAL);
@@ -145,12 +146,15 @@ export class HpcllmSidebar extends Widget {
         await this.refresh();
       }
       const profile = await requestAPI<ProfileModel>(`profiles/${encodeURIComponent(this.profile)}`);
-      this.form = new LaunchForm(profile, this.options, launch => this.follow(launch));
+      this.form = new LaunchForm(profile, this.options, launch => {
+        this.follow(launch);
+        void this.toggleForm(); // launched: the form folds away, the launch's progress shows
+      });
       this.formHost.appendChild(this.form.node);
       this.formHost.hidden = false;
       this.formToggle.textContent = 'Close the form';
     } catch (error) {
-      this.message = errorText(error);
+      this.notice = errorText(error);
       this.render();
     }
   }
@@ -214,10 +218,11 @@ export class HpcllmSidebar extends Widget {
   }
 
   private async act(work: () => Promise<void>): Promise<void> {
+    this.notice = '';
     try {
       await work();
     } catch (error) {
-      this.message = errorText(error);
+      this.notice = errorText(error);
     }
     this.render();
     void this.poll.refresh();
@@ -226,7 +231,7 @@ export class HpcllmSidebar extends Widget {
   private stop(server: ServerModel): Promise<void> {
     return this.act(async () => {
       const stopped = await requestAPI<StoppedModel>(`servers/${server.job_id}${this.query()}`, { method: 'DELETE' });
-      this.message = stopped.message;
+      this.notice = stopped.message;
     });
   }
 
@@ -244,7 +249,7 @@ export class HpcllmSidebar extends Widget {
 
   private insert(server: ServerModel, profile: string): void {
     if (!this.hooks.insertCode(clientCode(server, profile))) {
-      this.message = 'Open a notebook first: the code goes into the active one.';
+      this.notice = 'Open a notebook first: the code goes into the active one.';
       this.render();
     }
   }
@@ -278,8 +283,8 @@ export class HpcllmSidebar extends Widget {
     for (const launch of this.launches.values()) {
       node.appendChild(this.renderLaunch(launch));
     }
-    if (this.message) {
-      node.appendChild(element('p', 'jp-hpcllm-message', this.message));
+    for (const text of [this.notice, this.problem].filter(Boolean)) {
+      node.appendChild(element('p', 'jp-hpcllm-message', text));
     }
     if (!this.servers.length) {
       node.appendChild(element('p', 'jp-hpcllm-empty', 'No servers of yours on this profile.'));

@@ -1,10 +1,10 @@
 /**
  * The status bar item: the model server the current notebook's kernel talks to (model, job, time left).
  * It asks the kernel silently (user_expressions; nothing is imported there that was not) when the
- * notebook or its kernel changes, after each run, and every minute for the time left.
+ * notebook or its kernel changes, after each cell run, and every minute for the time left.
  */
 import type { INotebookTracker } from '@jupyterlab/notebook';
-import type { Kernel } from '@jupyterlab/services';
+import type { Kernel, KernelMessage } from '@jupyterlab/services';
 import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
@@ -20,6 +20,7 @@ export class KernelServerStatus extends Widget {
   private kernel: Kernel.IKernelConnection | null = null;
   private readonly timer: number;
   private asking = 0;
+  private cellRan = false;
 
   constructor(private readonly notebooks: INotebookTracker) {
     super();
@@ -38,6 +39,7 @@ export class KernelServerStatus extends Widget {
     window.clearInterval(this.timer);
     this.notebooks.currentChanged.disconnect(this.follow, this);
     this.kernel?.statusChanged.disconnect(this.kernelStatus, this);
+    this.kernel?.iopubMessage.disconnect(this.kernelMessage, this);
     Signal.clearData(this);
     super.dispose();
   }
@@ -48,13 +50,24 @@ export class KernelServerStatus extends Widget {
     context?.kernelChanged.disconnect(this.follow, this);
     context?.kernelChanged.connect(this.follow, this);
     this.kernel?.statusChanged.disconnect(this.kernelStatus, this);
+    this.kernel?.iopubMessage.disconnect(this.kernelMessage, this);
     this.kernel = context?.session?.kernel ?? null;
     this.kernel?.statusChanged.connect(this.kernelStatus, this);
+    this.kernel?.iopubMessage.connect(this.kernelMessage, this);
     void this.ask();
   }
 
+  /** A cell ran (its execute_input; a silent request, such as this item's own, has none). */
+  private kernelMessage(_: Kernel.IKernelConnection, message: KernelMessage.IIOPubMessage): void {
+    if (message.header.msg_type === 'execute_input') {
+      this.cellRan = true;
+    }
+  }
+
+  /** Idle after a cell ran: ask (never after this item's own request, which would ask forever). */
   private kernelStatus(_: Kernel.IKernelConnection, status: Kernel.Status): void {
-    if (status === 'idle') {
+    if (status === 'idle' && this.cellRan) {
+      this.cellRan = false;
       void this.ask();
     }
   }

@@ -383,6 +383,13 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128
     engine: Engine
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hung up mid-answer (a probe, a closed forward) is not an error to log: uvicorn, under
+        vLLM and SGLang, logs nothing then. Anything else is, with its traceback, as before."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
 
 def message_text(message: dict) -> str:
     content = message.get("content") or ""
