@@ -138,15 +138,19 @@ def test_renew_and_the_walltime_warning_in_the_notebook(shell, capsys, fake):
     shell.run_line_magic("hpcllm", "down")
 
 
-def test_the_notebook_follows_a_renewal_made_elsewhere_and_tells_the_status_bar(shell, capsys, fake):
-    """The lab sidebar's Renew (another renewer) starts a successor: the notebook's `client` moves to it.
-    `attached()` is what the JupyterLab status bar asks the kernel."""
+def test_the_notebook_follows_a_renewal_made_elsewhere_and_tells_the_status_bar(shell, capsys, fake, monkeypatch):
+    """The lab sidebar's Renew (another renewer) starts a successor: the notebook's `client` moves to it,
+    and a successor that failed before does not stop it from following the next one. `attached()` is what
+    the JupyterLab status bar asks the kernel."""
     import json
     import threading
     import time
 
+    from jupyter_hpcllm.edge.fake import Outcome
+    from jupyter_hpcllm.errors import HpcllmError
     from jupyter_hpcllm.notebook.session import attached
 
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.server.FOLLOW_EVERY", 0.05)
     assert attached() is None
     shell.run_line_magic("hpcllm", "up Qwen3-8B --profile ebi")
     client, magics = shell.user_ns["client"], shell.magics_manager.registry["HpcllmMagics"]
@@ -154,16 +158,23 @@ def test_the_notebook_follows_a_renewal_made_elsewhere_and_tells_the_status_bar(
     said = json.loads(repr(attached()))
     assert said["job_id"] == server.job_id == "1000" and said["model"] == "Qwen3-8B" and said["profile"] == "ebi"
     assert 0 < said["seconds_left"] <= 4 * 3600
-    assert "hpcllm-follow-1000" in {thread.name for thread in threading.enumerate()}  # started by adopt
-    server._ends_at = time.time() + 5 * 60  # five minutes left: the follower now checks for a successor
-    server.follow_renewals(check_every=0.05)  # (as the one adopt started does, every 30 s)
-    elsewhere = server.cluster.attach("1000", hold=False)
-    server.cluster.renew(elsewhere, grace=0.5)  # another renewer: the sidebar
+    assert server._following  # started by adopt
+    followers = [t.name for t in threading.enumerate()].count("hpcllm-follow-1000")
+    server.follow_renewals()  # asked again (another face adopts it): still one follower
+    assert [t.name for t in threading.enumerate()].count("hpcllm-follow-1000") == followers
+
+    elsewhere = server.cluster.attach("1000", hold=False)  # another renewer: the sidebar
+    fake.outcome = Outcome(exit_code=1, log="torch.OutOfMemoryError: CUDA out of memory.")
+    with pytest.raises(HpcllmError):
+        server.cluster.renew(elsewhere, grace=0.5)  # its successor 1001 fails and is cancelled
+    assert fake.jobs["1001"].state.startswith(("FAILED", "CANCELLED")) and server.job_id == "1000"
+    fake.outcome = Outcome()
+    server.cluster.renew(elsewhere, grace=0.5)  # the next one serves
     elsewhere.close()
     deadline = time.monotonic() + 10
     while server.job_id == "1000" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert server.job_id == "1001" and json.loads(repr(attached()))["job_id"] == "1001"
+    assert server.job_id == "1002" and json.loads(repr(attached()))["job_id"] == "1002"
     answer = client.chat.completions.create(model="Qwen3-8B", messages=[{"role": "user", "content": "moved"}])
     assert answer.choices[0].message.content == "Echo: moved"  # through the successor: the old job ended
     assert fake.jobs["1000"].state.startswith("CANCELLED")

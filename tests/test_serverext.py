@@ -250,13 +250,15 @@ async def test_options_and_parser_names_for_the_form(fake, jp_fetch):
     status, names = await fetch(jp_fetch, "hpcllm", "parsers", profile="ebi", engine="sglang")
     assert status == 200 and names["engine"] == "sglang" and names["problem"] is None
     assert "qwen25" in names["tool"] and "qwen3" in names["reasoning"]
+    status, wrong = await fetch(jp_fetch, "hpcllm", "parsers", profile="ebi", engine="ollama")
+    assert status == 422 and wrong["field"] == "engine" and "vllm, sglang" in wrong["error"]
     fake.drop("stat -L", times=10)  # the image cannot be asked: why, and no names (automatic still works)
     status, unknown = await fetch(jp_fetch, "hpcllm", "parsers", profile="ebi", engine="vllm")
     assert status == 200 and unknown["tool"] == [] and unknown["problem"], unknown
 
 
 async def test_renew_near_the_time_limit_moves_to_a_successor(fake, jp_fetch, monkeypatch):
-    monkeypatch.setattr(manager_module, "RENEW_GRACE_SECONDS", 0.05)
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.cluster.RENEW_GRACE_SECONDS", 0.05)
     status, launch = await fetch(jp_fetch, "hpcllm", "servers", method="POST",
                                  body={"profile": "ebi", "options": {"model": "Qwen3-8B", "time": "1:00:00"}})
     old = (await until(jp_fetch, launch["id"], lambda p: p["done"]))["job_id"]

@@ -34,7 +34,8 @@ from .checks import (
     check_time,
 )
 
-__all__ = ["ENGINES", "LaunchOptions", "OptionSpec", "add_arguments", "option_specs", "split_engine_args"]
+__all__ = ["ENGINES", "LaunchOptions", "OptionSpec", "add_arguments", "option_kind", "option_specs",
+           "split_engine_args"]
 
 from .profiles import ENGINES
 
@@ -180,6 +181,14 @@ def option_specs() -> list[tuple[str, type | Any, Any, OptionSpec]]:
     hints = _hints()
     return [(item.name, hints[item.name], None if item.default is MISSING else item.default,
              item.metadata["spec"]) for item in fields(LaunchOptions)]
+
+
+def option_kind(hint: Any) -> str:
+    """How a form takes an option of this type: "text", "integer", "number", "boolean" or "arguments"."""
+    base = _base_type(hint)
+    if base is tuple:
+        return "arguments"
+    return {int: "integer", float: "number", bool: "boolean"}.get(base, "text")
 
 
 def add_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...] = ("job",)) -> None:

@@ -6,6 +6,7 @@ from .cluster import Cluster
 from .handle import LaunchHandle
 from .metrics import EngineMetrics
 from .progress import Progress, ProgressCallback, Stage
+from .renewal import Renewal
 from .server import Server, ServerInfo
 from .shared import attach, cancel, cluster_for, launch, list_servers, up
 from .walltime import walltime_warning
@@ -17,6 +18,7 @@ __all__ = [
     "LaunchHandle",
     "Progress",
     "ProgressCallback",
+    "Renewal",
     "Server",
     "ServerInfo",
     "Stage",

@@ -71,6 +71,12 @@ def _options(model: str | LaunchOptions, options: dict[str, Any]) -> LaunchOptio
     return LaunchOptions.from_mapping({"model": model, **options})
 
 
+# Seconds the old job still serves after a renewal moved its renewer: requests in flight finish, and the
+# job's other holders (other notebooks, `hpcllm forward`, the renewer's own), who look for a successor every
+# FOLLOW_EVERY seconds (`Server.follow_renewals`), move to it.
+RENEW_GRACE_SECONDS = 45.0
+
+
 class Cluster:
     """One cluster, as a profile describes it, reached through one transport."""
 
@@ -263,12 +269,14 @@ class Cluster:
     # -- outliving the walltime ------------------------------------------------------------------------
 
     def renew(self, server: Server, *, on_progress: ProgressCallback | None = None, timeout: float | None = None,
-              grace: float = 10.0) -> Server:
+              grace: float | None = None) -> Server:
         """Before the job's time limit ends: start a successor job with the same plan and key, and once it
         answers, move the server's forward to it (the local URL, the key and every client made from them
-        keep working) and cancel the old job after `grace` seconds for requests still in flight. If the
-        successor fails, it is cancelled and the old job keeps serving. One successor per job: a second
+        keep working) and cancel the old job after `grace` seconds (default RENEW_GRACE_SECONDS: requests
+        in flight finish, and the other holders of the job, who look every FOLLOW_EVERY seconds, move). If
+        the successor fails, it is cancelled and the old job keeps serving. One successor per job: a second
         renewer (another notebook holding the same job) follows the first one's successor instead."""
+        grace = RENEW_GRACE_SECONDS if grace is None else grace
         old = server.job_id
         report = on_progress or (lambda _: None)
         started = self._clock()
@@ -276,12 +284,7 @@ class Cluster:
         row = self._probe(old).row
         wait_for = timeout if timeout is not None else default_wait(row.time_left if row else None)
         if claimed is not None:  # another renewer's successor: follow it, the other renewer ends the old job
-            report(Progress(Stage.REUSED, claimed, f"Job {old} is being renewed already, as job {claimed}.", 0.0))
-            successor = self.wait(claimed, report=report, submitted=False, sleep=self._sleep, started=started,
-                                  timeout=wait_for, hold=False)
-            successor.close()
-            server.retarget(claimed, successor.node, successor.port, successor.seconds_left)
-            return server
+            return self.follow(server, claimed, on_progress=report, timeout=wait_for)
         new = ""
         try:
             script = self._read(job_script_command(old), check=False).stdout
@@ -313,6 +316,33 @@ class Cluster:
         finally:
             self.cancel_quietly(old)
         return server
+
+    def follow(self, server: Server, successor: str, *, on_progress: ProgressCallback | None = None,
+               timeout: float | None = None) -> Server:
+        """Move `server` to the successor another renewer started for its job, once it answers with the same
+        key. Never claims a renewal nor submits: the renewer that started the successor stops the old job (and
+        cancels the successor if it fails, which then fails this wait: the server stays where it is)."""
+        old = server.job_id
+        report = on_progress or (lambda _: None)
+        report(Progress(Stage.REUSED, successor, f"Job {old} is being renewed, as job {successor}.", 0.0))
+        moved = self.wait(check_job_id(successor), report=report, submitted=False, sleep=self._sleep,
+                          started=self._clock(), timeout=3600.0 if timeout is None else timeout, hold=False)
+        moved.close()  # its own forward: the server's moves instead
+        if moved.api_key != server.api_key:
+            raise SubmitError(f"job {successor} did not take over the API key of job {old}",
+                              f"The server stays on job {old}.")
+        if server.closed:
+            raise LaunchCancelled(f"The server of job {old} was closed while it waited for job {successor}.")
+        if server.job_id == old:  # (a renewal in this process may have moved it meanwhile)
+            server.retarget(successor, moved.node, moved.port, moved.seconds_left)
+        return server
+
+    def give_up_renewal(self, job_id: str, successor: str | None) -> None:
+        """Stop a renewal from outside its thread: cancel the successor (if one was submitted) and drop the
+        record, so the renewal's own wait and every holder's wait for it fail at once; the old job serves."""
+        if successor is not None and successor != job_id:
+            self.cancel_quietly(successor, fresh=True)
+        self._quietly(renewal_command(job_id, ""))
 
     def successor(self, job_id: str) -> str | None:
         """The job another renewer started to take over from this one (None: no renewal under way)."""

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["Server", "ServerInfo", "describe_idle"]
 
 _log = logging.getLogger(__name__)
+FOLLOW_EVERY = 30.0  # seconds between a holder's looks for a successor (see Cluster.renew's grace)
 
 
 def describe_idle(activity: dict[str, object] | None, now: float | None) -> str | None:
@@ -120,6 +121,7 @@ class Server:
         self._lease = Lease(lambda: self._forward.address, api_key).start() if hold else None
         self._closed = threading.Event()
         self._renewing = False  # renew_automatically runs: it follows another renewer's successor itself
+        self._following = False  # follow_renewals runs
         self._last_metrics: EngineMetrics | None = None  # the reading before, for vLLM's tokens per second
         self._metrics_lock = threading.Lock()
 
@@ -224,10 +226,10 @@ class Server:
     def renew_automatically(self, lead_minutes: float | None = None, *, check_every: float = 30.0) -> None:
         """From a thread of its own: when less than `lead_minutes` (default: the profile's walltime_warning,
         at least 5) of the job's time limit remain, `Cluster.renew` it, so this server outlives its
-        walltime (what `up --renew` asks). Stops when the server is closed; a failed renewal is logged and
-        the old job serves until its end."""
+        walltime (what `up --renew` asks). Stops when the server is closed. A failed renewal is logged and
+        not tried again (each try would hold GPUs for a successor): the old job serves until its end, and
+        `follow_renewals` takes over watching for someone else's renewal."""
         lead = max(5.0, self.profile.walltime_warning) if lead_minutes is None else lead_minutes
-
         self._renewing = True
 
         def watch() -> None:
@@ -238,28 +240,44 @@ class Server:
                         self.cluster.renew(self)
                     except Exception:  # the old job keeps serving; the walltime warning still shows
                         _log.exception("renewing job %s failed", self.job_id)
+                        self._renewing = False
                         return
 
         threading.Thread(target=watch, name=f"hpcllm-renew-{self.job_id}", daemon=True).start()
 
-    def follow_renewals(self, lead_minutes: float | None = None, *, check_every: float = 30.0) -> None:
-        """From a thread of its own: when less than `lead_minutes` of the job's time limit remain and
-        someone else renewed the job (the lab sidebar's Renew, another notebook's `%hpcllm renew`), move
-        to the successor once it answers, so the clients made from this server keep working. Stops when
-        the server is closed or renews itself (`renew_automatically` follows on its own)."""
-        lead = max(5.0, self.profile.walltime_warning) if lead_minutes is None else lead_minutes
+    def follow_renewals(self, *, check_every: float | None = None) -> None:
+        """From a thread of its own (one per server however often asked): look every `check_every` seconds
+        (default FOLLOW_EVERY) for a successor someone else started for the job (the lab sidebar's Renew,
+        another notebook's `%hpcllm renew`), and move to it once it answers, so the clients made from this
+        server keep working. A successor that fails is not tried again. Stops when the server is closed or
+        when the job reached its time limit with no successor; pauses while `renew_automatically` renews
+        (it follows another renewer by itself)."""
+        with self._metrics_lock:
+            if self._following:
+                return
+            self._following = True
+        failed: set[str] = set()
+        every = FOLLOW_EVERY if check_every is None else check_every
 
         def watch() -> None:
-            while not self._closed.wait(check_every) and not self._renewing:
-                left = self.seconds_left
-                if left is None or left >= lead * 60:
+            pause = every
+            while not self._closed.wait(pause):
+                if self._renewing:
                     continue
+                successor: str | None = None
                 try:
-                    if self.cluster.successor(self.job_id):
-                        self.cluster.renew(self)  # the claim is taken: this follows the successor
-                except Exception:  # the old job serves until its end; the walltime warning still shows
-                    _log.exception("following the renewal of job %s failed", self.job_id)
-                    return
+                    successor = self.cluster.successor(self.job_id)
+                    if successor is None and self.seconds_left == 0:
+                        return  # the job ended at its time limit, unrenewed: nothing left to follow
+                    if successor is not None and successor != self.job_id and successor not in failed:
+                        self.cluster.follow(self, successor)
+                    pause = every
+                except Exception as error:  # this server stays where it is; the next look may do better
+                    if successor is not None:
+                        failed.add(successor)
+                    pause = min(10 * every, 2 * pause)  # (the login node may be unreachable for a while)
+                    # Debug, not warning: a warning from this thread would land in whatever cell runs.
+                    _log.debug("following the renewal of job %s failed: %s", self.job_id, error)
 
         threading.Thread(target=watch, name=f"hpcllm-follow-{self.job_id}", daemon=True).start()
 

@@ -12,21 +12,21 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-import typing
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import views
-from ..config.options import LaunchOptions, option_specs
+from ..config.options import ENGINES, LaunchOptions, option_kind, option_specs
 from ..config.profiles import load_profile, profile_names
-from ..errors import ConfigError, HpcllmError, JobNotFound, LaunchCancelled, ServerNotReady
+from ..errors import ConfigError, HpcllmError, InvalidOption, JobNotFound, ServerNotReady
 from ..lifecycle import (
     Cluster,
     JobState,
     LaunchHandle,
     Progress,
+    Renewal,
     Server,
     ServerInfo,
     cluster_for,
@@ -51,9 +51,6 @@ __all__ = ["LabManager"]
 METRICS_ATTACH_SECONDS = 5.0  # a running job's relay answers at once; a loading engine is "not ready" now
 WATCH_SECONDS = 600.0  # a job's metrics forward, unused this long, is closed
 LAUNCH_KEPT_SECONDS = 3600.0  # a launch that ended is forgotten after this
-# Seconds the old job serves after a renewal: the notebooks holding it check for a successor every 30 s
-# (`Server.follow_renewals`) and move to it within this.
-RENEW_GRACE_SECONDS = 75.0
 
 
 class _Task(Protocol):
@@ -97,8 +94,10 @@ class LabManager:
             launches, self._launches = list(self._launches.values()), {}
             watched, self._watched = list(self._watched.values()), {}
         for tracked in launches:
-            if not tracked.task.done() and isinstance(tracked.task, LaunchHandle):
-                tracked.task.stop(timeout=30)  # (a renewal's successor is cancelled by its own failure)
+            if isinstance(tracked.task, LaunchHandle) and not tracked.task.done():
+                tracked.task.stop(timeout=30)
+            elif not tracked.task.done():
+                tracked.task.stop()  # a renewal: its successor is cancelled unless it serves already
         for server, _ in watched:
             server.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -127,7 +126,7 @@ class LabManager:
 
     def options(self) -> list[OptionModel]:
         """Every launch option a form offers, from their one definition (`config.options`)."""
-        return [{"name": name, "kind": _kind(hint), "help": spec.help, "group": spec.group,
+        return [{"name": name, "kind": option_kind(hint), "help": spec.help, "group": spec.group,
                  "choices": list(spec.choices) if spec.choices else None,
                  "minimum": spec.minimum, "maximum": spec.maximum}
                 for name, hint, _, spec in option_specs()]
@@ -137,6 +136,8 @@ class LabManager:
         be asked, why (the automatic choice still works)."""
         cluster = self.cluster(profile)
         engine = engine or cluster.profile.default_engine
+        if engine not in ENGINES:
+            raise InvalidOption("engine", f"{engine!r} is not an engine.", f"Use one of: {', '.join(ENGINES)}.")
         try:
             names = cluster.parsers(engine)
         except HpcllmError as error:
@@ -256,7 +257,7 @@ class LabManager:
                               f"Renew is for the last {cluster.profile.walltime_warning:g} minutes of a running job "
                               "(the profile's walltime_warning): the notebooks holding it watch for a successor "
                               "then. To keep a server longer from the start, launch it with a longer time.")
-        return self._track(profile, info.model or job, _Renewal(cluster, job).start())
+        return self._track(profile, info.model or job, Renewal(cluster, job).start())
 
     def _track(self, profile: str | None, model: str, task: _Task) -> LaunchModel:
         launch_id = secrets.token_hex(8)
@@ -271,7 +272,8 @@ class LabManager:
         progress = handle.progress
         error = handle.exception() if handle.done() else None
         stage = progress.stage.value if progress else "planning"
-        message = progress.message if progress else "Reading the model's facts …"
+        starting = "Starting the renewal …" if isinstance(handle, Renewal) else "Reading the model's facts …"
+        message = progress.message if progress else starting
         if error is not None:
             stage = "cancelled" if handle.cancelled() else "failed"
         elif handle.done() and progress is not None:  # (the address it names is this Jupyter server's own)
@@ -295,76 +297,6 @@ class LabManager:
         if found is None:
             raise JobNotFound(launch_id, "No launch of this Jupyter server has this id (it restarted?).")
         return found
-
-
-class _Renewal:
-    """A renewal in a thread of its own, followed like a launch (`Cluster.renew` over a Server that holds
-    no lease). stop() gives it up: the successor is cancelled and the old job keeps serving."""
-
-    def __init__(self, cluster: Cluster, job: str) -> None:
-        self._cluster, self._old = cluster, job
-        self._future: Future[str] = Future()
-        self._progress: Progress | None = None
-        self._server: Server | None = None
-        self._stopped = threading.Event()
-        self._lock = threading.Lock()
-
-    def start(self) -> _Renewal:
-        threading.Thread(target=self._run, name=f"hpcllm-lab-renew-{self._old}", daemon=True).start()
-        return self
-
-    @property
-    def progress(self) -> Progress | None:
-        return self._progress
-
-    @property
-    def job_id(self) -> str | None:
-        """The successor, once submitted (the old job before)."""
-        progress = self._progress  # every step of a renewal is about the successor
-        return progress.job_id if progress is not None else self._old
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def exception(self) -> BaseException | None:
-        return self._future.exception() if self._future.done() else None
-
-    def cancelled(self) -> bool:
-        return self._stopped.is_set()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        with self._lock:
-            server = self._server
-        if server is not None:
-            server.close()  # renew() sees it closed once the successor answers, and cancels the successor
-
-    def _report(self, progress: Progress) -> None:
-        self._progress = progress
-
-    def _run(self) -> None:
-        server: Server | None = None
-        try:
-            server = self._cluster.attach(self._old, timeout=60, hold=False)
-            with self._lock:
-                self._server = server
-            if self._stopped.is_set():
-                raise LaunchCancelled(f"The renewal of job {self._old} was stopped.")
-            self._cluster.renew(server, on_progress=self._report, grace=RENEW_GRACE_SECONDS)
-            self._future.set_result(server.job_id)
-        except BaseException as error:  # the old job keeps serving: say why in the sidebar
-            self._future.set_exception(error)
-        finally:
-            if server is not None:
-                server.close()
-
-
-def _kind(hint: Any) -> str:
-    """A launch option's type as a form takes it."""
-    base = next((arg for arg in typing.get_args(hint) if arg is not type(None)), hint)
-    if typing.get_origin(hint) is tuple:
-        return "arguments"
-    return {int: "integer", float: "number", bool: "boolean"}.get(base, "text")
 
 
 def _launch_body(body: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:

@@ -29,6 +29,7 @@ export class LaunchForm {
   private timer: number | undefined;
   private asked = 0; // the latest plan request: an older answer arriving late is dropped
   private engine = ''; // the engine whose parser names the lists hold
+  private launching = false; // a launch request is on its way: one per click
 
   constructor(
     private readonly profile: ProfileModel,
@@ -191,6 +192,7 @@ export class LaunchForm {
       void this.loadParsers();
     }
     this.launchButton.disabled = true; // until the plan of these values says it can run
+    this.asked++; // a plan of earlier values arriving now is not these values' plan
     window.clearTimeout(this.timer);
     this.timer = window.setTimeout(() => void this.replan(), REPLAN_DELAY);
   }
@@ -233,10 +235,11 @@ export class LaunchForm {
     }
     this.scriptNode.textContent = plan.script ?? '';
     this.scriptButton.disabled = !plan.script;
-    this.launchButton.disabled = !plan.ok;
+    this.launchButton.disabled = !plan.ok || this.launching;
   }
 
   private async launch(): Promise<void> {
+    this.launching = true;
     this.launchButton.disabled = true;
     try {
       const body = JSON.stringify({ profile: this.profile.name, options: formOptions(this.values()) });
@@ -247,6 +250,7 @@ export class LaunchForm {
         this.inputs.get(error.field)?.classList.add('jp-hpcllm-invalid');
       }
     }
+    this.launching = false;
     this.launchButton.disabled = !this.plan?.ok;
   }
 }

@@ -130,7 +130,10 @@ export interface MetricsModel {
   rows: string[][];
 }
 
-/** POST /hpcllm/servers (202), POST /hpcllm/servers/JOB/renew (202), GET and DELETE /hpcllm/launches/ID */
+/**
+ * POST /hpcllm/servers (202), POST /hpcllm/servers/JOB/renew (202), GET and DELETE /hpcllm/launches/ID: a
+ * launch, or a renewal (job_id: the successor once submitted).
+ */
 export interface LaunchModel {
   id: string;
   profile: string;

@@ -47,7 +47,12 @@ export class HpcllmSidebar extends Widget {
   private interval = MIN_INTERVAL;
   private options: OptionModel[] | null = null;
   private form: LaunchForm | null = null;
+  private formWanted = false; // "New server…" was clicked and the form not closed since
+  private formRequest = 0; // the latest opening of the form: an older one finishing late is dropped
   private launchTimer: number | undefined;
+  private readingLaunches = false;
+  private busy = new Set<string>();
+  private renewals = new Map<string, string>(); // job -> the id of its renewal started here // actions on their way ("stop:JOB", "renew:JOB"): their buttons wait
   private readonly header = element('div', 'jp-hpcllm-header');
   private readonly formHost = element('div', 'jp-hpcllm-formhost');
   private readonly formToggle = element('button', 'jp-mod-styled', 'New server…');
@@ -59,7 +64,7 @@ export class HpcllmSidebar extends Widget {
     this.addClass('jp-hpcllm-sidebar');
     this.title.caption = 'HPC LLM: your model servers on the cluster';
     this.formHost.hidden = true;
-    this.formToggle.onclick = () => void this.toggleForm();
+    this.formToggle.onclick = () => void (this.formWanted ? this.closeForm() : this.openForm());
     this.node.append(this.header, this.formHost, this.body);
     this.poll = new Poll({
       factory: () => this.refresh(),
@@ -93,9 +98,10 @@ export class HpcllmSidebar extends Widget {
         this.profile = known.default;
         this.renderHeader();
       }
-      const query = this.query();
-      this.servers = await requestAPI<ServerModel[]>(`servers${query}`);
-      const running = this.servers.filter(s => s.state === 'RUNNING');
+      const profile = this.profile;
+      const query = this.query(profile);
+      const servers = await requestAPI<ServerModel[]>(`servers${query}`);
+      const running = servers.filter(s => s.state === 'RUNNING');
       const metrics = new Map<string, MetricsModel>();
       await Promise.all(
         running.map(async s => {
@@ -106,9 +112,13 @@ export class HpcllmSidebar extends Widget {
           }
         })
       );
+      if (profile !== this.profile) {
+        return; // another profile was chosen meanwhile: its own read shows its servers
+      }
+      this.servers = servers;
       this.metrics = metrics;
       this.problem = '';
-      this.warnNearWalltime();
+      this.warnNearWalltime(profile);
     } catch (error) {
       this.problem = errorText(error);
     }
@@ -122,72 +132,99 @@ export class HpcllmSidebar extends Widget {
   /** Open the launch form (with these values, e.g. from a command) and plan them. */
   async showForm(values: Record<string, string> = {}): Promise<void> {
     if (!this.form) {
-      await this.toggleForm();
+      await this.openForm();
     }
     this.form?.fill(values);
   }
 
-  private query(): string {
-    return `?profile=${encodeURIComponent(this.profile)}`;
+  private query(profile = this.profile): string {
+    return `?profile=${encodeURIComponent(profile)}`;
   }
 
-  private async toggleForm(): Promise<void> {
-    if (this.form) {
-      this.form.dispose();
-      this.form = null;
-      this.formHost.textContent = '';
-      this.formHost.hidden = true;
-      this.formToggle.textContent = 'New server…';
-      return;
-    }
+  /** Open the form for the current profile (closing one open for another). */
+  private async openForm(): Promise<void> {
+    this.closeForm();
+    this.formWanted = true;
+    this.formToggle.textContent = 'Close the form';
+    const request = this.formRequest;
     try {
       this.options ??= await requestAPI<OptionModel[]>('options');
       if (!this.profile) {
         await this.refresh();
       }
       const profile = await requestAPI<ProfileModel>(`profiles/${encodeURIComponent(this.profile)}`);
-      this.form = new LaunchForm(profile, this.options, launch => {
+      if (request !== this.formRequest) {
+        return; // closed, or opened again for another profile, meanwhile
+      }
+      const form: LaunchForm = new LaunchForm(profile, this.options, launch => {
         this.follow(launch);
-        void this.toggleForm(); // launched: the form folds away, the launch's progress shows
+        if (this.form === form) {
+          this.closeForm(); // launched: the form folds away, the launch's progress shows
+        }
       });
-      this.formHost.appendChild(this.form.node);
+      this.form = form;
+      this.formHost.appendChild(form.node);
       this.formHost.hidden = false;
-      this.formToggle.textContent = 'Close the form';
     } catch (error) {
-      this.notice = errorText(error);
-      this.render();
+      if (request === this.formRequest) {
+        this.closeForm();
+        this.notice = errorText(error);
+        this.render();
+      }
     }
+  }
+
+  private closeForm(): void {
+    this.formRequest++;
+    this.formWanted = false;
+    this.form?.dispose();
+    this.form = null;
+    this.formHost.textContent = '';
+    this.formHost.hidden = true;
+    this.formToggle.textContent = 'New server…';
   }
 
   /** Follow a launch or renewal until it ends; notify then. */
   private follow(launch: LaunchModel): void {
+    const wasDone = this.launches.get(launch.id)?.done ?? false;
     this.launches.set(launch.id, launch);
+    if (launch.done && !wasDone) {
+      this.announce(launch);
+    }
     this.render();
     this.scheduleLaunches();
   }
 
   private scheduleLaunches(): void {
     window.clearTimeout(this.launchTimer);
-    if ([...this.launches.values()].some(l => !l.done)) {
+    if (!this.readingLaunches && [...this.launches.values()].some(l => !l.done)) {
       this.launchTimer = window.setTimeout(() => void this.readLaunches(), LAUNCH_INTERVAL);
     }
   }
 
+  /** One read of every launch under way (never two at once: each end is announced once). */
   private async readLaunches(): Promise<void> {
+    this.readingLaunches = true;
     await Promise.all(
       [...this.launches.values()].filter(l => !l.done).map(async before => {
         let now: LaunchModel;
         try {
           now = await requestAPI<LaunchModel>(`launches/${before.id}`);
         } catch (error) {
+          if (!(error instanceof ApiError && error.status === 404)) {
+            this.problem = errorText(error); // read again next time
+            return;
+          }
           now = { ...before, done: true, stage: 'failed', error: errorText(error) };
         }
+        const wasDone = this.launches.get(now.id)?.done ?? true; // (dismissed meanwhile: nothing to tell)
         this.launches.set(now.id, now);
-        if (now.done) {
+        if (now.done && !wasDone) {
           this.announce(now);
         }
       })
     );
+    this.readingLaunches = false;
     this.render();
     this.scheduleLaunches();
   }
@@ -207,43 +244,53 @@ export class HpcllmSidebar extends Widget {
     }
   }
 
-  private warnNearWalltime(): void {
+  private warnNearWalltime(profile: string): void {
     for (const server of newWarnings(this.servers, this.warned)) {
       this.warned.add(server.job_id);
       Notification.warning(server.walltime_warning ?? '', {
         autoClose: false,
-        actions: [{ label: 'Renew', callback: () => void this.renew(server) }]
+        actions: [{ label: 'Renew', callback: () => void this.renew(profile, server) }]
       });
     }
   }
 
-  private async act(work: () => Promise<void>): Promise<void> {
+  /** Run an action once at a time (its button waits meanwhile); say what it did, then read again. */
+  private async act(key: string, work: () => Promise<void>): Promise<void> {
+    if (this.busy.has(key)) {
+      return;
+    }
+    this.busy.add(key);
     this.notice = '';
+    this.render();
     try {
       await work();
     } catch (error) {
       this.notice = errorText(error);
     }
+    this.busy.delete(key);
     this.render();
     void this.poll.refresh();
   }
 
-  private stop(server: ServerModel): Promise<void> {
-    return this.act(async () => {
-      const stopped = await requestAPI<StoppedModel>(`servers/${server.job_id}${this.query()}`, { method: 'DELETE' });
-      this.notice = stopped.message;
+  private stop(profile: string, server: ServerModel): Promise<void> {
+    return this.act(`stop:${server.job_id}`, async () => {
+      const path = `servers/${server.job_id}${this.query(profile)}`;
+      this.notice = (await requestAPI<StoppedModel>(path, { method: 'DELETE' })).message;
     });
   }
 
-  private renew(server: ServerModel): Promise<void> {
-    return this.act(async () => {
-      this.follow(await requestAPI<LaunchModel>(`servers/${server.job_id}/renew${this.query()}`, { method: 'POST' }));
+  private renew(profile: string, server: ServerModel): Promise<void> {
+    return this.act(`renew:${server.job_id}`, async () => {
+      const path = `servers/${server.job_id}/renew${this.query(profile)}`;
+      const renewal = await requestAPI<LaunchModel>(path, { method: 'POST' });
+      this.renewals.set(server.job_id, renewal.id);
+      this.follow(renewal);
     });
   }
 
   private cancel(launch: LaunchModel): Promise<void> {
-    return this.act(async () => {
-      this.launches.set(launch.id, await requestAPI<LaunchModel>(`launches/${launch.id}`, { method: 'DELETE' }));
+    return this.act(`cancel:${launch.id}`, async () => {
+      this.follow(await requestAPI<LaunchModel>(`launches/${launch.id}`, { method: 'DELETE' }));
     });
   }
 
@@ -267,8 +314,11 @@ export class HpcllmSidebar extends Widget {
       select.onchange = () => {
         this.profile = select.value;
         this.seen = '';
-        if (this.form) {
-          void this.toggleForm().then(() => this.toggleForm()); // the new profile's choices
+        this.servers = [];
+        this.metrics = new Map();
+        this.render();
+        if (this.formWanted) {
+          void this.openForm(); // the new profile's choices
         }
         void this.poll.refresh();
       };
@@ -294,6 +344,12 @@ export class HpcllmSidebar extends Widget {
     }
   }
 
+  /** Whether a renewal of this job is under way here (Renew is not offered twice). */
+  private renewing(job: string): boolean {
+    const id = this.renewals.get(job);
+    return id !== undefined && this.launches.get(id)?.done === false;
+  }
+
   private renderLaunch(launch: LaunchModel): HTMLElement {
     const line = launchLine(launch);
     const box = element('div', `jp-hpcllm-launch jp-hpcllm-${line.outcome}`);
@@ -305,7 +361,9 @@ export class HpcllmSidebar extends Widget {
       if (line.fraction !== null) {
         bar.value = line.fraction;
       }
-      box.appendChild(element('button', 'jp-mod-styled', 'Cancel')).onclick = () => void this.cancel(launch);
+      const cancel = box.appendChild(element('button', 'jp-mod-styled', 'Cancel'));
+      cancel.disabled = this.busy.has(`cancel:${launch.id}`);
+      cancel.onclick = () => void this.cancel(launch);
     } else {
       box.appendChild(element('button', 'jp-mod-styled', 'Dismiss')).onclick = () => {
         this.launches.delete(launch.id);
@@ -327,14 +385,16 @@ export class HpcllmSidebar extends Widget {
     if (card.warning) {
       box.appendChild(element('div', 'jp-hpcllm-warning', card.warning));
     }
-    const button = (label: string, action: () => void): void => {
-      box.appendChild(element('button', 'jp-mod-styled', label)).onclick = action;
+    const button = (label: string, action: () => void, busy = ''): void => {
+      const node = box.appendChild(element('button', 'jp-mod-styled', label));
+      node.disabled = this.busy.has(busy);
+      node.onclick = action;
     };
     const profile = this.profile;
-    button('Stop', () => void this.stop(server));
+    button('Stop', () => void this.stop(profile, server), `stop:${server.job_id}`);
     button('Logs', () => this.hooks.openLogs(profile, server));
-    if (card.renewable) {
-      button('Renew', () => void this.renew(server));
+    if (card.renewable && !this.renewing(server.job_id)) {
+      button('Renew', () => void this.renew(profile, server), `renew:${server.job_id}`);
     }
     if (server.state === 'RUNNING') {
       button('Insert client code', () => this.insert(server, profile));

@@ -1,7 +1,7 @@
 /**
  * The status bar item: the model server the current notebook's kernel talks to (model, job, time left).
  * It asks the kernel silently (user_expressions; nothing is imported there that was not) when the
- * notebook or its kernel changes, after each cell run, and every minute for the time left.
+ * notebook or its kernel changes, after each cell run, and every minute while a server is attached.
  */
 import type { INotebookTracker } from '@jupyterlab/notebook';
 import type { Kernel, KernelMessage } from '@jupyterlab/services';
@@ -28,7 +28,16 @@ export class KernelServerStatus extends Widget {
     this.node.title = 'The LLM server this notebook talks to (jupyter-hpcllm)';
     notebooks.currentChanged.connect(this.follow, this);
     this.follow();
-    this.timer = window.setInterval(() => void this.ask(), STATUS_INTERVAL);
+    // Every minute: the time left counts down here; the kernel is asked again (a renewal may have moved
+    // it) only while it has a server and the page is seen. A silent request is kernel activity: asking an
+    // idle kernel with nothing attached, or in a hidden tab, would keep Jupyter's culler from ending it.
+    this.timer = window.setInterval(() => {
+      if (this.attached && !document.hidden) {
+        void this.ask();
+      } else {
+        this.render();
+      }
+    }, STATUS_INTERVAL);
   }
 
   get active(): boolean {

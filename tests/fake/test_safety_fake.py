@@ -168,3 +168,72 @@ def test_a_failed_renewal_gives_its_claim_up(cluster: Cluster, fake: FakeTranspo
     cluster.renew(server, grace=0)
     assert server.job_id == "1001"
     server.down()
+
+
+def _until(condition: Any, timeout: float = JOIN) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.02)
+
+
+def test_a_background_renewal_is_followed_and_finishes(cluster: Cluster, fake: FakeTransport, monkeypatch: Any):
+    from jupyter_hpcllm.lifecycle import Renewal
+
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.cluster.RENEW_GRACE_SECONDS", 0.0)
+    server = cluster.up("Qwen3-8B")
+    renewal = Renewal(cluster, "1000").start()
+    _until(renewal.done)
+    assert renewal.exception() is None and renewal.job_id == "1001" and not renewal.cancelled()
+    progress = renewal.progress
+    assert progress is not None and progress.stage is Stage.READY and "took over from job 1000" in progress.message
+    assert "127.0.0.1" not in progress.message  # not this process's own forward
+    assert fake.jobs["1000"].state.startswith("CANCELLED") and fake.jobs["1001"].state == "RUNNING"
+    server.close()
+
+
+def test_a_renewal_stopped_while_its_successor_waits_cancels_the_successor(cluster: Cluster, fake: FakeTransport):
+    """Stop gives the renewal up at once (no waiting for the successor to start): the successor is cancelled,
+    the record dropped, the old job keeps serving, and a holder following it stays where it is."""
+    from jupyter_hpcllm.lifecycle import Renewal
+
+    server = cluster.up("Qwen3-8B")
+    fake.outcome = Outcome(starts=False)  # the successor stays in the queue
+    renewal = Renewal(cluster, "1000").start()
+    _until(lambda: renewal.progress is not None and renewal.job_id == "1001")
+    renewal.stop()
+    _until(renewal.done)
+    assert renewal.cancelled() and fake.jobs["1001"].state.startswith("CANCELLED")
+    assert fake.jobs["1000"].state == "RUNNING" and "1000" not in fake.renewals and server.job_id == "1000"
+    assert cluster.successor("1000") is None
+    server.down()
+
+
+def test_a_renewal_stopped_before_it_submitted_leaves_no_successor(cluster: Cluster, fake: FakeTransport):
+    from jupyter_hpcllm.lifecycle import Renewal
+
+    server = cluster.up("Qwen3-8B")
+    gate = threading.Event()
+    original = cluster.attach
+
+    def slow_attach(*args: Any, **kwargs: Any) -> Any:
+        gate.wait(JOIN)
+        return original(*args, **kwargs)
+
+    cluster.attach = slow_attach  # type: ignore[method-assign]
+    renewal = Renewal(cluster, "1000").start()
+    renewal.stop()
+    gate.set()
+    _until(renewal.done)
+    assert renewal.cancelled() and list(fake.jobs) == ["1000"] and fake.jobs["1000"].state == "RUNNING"
+    server.down()
+
+
+def test_follow_never_moves_to_a_successor_with_another_key(cluster: Cluster, fake: FakeTransport):
+    server = cluster.up("Qwen3-8B")
+    other = cluster.up("gpt-oss-20b")  # a running job with its own key
+    with pytest.raises(SubmitError, match="did not take over the API key"):
+        cluster.follow(server, other.job_id, timeout=JOIN)
+    assert server.job_id == "1000"
+    server.down()
+    other.down()

@@ -104,3 +104,45 @@ test('launch from the sidebar, use it from a notebook, stop it', async ({ page }
   await expect(sidebar.locator('.jp-hpcllm-empty')).toBeVisible({ timeout: 90_000 });
   await expect(card).toHaveCount(0);
 });
+
+test('near its time limit: a notification, Renew, and the notebook follows the successor', async ({ page }) => {
+  test.setTimeout(600_000);
+  await page.notebook.createNew('renew.ipynb');
+  const sidebar = await openSidebar(page);
+  await sidebar.getByRole('button', { name: 'New server…' }).click();
+  const form = sidebar.locator('form.jp-hpcllm-form');
+  await form.locator('[name="model"]').fill(MODEL);
+  await form.locator('[name="time"]').fill('0:09:00'); // inside the profile's 10-minute warning at once
+  const launch = form.getByRole('button', { name: 'Launch' });
+  await expect(launch).toBeEnabled({ timeout: 30_000 });
+  await launch.click();
+  const progress = sidebar.locator('.jp-hpcllm-launch');
+  await expect(progress).toHaveAttribute('data-outcome', 'ready', { timeout: READY_TIMEOUT });
+  const old = (/\(job (\d+)\)/.exec((await progress.textContent()) ?? '') ?? [])[1];
+  await progress.getByRole('button', { name: 'Dismiss' }).click();
+
+  const card = sidebar.locator(`.jp-hpcllm-server[data-job="${old}"]`);
+  await expect(card.locator('.jp-hpcllm-warning')).toContainText('time limit', { timeout: 60_000 });
+  await expect(page.locator('.Toastify__toast').filter({ hasText: `Job ${old}` }).first()).toBeVisible();
+  await page.notebook.activate('renew.ipynb');
+  await card.getByRole('button', { name: 'Insert client code' }).click();
+  await page.notebook.runCell(0);
+  expect((await page.notebook.getCellTextOutput(0))?.join('')).toContain(`talks to ${MODEL}`);
+
+  await card.getByRole('button', { name: 'Renew' }).click();
+  const renewal = sidebar.locator('.jp-hpcllm-launch');
+  await expect(renewal).toHaveAttribute('data-outcome', 'ready', { timeout: READY_TIMEOUT });
+  const successor = (/\(job (\d+)\)/.exec((await renewal.textContent()) ?? '') ?? [])[1];
+  expect(successor).not.toBe(old);
+  await expect(sidebar.locator(`.jp-hpcllm-server[data-job="${successor}"]`)).toHaveCount(1, { timeout: 60_000 });
+  await expect(card).toHaveCount(0, { timeout: 90_000 }); // the old job stopped after the grace
+
+  // The notebook's `client`, made for the old job, now reaches the successor (same address, same key).
+  const answer = await runInLastCell(
+    page,
+    `print(client.chat.completions.create(model="${MODEL}", messages=[{"role": "user", "content": "after the renewal"}]).choices[0].message.content)`
+  );
+  expect(answer).toContain('Echo: after the renewal');
+  await expect(page.locator('.jp-hpcllm-status')).toContainText(`job ${successor}`, { timeout: 30_000 });
+  expect(await runInLastCell(page, '%hpcllm down')).toMatch(new RegExp(`Job ${successor} cancelled`));
+});
