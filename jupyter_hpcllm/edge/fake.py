@@ -346,6 +346,7 @@ class FakeTransport:
         self.extend_allowed = False  # whether `scontrol update TimeLimit=+N` works (only admins, mostly)
         self.lease_renew_every = 60.0  # what the relay of every job tells a lease to do
         self.renewals: dict[str, str] = {}  # job -> its successor ("" claimed, not yet submitted)
+        self.committed: dict[str, str] = {}  # job -> its successor, once it serves and takes over
         self.jobs: dict[str, FakeJob] = {}
         self.commands: list[str] = []
         self.fresh_connections = 0
@@ -376,7 +377,10 @@ class FakeTransport:
             (re.compile(rf"cd; if mkdir {_J}/{_ID}/renewal 2>/dev/null; then echo (\S+); .*"), self._claim_renewal),
             (re.compile(rf"cd; echo {_ID} > {_J}/{_ID}/renewal/job\.new && mv .*"), self._record_renewal),
             (re.compile(rf"cd; rm -rf {_J}/{_ID}/renewal"), self._drop_renewal),
-            (re.compile(rf"cat {_J}/{_ID}/renewal/job 2>/dev/null; true"), self._successor),
+            (re.compile(rf"cd; echo {_ID} > {_J}/{_ID}/renewal/ready\.new && mv .*"), self._commit_renewal),
+            (re.compile(rf"cat {_J}/{_ID}/renewal/ready 2>/dev/null; true"), self._successor),
+            (re.compile(rf"cat {_J}/{_ID}/renewal/job 2>/dev/null; true"),
+             lambda m, _: (0, self.renewals[m[1]] + "\n" if self.renewals.get(m[1]) else "", "")),
             (re.compile(rf"scontrol update JobId={_ID} TimeLimit=\+(\d+)"), self._extend),
             (re.compile(rf'squeue -h -u "\$USER" -o {_FMT}(?: -n (\S+))?(?: -t ([A-Z,]+))?'), self._squeue),
             (re.compile(rf"scancel {_ID}"), self._scancel),
@@ -501,15 +505,24 @@ class FakeTransport:
         return 0, (self.renewals[match[1]] + "\n") if self.renewals[match[1]] else "", ""
 
     def _record_renewal(self, match: re.Match[str], _: str) -> _Out:
+        if match[2] not in self.renewals:  # as `echo > renewal/job.new` into a directory that is gone
+            return 1, "", f"bash: {JOBS_DIR}/{match[2]}/renewal/job.new: No such file or directory\n"
         self.renewals[match[2]] = match[1]
         return 0, "", ""
 
+    def _commit_renewal(self, match: re.Match[str], _: str) -> _Out:
+        if match[2] not in self.renewals:
+            return 1, "", f"bash: {JOBS_DIR}/{match[2]}/renewal/ready.new: No such file or directory\n"
+        self.committed[match[2]] = match[1]
+        return 0, "", ""
+
     def _successor(self, match: re.Match[str], _: str) -> _Out:
-        successor = self.renewals.get(match[1], "")
+        successor = self.committed.get(match[1], "")
         return 0, successor + "\n" if successor else "", ""
 
     def _drop_renewal(self, match: re.Match[str], _: str) -> _Out:
         self.renewals.pop(match[1], None)
+        self.committed.pop(match[1], None)
         return 0, "", ""
 
     def _extend(self, match: re.Match[str], _: str) -> _Out:

@@ -22,6 +22,7 @@ __all__ = [
     "Probe",
     "cancel_command",
     "check_job_id",
+    "commit_renewal_command",
     "extend_command",
     "image_help_command",
     "image_mtime_command",
@@ -34,6 +35,7 @@ __all__ = [
     "parse_submission",
     "probe_command",
     "queue_command",
+    "recorded_successor_command",
     "renewal_command",
     "submit_command",
     "successor_command",
@@ -239,9 +241,22 @@ def renewal_command(job_id: str, successor: str | None = None) -> str:
             f"else cat {renewal}/job 2>/dev/null; fi; true")
 
 
-def successor_command(job_id: str) -> str:
-    """Print the successor recorded for a job's renewal, if any (read only: claims nothing)."""
+def commit_renewal_command(job_id: str, successor: str) -> str:
+    """Mark a renewal committed: its successor serves and takes over; the job's other holders move to it now.
+    Fails if the claim is gone (the renewal was given up)."""
+    renewal = f"{JOBS_DIR}/{check_job_id(job_id)}/renewal"
+    return f"cd; echo {check_job_id(successor)} > {renewal}/ready.new && mv {renewal}/ready.new {renewal}/ready"
+
+
+def recorded_successor_command(job_id: str) -> str:
+    """Print the successor a job's renewer recorded, committed or not (nothing: no renewal, or given up)."""
     return f"cat {JOBS_DIR}/{check_job_id(job_id)}/renewal/job 2>/dev/null; true"
+
+
+def successor_command(job_id: str) -> str:
+    """Print the successor of a job's committed renewal, if any (read only: claims nothing; a successor still
+    starting, which its renewer may yet give up, is not printed)."""
+    return f"cat {JOBS_DIR}/{check_job_id(job_id)}/renewal/ready 2>/dev/null; true"
 
 
 def extend_command(job_id: str, minutes: int) -> str:

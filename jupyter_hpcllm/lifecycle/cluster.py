@@ -32,6 +32,7 @@ from ..edge.slurm import (
     Probe,
     cancel_command,
     check_job_id,
+    commit_renewal_command,
     extend_command,
     job_script_command,
     key_command,
@@ -41,6 +42,7 @@ from ..edge.slurm import (
     parse_submission,
     probe_command,
     queue_command,
+    recorded_successor_command,
     renewal_command,
     submit_command,
     successor_command,
@@ -58,6 +60,7 @@ from ..errors import (
 from ..planning.plan import LaunchPlan, plan_launch
 from .handle import LaunchHandle
 from .progress import Progress, ProgressCallback, Stage
+from .renewal import RenewalControl
 from .server import Server, ServerInfo, describe_idle
 from .waiting import Endpoint, api_answers, relay_answers, wait_for_server
 from .walltime import default_wait, slurm_seconds
@@ -269,87 +272,100 @@ class Cluster:
     # -- outliving the walltime ------------------------------------------------------------------------
 
     def renew(self, server: Server, *, on_progress: ProgressCallback | None = None, timeout: float | None = None,
-              grace: float | None = None) -> Server:
+              grace: float | None = None, control: RenewalControl | None = None) -> Server:
         """Before the job's time limit ends: start a successor job with the same plan and key, and once it
-        answers, move the server's forward to it (the local URL, the key and every client made from them
-        keep working) and cancel the old job after `grace` seconds (default RENEW_GRACE_SECONDS: requests
-        in flight finish, and the other holders of the job, who look every FOLLOW_EVERY seconds, move). If
-        the successor fails, it is cancelled and the old job keeps serving. One successor per job: a second
-        renewer (another notebook holding the same job) follows the first one's successor instead."""
+        answers, commit (the job's other holders, who look every FOLLOW_EVERY seconds, move to it), move the
+        server's forward to it (the local URL, the key and every client made from them keep working) and
+        cancel the old job after `grace` seconds (default RENEW_GRACE_SECONDS) for them and for requests in
+        flight. If the successor fails, or `control` is stopped before the commit, the successor is cancelled,
+        nobody moves and the old job keeps serving. One successor per job: a second renewer (another notebook
+        holding the same job) follows the first one's successor instead."""
         grace = RENEW_GRACE_SECONDS if grace is None else grace
-        old = server.job_id
-        report = on_progress or (lambda _: None)
-        started = self._clock()
-        claimed = self._claim_renewal(old)
-        row = self._probe(old).row
-        wait_for = timeout if timeout is not None else default_wait(row.time_left if row else None)
-        if claimed is not None:  # another renewer's successor: follow it, the other renewer ends the old job
-            return self.follow(server, claimed, on_progress=report, timeout=wait_for)
-        new = ""
-        try:
-            script = self._read(job_script_command(old), check=False).stdout
-            if not script.startswith("#!") or row is None or not row.state.is_active:
-                raise JobNotFound(old, "It has no copy of its script to start a successor from: it ended, or an "
-                                       "older jupyter-hpcllm started it. Start a new server with `hpcllm up`.")
-            comment = ";".join(p for p in row.comment.split(";") if p and not p.startswith("submission="))
-            new, _ = self._submit(script, comment or "hpcllm", key_from=old)
-            self._read(renewal_command(old, new))
-            report(Progress(Stage.SUBMITTED, new, f"Submitted job {new}, the successor of job {old}.", 0.0))
-            successor = self.wait(new, report=report, submitted=True, sleep=self._sleep, started=started,
-                                  timeout=wait_for, hold=False)
-            successor.close()  # its own forward: the server's moves to the successor instead
-            if successor.api_key != server.api_key:
-                raise SubmitError(f"the successor job {new} did not take over the API key of job {old}",
-                                  "It was cancelled; the old job keeps serving. Start a new server with `hpcllm up`.")
-            if server.closed:
-                raise LaunchCancelled(f"The server of job {old} was closed while its successor {new} started.")
-        except BaseException:
-            if new:
-                self.cancel_quietly(new, fresh=True)  # never a successor left running for nobody
-            self._quietly(renewal_command(old, ""))
-            raise
-        server.retarget(new, successor.node, successor.port, successor.seconds_left)
+        control = control or RenewalControl()
+        pause = control.pausing(self._sleep, real=self._injected_sleep is None)
+        with server.moving:  # (this server's follower waits meanwhile)
+            old = server.job_id
+            report = on_progress or (lambda _: None)
+            started = self._clock()
+            claimed = self._claim_renewal(old, pause)
+            row = self._probe(old).row
+            wait_for = timeout if timeout is not None else default_wait(row.time_left if row else None)
+            if claimed is not None:  # another renewer's successor: follow it, the other renewer ends the old job
+                return self.follow(server, claimed, on_progress=report, timeout=wait_for, sleep=pause)
+            new = ""
+            try:
+                script = self._read(job_script_command(old), check=False).stdout
+                if not script.startswith("#!") or row is None or not row.state.is_active:
+                    raise JobNotFound(old, "It has no copy of its script to start a successor from: it ended, or an "
+                                           "older jupyter-hpcllm started it. Start a new server with `hpcllm up`.")
+                comment = ";".join(p for p in row.comment.split(";") if p and not p.startswith("submission="))
+                pause(0)  # (stopped before submitting: nothing to undo but the claim)
+                new, _ = self._submit(script, comment or "hpcllm", key_from=old)
+                self._read(renewal_command(old, new))
+                report(Progress(Stage.SUBMITTED, new, f"Submitted job {new}, the successor of job {old}.", 0.0))
+                successor = self.wait(new, report=report, submitted=True, sleep=pause, started=started,
+                                      timeout=wait_for, hold=False)
+                successor.close()  # its own forward: the server's moves to the successor instead
+                if successor.api_key != server.api_key:
+                    raise SubmitError(f"the successor job {new} did not take over the API key of job {old}",
+                                      "It was cancelled; the old job keeps serving. Start a new server with "
+                                      "`hpcllm up`.")
+                if server.closed or not control.commit():
+                    raise LaunchCancelled(f"The renewal of job {old} was given up before its successor {new} "
+                                          "took over; the old job keeps serving.")
+                self._read(commit_renewal_command(old, new))  # from now on the holders move
+            except BaseException:
+                if new:
+                    self.cancel_quietly(new, fresh=True)  # never a successor left running for nobody
+                self._quietly(renewal_command(old, ""))
+                raise
+            server.retarget(new, successor.node, successor.port, successor.seconds_left)
         report(Progress(Stage.READY, new, f"Job {new} now serves {server.base_url}; job {old} stops in "
                                           f"{grace:g} s.", self._clock() - started, node=successor.node))
         try:
-            self._sleep(grace)  # requests still running on the old job finish
+            self._sleep(grace)  # the other holders move, requests still running on the old job finish
         finally:
             self.cancel_quietly(old)
         return server
 
     def follow(self, server: Server, successor: str, *, on_progress: ProgressCallback | None = None,
-               timeout: float | None = None) -> Server:
-        """Move `server` to the successor another renewer started for its job, once it answers with the same
-        key. Never claims a renewal nor submits: the renewer that started the successor stops the old job (and
-        cancels the successor if it fails, which then fails this wait: the server stays where it is)."""
+               timeout: float | None = None, sleep: Callable[[float], None] | None = None) -> Server:
+        """Move `server` to the successor another renewer started for its job, once the renewal is committed
+        and the successor answers with the same key. Never claims a renewal nor submits: the renewer stops the
+        old job, or, giving up, cancels the successor and drops the claim, which ends this wait (the server
+        stays where it is). Stops waiting when the server is closed."""
         old = server.job_id
         report = on_progress or (lambda _: None)
-        report(Progress(Stage.REUSED, successor, f"Job {old} is being renewed, as job {successor}.", 0.0))
-        moved = self.wait(check_job_id(successor), report=report, submitted=False, sleep=self._sleep,
-                          started=self._clock(), timeout=3600.0 if timeout is None else timeout, hold=False)
-        moved.close()  # its own forward: the server's moves instead
-        if moved.api_key != server.api_key:
-            raise SubmitError(f"job {successor} did not take over the API key of job {old}",
-                              f"The server stays on job {old}.")
-        if server.closed:
-            raise LaunchCancelled(f"The server of job {old} was closed while it waited for job {successor}.")
-        if server.job_id == old:  # (a renewal in this process may have moved it meanwhile)
+        base = sleep or self._sleep
+
+        def pause(seconds: float) -> None:
+            if server.closed:
+                raise LaunchCancelled(f"The server of job {old} was closed while it waited for job {successor}.")
+            base(seconds)
+
+        with server.moving:
+            if server.job_id != old:
+                return server  # moved meanwhile
+            report(Progress(Stage.REUSED, successor, f"Job {old} is being renewed, as job {successor}.", 0.0))
+            moved = self.wait(check_job_id(successor), report=report, submitted=False, sleep=pause,
+                              started=self._clock(), timeout=3600.0 if timeout is None else timeout, hold=False)
+            moved.close()  # its own forward: the server's moves instead
+            if moved.api_key != server.api_key:
+                raise SubmitError(f"job {successor} did not take over the API key of job {old}",
+                                  f"The server stays on job {old}.")
+            while self.successor(old) != successor:  # not committed yet: the renewer may still give it up
+                if self._read(recorded_successor_command(old), check=False, timeout=30).stdout.strip() != successor:
+                    raise LaunchCancelled(f"The renewal of job {old} was given up; the server stays on it.")
+                pause(2.0)
             server.retarget(successor, moved.node, moved.port, moved.seconds_left)
         return server
-
-    def give_up_renewal(self, job_id: str, successor: str | None) -> None:
-        """Stop a renewal from outside its thread: cancel the successor (if one was submitted) and drop the
-        record, so the renewal's own wait and every holder's wait for it fail at once; the old job serves."""
-        if successor is not None and successor != job_id:
-            self.cancel_quietly(successor, fresh=True)
-        self._quietly(renewal_command(job_id, ""))
 
     def successor(self, job_id: str) -> str | None:
         """The job another renewer started to take over from this one (None: no renewal under way)."""
         said = self._read(successor_command(job_id), check=False, timeout=30).stdout.strip()
         return check_job_id(said) if said else None
 
-    def _claim_renewal(self, job_id: str) -> str | None:
+    def _claim_renewal(self, job_id: str, pause: Callable[[float], None]) -> str | None:
         """None if this renewer claimed the job's renewal; else the successor another one started."""
         for _ in range(30):
             said = self._read(renewal_command(job_id)).stdout.strip()
@@ -357,7 +373,7 @@ class Cluster:
                 return None
             if said:
                 return check_job_id(said)
-            self._sleep(1.0)  # claimed, its successor not submitted yet
+            pause(1.0)  # claimed, its successor not submitted yet
         raise SubmitError(f"another renewal of job {job_id} started but recorded no successor",
                           f"Run `hpcllm list`; if no successor is there, remove ~/.hpcllm/jobs/{job_id}/renewal "
                           "on the cluster and renew again.")

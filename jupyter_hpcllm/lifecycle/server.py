@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..config.profiles import Profile
 from ..edge.slurm import JobRow, JobState
 from ..edge.transport import Forward
-from ..errors import JobNotFound, ServerNotReady
+from ..errors import JobFailed, JobNotFound, LaunchCancelled, ServerNotReady, SubmitError
 from .lease import Lease, relay_request
 from .metrics import EngineMetrics, parse_metrics, with_rate
 from .walltime import describe_minutes, slurm_seconds, walltime_warning
@@ -120,8 +120,9 @@ class Server:
         # kernel that dies stops renewing, and the job then ends itself after its idle timeout.
         self._lease = Lease(lambda: self._forward.address, api_key).start() if hold else None
         self._closed = threading.Event()
-        self._renewing = False  # renew_automatically runs: it follows another renewer's successor itself
         self._following = False  # follow_renewals runs
+        # Held while the server moves to a successor (a renewal, a follow): one move at a time.
+        self.moving = threading.RLock()
         self._last_metrics: EngineMetrics | None = None  # the reading before, for vLLM's tokens per second
         self._metrics_lock = threading.Lock()
 
@@ -227,10 +228,10 @@ class Server:
         """From a thread of its own: when less than `lead_minutes` (default: the profile's walltime_warning,
         at least 5) of the job's time limit remain, `Cluster.renew` it, so this server outlives its
         walltime (what `up --renew` asks). Stops when the server is closed. A failed renewal is logged and
-        not tried again (each try would hold GPUs for a successor): the old job serves until its end, and
-        `follow_renewals` takes over watching for someone else's renewal."""
+        not tried again (each try would hold GPUs for a successor): the old job serves until its end. The
+        server also follows renewals made by others (`follow_renewals`)."""
         lead = max(5.0, self.profile.walltime_warning) if lead_minutes is None else lead_minutes
-        self._renewing = True
+        self.follow_renewals()
 
         def watch() -> None:
             while not self._closed.wait(check_every):
@@ -240,46 +241,53 @@ class Server:
                         self.cluster.renew(self)
                     except Exception:  # the old job keeps serving; the walltime warning still shows
                         _log.exception("renewing job %s failed", self.job_id)
-                        self._renewing = False
                         return
 
         threading.Thread(target=watch, name=f"hpcllm-renew-{self.job_id}", daemon=True).start()
 
     def follow_renewals(self, *, check_every: float | None = None) -> None:
         """From a thread of its own (one per server however often asked): look every `check_every` seconds
-        (default FOLLOW_EVERY) for a successor someone else started for the job (the lab sidebar's Renew,
-        another notebook's `%hpcllm renew`), and move to it once it answers, so the clients made from this
-        server keep working. A successor that fails is not tried again. Stops when the server is closed or
-        when the job reached its time limit with no successor; pauses while `renew_automatically` renews
-        (it follows another renewer by itself)."""
+        (default FOLLOW_EVERY) for a committed renewal of the job by someone else (the lab sidebar's Renew,
+        another notebook's `%hpcllm renew`), and move to its successor, so the clients made from this server
+        keep working. A successor that failed is not tried again; while the login node cannot be reached the
+        looks back off. Stops when the server is closed or the job ended with no successor."""
         with self._metrics_lock:
             if self._following:
                 return
             self._following = True
-        failed: set[str] = set()
         every = FOLLOW_EVERY if check_every is None else check_every
+        threading.Thread(target=self._follow, args=(every,), name=f"hpcllm-follow-{self.job_id}",
+                         daemon=True).start()
 
-        def watch() -> None:
-            pause = every
-            while not self._closed.wait(pause):
-                if self._renewing:
-                    continue
-                successor: str | None = None
-                try:
-                    successor = self.cluster.successor(self.job_id)
-                    if successor is None and self.seconds_left == 0:
-                        return  # the job ended at its time limit, unrenewed: nothing left to follow
-                    if successor is not None and successor != self.job_id and successor not in failed:
+    def _follow(self, every: float) -> None:
+        failed: set[str] = set()
+        pause = every
+        while not self._closed.wait(pause):
+            if not self.moving.acquire(blocking=False):
+                continue  # this process renews it right now (and follows another renewer by itself)
+            try:
+                successor = self.cluster.successor(self.job_id)
+                if successor is not None and successor != self.job_id and successor not in failed:
+                    try:
                         self.cluster.follow(self, successor)
-                    pause = every
-                except Exception as error:  # this server stays where it is; the next look may do better
-                    if successor is not None:
-                        failed.add(successor)
-                    pause = min(10 * every, 2 * pause)  # (the login node may be unreachable for a while)
-                    # Debug, not warning: a warning from this thread would land in whatever cell runs.
-                    _log.debug("following the renewal of job %s failed: %s", self.job_id, error)
+                    except (JobFailed, JobNotFound, SubmitError, LaunchCancelled):
+                        failed.add(successor)  # it ended, or has another key, or was given up: not again
+                elif self.seconds_left == 0 and self._job_ended():
+                    return  # the job ended, unrenewed: nothing left to follow
+                pause = every
+            except Exception as error:  # the login node away, a wait timed out: look again, later
+                pause = min(10 * every, 2 * pause)
+                # Debug, not warning: a warning from this thread would land in whatever cell runs.
+                _log.debug("following the renewal of job %s failed: %s", self.job_id, error)
+            finally:
+                self.moving.release()
 
-        threading.Thread(target=watch, name=f"hpcllm-follow-{self.job_id}", daemon=True).start()
+    def _job_ended(self) -> bool:
+        """Whether Slurm says the job is over (the local estimate of its end is only an estimate)."""
+        try:
+            return not self.cluster.status(self.job_id).state.is_active
+        except JobNotFound:
+            return True
 
     def retarget(self, job_id: str, node: str, port: int, seconds_left: float | None) -> None:
         """Move to a successor job (same key): the local address and every client made from it now reach

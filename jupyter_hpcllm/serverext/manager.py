@@ -96,8 +96,8 @@ class LabManager:
         for tracked in launches:
             if isinstance(tracked.task, LaunchHandle) and not tracked.task.done():
                 tracked.task.stop(timeout=30)
-            elif not tracked.task.done():
-                tracked.task.stop()  # a renewal: its successor is cancelled unless it serves already
+            elif isinstance(tracked.task, Renewal) and not tracked.task.done():
+                tracked.task.stop(timeout=30)  # its successor is cancelled unless it took over already
         for server, _ in watched:
             server.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -257,6 +257,12 @@ class LabManager:
                               f"Renew is for the last {cluster.profile.walltime_warning:g} minutes of a running job "
                               "(the profile's walltime_warning): the notebooks holding it watch for a successor "
                               "then. To keep a server longer from the start, launch it with a longer time.")
+        with self._lock:  # one renewal per job here, however many tabs or clicks ask
+            running = [launch_id for launch_id, tracked in self._launches.items()
+                       if isinstance(tracked.task, Renewal) and tracked.task.old == job
+                       and tracked.profile == (profile or "") and not tracked.task.done()]
+        if running:
+            return self.progress(running[0])
         return self._track(profile, info.model or job, Renewal(cluster, job).start())
 
     def _track(self, profile: str | None, model: str, task: _Task) -> LaunchModel:
@@ -276,7 +282,8 @@ class LabManager:
         message = progress.message if progress else starting
         if error is not None:
             stage = "cancelled" if handle.cancelled() else "failed"
-        elif handle.done() and progress is not None:  # (the address it names is this Jupyter server's own)
+        elif handle.done() and progress is not None and isinstance(handle, LaunchHandle):
+            # (the address the launch's message names is this Jupyter server's own forward)
             message = f"Ready on {progress.node}: “Insert client code” attaches a notebook to it."
         return {"id": launch_id, "profile": tracked.profile, "model": tracked.model, "job_id": handle.job_id,
                 "stage": stage, "message": message,

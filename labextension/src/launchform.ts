@@ -30,6 +30,7 @@ export class LaunchForm {
   private asked = 0; // the latest plan request: an older answer arriving late is dropped
   private engine = ''; // the engine whose parser names the lists hold
   private launching = false; // a launch request is on its way: one per click
+  private planned = -1; // the request whose plan is shown
 
   constructor(
     private readonly profile: ProfileModel,
@@ -212,6 +213,7 @@ export class LaunchForm {
       return;
     }
     this.plan = plan;
+    this.planned = asked;
     this.showPlan();
   }
 
@@ -235,7 +237,12 @@ export class LaunchForm {
     }
     this.scriptNode.textContent = plan.script ?? '';
     this.scriptButton.disabled = !plan.script;
-    this.launchButton.disabled = !plan.ok || this.launching;
+    this.launchButton.disabled = !this.launchable();
+  }
+
+  /** The plan shown is of the values in the form, it can run, and no launch is on its way. */
+  private launchable(): boolean {
+    return !!this.plan?.ok && this.planned === this.asked && !this.launching;
   }
 
   private async launch(): Promise<void> {
@@ -251,7 +258,7 @@ export class LaunchForm {
       }
     }
     this.launching = false;
-    this.launchButton.disabled = !this.plan?.ok;
+    this.launchButton.disabled = !this.launchable();
   }
 }
 

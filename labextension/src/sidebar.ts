@@ -51,8 +51,8 @@ export class HpcllmSidebar extends Widget {
   private formRequest = 0; // the latest opening of the form: an older one finishing late is dropped
   private launchTimer: number | undefined;
   private readingLaunches = false;
-  private busy = new Set<string>();
-  private renewals = new Map<string, string>(); // job -> the id of its renewal started here // actions on their way ("stop:JOB", "renew:JOB"): their buttons wait
+  private busy = new Set<string>(); // actions on their way ("stop:JOB", "renew:JOB"): their buttons wait
+  private renewals = new Map<string, string>(); // job -> the id of its renewal started here
   private readonly header = element('div', 'jp-hpcllm-header');
   private readonly formHost = element('div', 'jp-hpcllm-formhost');
   private readonly formToggle = element('button', 'jp-mod-styled', 'New server…');
@@ -217,9 +217,12 @@ export class HpcllmSidebar extends Widget {
           }
           now = { ...before, done: true, stage: 'failed', error: errorText(error) };
         }
-        const wasDone = this.launches.get(now.id)?.done ?? true; // (dismissed meanwhile: nothing to tell)
+        const current = this.launches.get(now.id);
+        if (!current || current.done) {
+          return; // dismissed, or ended by a Cancel's answer, meanwhile: that is newer
+        }
         this.launches.set(now.id, now);
-        if (now.done && !wasDone) {
+        if (now.done) {
           this.announce(now);
         }
       })
@@ -240,7 +243,7 @@ export class HpcllmSidebar extends Widget {
       this.seen = '';
       void this.poll.refresh();
     } else if (line.outcome === 'failed') {
-      Notification.error(`${launch.model} did not start: ${launch.error}`, { autoClose: false });
+      Notification.error(`${launch.model}: ${launch.error}`, { autoClose: false });
     }
   }
 
@@ -280,6 +283,9 @@ export class HpcllmSidebar extends Widget {
   }
 
   private renew(profile: string, server: ServerModel): Promise<void> {
+    if (this.renewing(server.job_id)) {
+      return Promise.resolve(); // (a notification's Renew, after the card's)
+    }
     return this.act(`renew:${server.job_id}`, async () => {
       const path = `servers/${server.job_id}/renew${this.query(profile)}`;
       const renewal = await requestAPI<LaunchModel>(path, { method: 'POST' });

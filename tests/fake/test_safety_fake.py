@@ -237,3 +237,128 @@ def test_follow_never_moves_to_a_successor_with_another_key(cluster: Cluster, fa
     assert server.job_id == "1000"
     server.down()
     other.down()
+
+
+def _blocking_at(renewal: Any, stage: Stage, committed: bool) -> tuple[threading.Event, threading.Event]:
+    """Hold the renewal's thread when it reports `stage` (with the commit done or not): (reached, go on)."""
+    reached, go_on = threading.Event(), threading.Event()
+    report = renewal._report
+
+    def held(progress: Progress) -> None:
+        report(progress)
+        if progress.stage is stage and renewal.control.committed is committed:
+            reached.set()
+            go_on.wait(JOIN)
+
+    renewal._report = held
+    return reached, go_on
+
+
+def test_a_renewal_stopped_after_its_successor_answered_but_before_it_took_over_moves_nobody(
+        cluster: Cluster, fake: FakeTransport, monkeypatch: Any):
+    from jupyter_hpcllm.lifecycle import Renewal
+
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.server.FOLLOW_EVERY", 0.02)
+    server = cluster.up("Qwen3-8B")
+    holder = cluster.attach("1000")
+    holder.follow_renewals()
+    renewal = Renewal(cluster, "1000")
+    reached, go_on = _blocking_at(renewal, Stage.READY, committed=False)  # the wait's "it answers"
+    renewal.start()
+    assert reached.wait(JOIN)
+    assert renewal.progress is not None and renewal.progress.stage is Stage.LOADING  # not "took over" yet
+    time.sleep(0.2)
+    assert holder.job_id == "1000"  # holders move only once it is committed
+    renewal.stop()
+    go_on.set()
+    _until(renewal.done)
+    assert renewal.cancelled() and fake.jobs["1001"].state.startswith("CANCELLED")
+    assert fake.jobs["1000"].state == "RUNNING" and holder.job_id == "1000" and cluster.successor("1000") is None
+    holder.close()
+    server.down()
+
+
+def test_a_renewal_stopped_after_it_took_over_finishes(cluster: Cluster, fake: FakeTransport, monkeypatch: Any):
+    from jupyter_hpcllm.lifecycle import Renewal
+
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.server.FOLLOW_EVERY", 0.02)
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.cluster.RENEW_GRACE_SECONDS", 0.0)
+    server = cluster.up("Qwen3-8B")
+    holder = cluster.attach("1000")
+    holder.follow_renewals()
+    renewal = Renewal(cluster, "1000")
+    reached, go_on = _blocking_at(renewal, Stage.READY, committed=True)
+    renewal.start()
+    assert reached.wait(JOIN)
+    renewal.stop()  # too late: the holders are moving
+    go_on.set()
+    _until(renewal.done)
+    assert renewal.exception() is None and not renewal.cancelled()
+    _until(lambda: holder.job_id == "1001")
+    assert fake.jobs["1001"].state == "RUNNING" and fake.jobs["1000"].state.startswith("CANCELLED")
+    holder.down()
+    server.close()
+
+
+def test_stopping_a_renewal_that_follows_another_leaves_the_others_successor(cluster: Cluster, fake: FakeTransport,
+                                                                          monkeypatch: Any):
+    """Two tabs renew the same job: the second follows the first; stopping the second cancels nothing."""
+    from jupyter_hpcllm.lifecycle import Renewal
+
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.cluster.RENEW_GRACE_SECONDS", 0.0)
+    server = cluster.up("Qwen3-8B")
+    first = Renewal(cluster, "1000")
+    reached, go_on = _blocking_at(first, Stage.SUBMITTED, committed=False)
+    first.start()
+    assert reached.wait(JOIN)
+    second = Renewal(cluster, "1000").start()
+    _until(lambda: second.progress is not None)
+    assert second.job_id == "1001"  # it follows the first one's successor
+    second.stop()
+    _until(second.done)
+    assert second.cancelled() and fake.renewals["1000"] == "1001" and fake.jobs["1001"].state != "CANCELLED"
+    assert list(fake.jobs) == ["1000", "1001"]  # the second never submitted
+    go_on.set()
+    _until(first.done)
+    assert first.exception() is None and fake.jobs["1001"].state == "RUNNING"
+    server.close()
+
+
+def test_a_holder_that_renews_itself_follows_a_renewal_made_elsewhere(cluster: Cluster, fake: FakeTransport,
+                                                                     monkeypatch: Any):
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.server.FOLLOW_EVERY", 0.02)
+    server = cluster.up("Qwen3-8B")
+    holder = cluster.attach("1000")
+    holder.renew_automatically(check_every=0.02)  # its own lead time is hours away
+    cluster.renew(server, grace=0.2)  # `hpcllm renew 1000` elsewhere
+    _until(lambda: holder.job_id == "1001")
+    holder.down()
+    server.close()
+
+
+def test_a_follower_keeps_following_past_its_own_estimate_of_the_end_and_after_a_lost_connection(
+        cluster: Cluster, fake: FakeTransport, monkeypatch: Any):
+    from jupyter_hpcllm.errors import ConnectionLost
+
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.server.FOLLOW_EVERY", 0.02)
+    server = cluster.up("Qwen3-8B")
+    holder = cluster.attach("1000")
+    holder._ends_at = time.time() - 1  # its estimate says the time is up (an extend, a clock step): Slurm not
+    lost: list[str] = []
+    follow = cluster.follow
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if not lost:
+            lost.append("once")
+            raise ConnectionLost("the login node went away for a moment")
+        return follow(*args, **kwargs)
+
+    cluster.follow = flaky  # type: ignore[method-assign]
+    holder.follow_renewals()
+    time.sleep(0.2)
+    assert "hpcllm-follow-1000" in {thread.name for thread in threading.enumerate()}
+    cluster.renew(server, grace=0.5)
+    _until(lambda: holder.job_id == "1001")  # the successor it failed to reach once is still followed
+    assert lost
+    holder.down()
+    server.close()
