@@ -347,6 +347,7 @@ class FakeTransport:
         self.lease_renew_every = 60.0  # what the relay of every job tells a lease to do
         self.renewals: dict[str, str] = {}  # job -> its successor ("" claimed, not yet submitted)
         self.committed: dict[str, str] = {}  # job -> its successor, once it serves and takes over
+        self.renewal_owners: dict[str, str] = {}  # job -> the token of the renewer that claimed it
         self.jobs: dict[str, FakeJob] = {}
         self.commands: list[str] = []
         self.fresh_connections = 0
@@ -374,12 +375,13 @@ class FakeTransport:
                         rf"sbatch --parsable(?: --export=ALL,HPCLLM_KEY_FROM=(\d+))? --comment=(\S+) .*"),
              self._sbatch),
             (re.compile(rf"cat {_J}/{_ID}/job\.sh"), self._job_script),
-            (re.compile(rf"cd; if mkdir {_J}/{_ID}/renewal 2>/dev/null; then echo (\S+); .*"), self._claim_renewal),
+            (re.compile(rf"cd; if mkdir {_J}/{_ID}/renewal 2>/dev/null; then echo ([0-9a-f]+) > \S+; echo (\S+); .*"),
+             self._claim_renewal),
             (re.compile(rf"cd; echo {_ID} > {_J}/{_ID}/renewal/job\.new && mv .*"), self._record_renewal),
             (re.compile(rf"cd; rm -rf {_J}/{_ID}/renewal"), self._drop_renewal),
             (re.compile(rf"cd; echo {_ID} > {_J}/{_ID}/renewal/ready\.new && mv .*"), self._commit_renewal),
-            (re.compile(rf"cat {_J}/{_ID}/renewal/ready 2>/dev/null; true"), self._successor),
-            (re.compile(rf"cat {_J}/{_ID}/renewal/job 2>/dev/null; true"),
+            (re.compile(rf"cd; cat {_J}/{_ID}/renewal/ready 2>/dev/null; true"), self._successor),
+            (re.compile(rf"cd; cat {_J}/{_ID}/renewal/job 2>/dev/null; true"),
              lambda m, _: (0, self.renewals[m[1]] + "\n" if self.renewals.get(m[1]) else "", "")),
             (re.compile(rf"scontrol update JobId={_ID} TimeLimit=\+(\d+)"), self._extend),
             (re.compile(rf'squeue -h -u "\$USER" -o {_FMT}(?: -n (\S+))?(?: -t ([A-Z,]+))?'), self._squeue),
@@ -499,10 +501,13 @@ class FakeTransport:
         return 0, job.script, ""
 
     def _claim_renewal(self, match: re.Match[str], _: str) -> _Out:
-        if match[1] not in self.renewals:
-            self.renewals[match[1]] = ""
-            return 0, f"{match[2]}\n", ""
-        return 0, (self.renewals[match[1]] + "\n") if self.renewals[match[1]] else "", ""
+        job, token, claimed = match[1], match[2], match[3]
+        if job not in self.renewals:
+            self.renewals[job], self.renewal_owners[job] = "", token
+            return 0, f"{claimed}\n", ""
+        if self.renewal_owners.get(job) == token:  # its own claim, asked again
+            return 0, f"{claimed}\n", ""
+        return 0, (self.renewals[job] + "\n") if self.renewals[job] else "", ""
 
     def _record_renewal(self, match: re.Match[str], _: str) -> _Out:
         if match[2] not in self.renewals:  # as `echo > renewal/job.new` into a directory that is gone
@@ -523,6 +528,7 @@ class FakeTransport:
     def _drop_renewal(self, match: re.Match[str], _: str) -> _Out:
         self.renewals.pop(match[1], None)
         self.committed.pop(match[1], None)
+        self.renewal_owners.pop(match[1], None)
         return 0, "", ""
 
     def _extend(self, match: re.Match[str], _: str) -> _Out:

@@ -228,16 +228,20 @@ def job_script_command(job_id: str) -> str:
 RENEWAL_CLAIMED = "hpcllm-renewal-claimed"
 
 
-def renewal_command(job_id: str, successor: str | None = None) -> str:
-    """Without `successor`: claim the renewal of a job (mkdir: one renewer wins; it prints
-    RENEWAL_CLAIMED), else print the successor the winner recorded (nothing yet: it is still submitting).
-    With `successor`: record it. With successor "": give the claim up (the successor failed)."""
+def renewal_command(job_id: str, successor: str | None = None, *, token: str = "") -> str:
+    """Without `successor`: claim the renewal of a job for the renewer `token` (mkdir: one renewer wins; it
+    prints RENEWAL_CLAIMED; the same renewer asking again, its answer lost, is told so again), else print
+    the successor the winner recorded (nothing yet: it is still submitting). With `successor`: record it.
+    With successor "": give the claim up (the successor failed)."""
     renewal = f"{JOBS_DIR}/{check_job_id(job_id)}/renewal"
     if successor == "":
         return f"cd; rm -rf {renewal}"
     if successor is not None:
         return f"cd; echo {check_job_id(successor)} > {renewal}/job.new && mv {renewal}/job.new {renewal}/job"
-    return (f"cd; if mkdir {renewal} 2>/dev/null; then echo {RENEWAL_CLAIMED}; "
+    if not re.fullmatch(r"[0-9a-f]{16,64}", token):
+        raise ValueError("a renewal claim needs the renewer's hex token")
+    return (f"cd; if mkdir {renewal} 2>/dev/null; then echo {token} > {renewal}/owner; echo {RENEWAL_CLAIMED}; "
+            f'elif [ "$(cat {renewal}/owner 2>/dev/null)" = {token} ]; then echo {RENEWAL_CLAIMED}; '
             f"else cat {renewal}/job 2>/dev/null; fi; true")
 
 
@@ -250,13 +254,13 @@ def commit_renewal_command(job_id: str, successor: str) -> str:
 
 def recorded_successor_command(job_id: str) -> str:
     """Print the successor a job's renewer recorded, committed or not (nothing: no renewal, or given up)."""
-    return f"cat {JOBS_DIR}/{check_job_id(job_id)}/renewal/job 2>/dev/null; true"
+    return f"cd; cat {JOBS_DIR}/{check_job_id(job_id)}/renewal/job 2>/dev/null; true"
 
 
 def successor_command(job_id: str) -> str:
     """Print the successor of a job's committed renewal, if any (read only: claims nothing; a successor still
     starting, which its renewer may yet give up, is not printed)."""
-    return f"cat {JOBS_DIR}/{check_job_id(job_id)}/renewal/ready 2>/dev/null; true"
+    return f"cd; cat {JOBS_DIR}/{check_job_id(job_id)}/renewal/ready 2>/dev/null; true"
 
 
 def extend_command(job_id: str, minutes: int) -> str:

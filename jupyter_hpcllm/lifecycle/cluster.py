@@ -54,6 +54,7 @@ from ..errors import (
     JobNotFound,
     LaunchCancelled,
     RemoteCommandError,
+    ServerNotReady,
     SubmitError,
     TransportError,
 )
@@ -283,16 +284,19 @@ class Cluster:
         grace = RENEW_GRACE_SECONDS if grace is None else grace
         control = control or RenewalControl()
         pause = control.pausing(self._sleep, real=self._injected_sleep is None)
+        old = server.job_id  # the job the caller means: if a follow moves the server first, that is the renewal
+        tell = on_progress or (lambda _: None)
+        report = _until_moved(tell)  # (for the waits: READY is told once the server moved)
+        started = self._clock()
+        row = self._probe(old).row  # (before the claim: nothing to leak if the login node is away)
+        wait_for = timeout if timeout is not None else default_wait(row.time_left if row else None)
         with server.moving:  # (this server's follower waits meanwhile)
-            old = server.job_id
-            report = on_progress or (lambda _: None)
-            started = self._clock()
+            if server.job_id != old:
+                return server  # moved to a successor meanwhile: renewed already
             claimed = self._claim_renewal(old, pause)
-            row = self._probe(old).row
-            wait_for = timeout if timeout is not None else default_wait(row.time_left if row else None)
             if claimed is not None:  # another renewer's successor: follow it, the other renewer ends the old job
-                return self.follow(server, claimed, on_progress=report, timeout=wait_for, sleep=pause)
-            new = ""
+                return self.follow(server, claimed, on_progress=on_progress, timeout=wait_for, sleep=pause)
+            new, unknown = "", False
             try:
                 script = self._read(job_script_command(old), check=False).stdout
                 if not script.startswith("#!") or row is None or not row.state.is_active:
@@ -313,51 +317,86 @@ class Cluster:
                 if server.closed or not control.commit():
                     raise LaunchCancelled(f"The renewal of job {old} was given up before its successor {new} "
                                           "took over; the old job keeps serving.")
-                self._read(commit_renewal_command(old, new))  # from now on the holders move
+                if not self._commit_renewal(old, new):  # from now on the holders move
+                    unknown = True
+                    raise ConnectionLost(
+                        f"The login node stopped answering while job {new} took over from job {old}, so whether "
+                        "it did is unknown. Both jobs keep running (each ends itself when idle): `hpcllm list` "
+                        f"shows them; stop the one your clients do not use, and remove ~/.hpcllm/jobs/{old}/renewal "
+                        "on the cluster.")
             except BaseException:
-                if new:
-                    self.cancel_quietly(new, fresh=True)  # never a successor left running for nobody
-                self._quietly(renewal_command(old, ""))
+                if not unknown:  # (then neither job may be cancelled: holders may have moved)
+                    if new:
+                        self.cancel_quietly(new, fresh=True)  # never a successor left running for nobody
+                    self._quietly(renewal_command(old, ""))
                 raise
             server.retarget(new, successor.node, successor.port, successor.seconds_left)
-        report(Progress(Stage.READY, new, f"Job {new} now serves {server.base_url}; job {old} stops in "
-                                          f"{grace:g} s.", self._clock() - started, node=successor.node))
+        tell(Progress(Stage.READY, new, f"Job {new} now serves {server.base_url}; job {old} stops in "
+                                        f"{grace:g} s.", self._clock() - started, node=successor.node))
         try:
             self._sleep(grace)  # the other holders move, requests still running on the old job finish
         finally:
             self.cancel_quietly(old)
         return server
 
+    def _commit_renewal(self, old: str, new: str) -> bool:
+        """Write the commit mark; False if whether it was written is unknown (its answer lost, and the mark
+        unreadable). A lost answer is no failure until the mark is known to be missing: holders may have
+        read it and moved."""
+        try:
+            self._read(commit_renewal_command(old, new))
+            return True
+        except RemoteCommandError:
+            raise  # the claim is gone: no mark was written, nobody moved
+        except TransportError:
+            try:
+                written = self._read(successor_command(old), check=False, timeout=30).stdout.strip()
+            except TransportError:
+                return False
+            if written != new:
+                raise
+            return True  # the mark was written; only its answer was lost
+
     def follow(self, server: Server, successor: str, *, on_progress: ProgressCallback | None = None,
                timeout: float | None = None, sleep: Callable[[float], None] | None = None) -> Server:
         """Move `server` to the successor another renewer started for its job, once the renewal is committed
         and the successor answers with the same key. Never claims a renewal nor submits: the renewer stops the
         old job, or, giving up, cancels the successor and drops the claim, which ends this wait (the server
-        stays where it is). Stops waiting when the server is closed."""
+        stays where it is). Gives up after `timeout` seconds (default an hour), when the successor ends, or
+        when the server is closed."""
         old = server.job_id
-        report = on_progress or (lambda _: None)
+        tell = on_progress or (lambda _: None)
+        report = _until_moved(tell)
         base = sleep or self._sleep
+        deadline = self._clock() + (3600.0 if timeout is None else timeout)
 
         def pause(seconds: float) -> None:
             if server.closed:
                 raise LaunchCancelled(f"The server of job {old} was closed while it waited for job {successor}.")
+            if self._clock() > deadline:
+                raise ServerNotReady(f"The renewal of job {old} to job {successor} did not take over in time.")
             base(seconds)
 
         with server.moving:
             if server.job_id != old:
                 return server  # moved meanwhile
             report(Progress(Stage.REUSED, successor, f"Job {old} is being renewed, as job {successor}.", 0.0))
+            started = self._clock()
             moved = self.wait(check_job_id(successor), report=report, submitted=False, sleep=pause,
-                              started=self._clock(), timeout=3600.0 if timeout is None else timeout, hold=False)
+                              started=started, timeout=max(0.0, deadline - started), hold=False)
             moved.close()  # its own forward: the server's moves instead
             if moved.api_key != server.api_key:
                 raise SubmitError(f"job {successor} did not take over the API key of job {old}",
                                   f"The server stays on job {old}.")
             while self.successor(old) != successor:  # not committed yet: the renewer may still give it up
-                if self._read(recorded_successor_command(old), check=False, timeout=30).stdout.strip() != successor:
+                recorded = self._read(recorded_successor_command(old), check=False, timeout=30).stdout.strip()
+                row = self._probe(successor).row
+                if recorded != successor or row is None or not row.state.is_active:
                     raise LaunchCancelled(f"The renewal of job {old} was given up; the server stays on it.")
                 pause(2.0)
             server.retarget(successor, moved.node, moved.port, moved.seconds_left)
+            tell(Progress(Stage.READY, successor, f"Job {successor} took over from job {old}.",
+                          self._clock() - started, node=moved.node))
         return server
 
     def successor(self, job_id: str) -> str | None:
@@ -367,8 +406,9 @@ class Cluster:
 
     def _claim_renewal(self, job_id: str, pause: Callable[[float], None]) -> str | None:
         """None if this renewer claimed the job's renewal; else the successor another one started."""
+        token = secrets.token_hex(16)  # (a lost answer, asked again, is this renewer's own claim)
         for _ in range(30):
-            said = self._read(renewal_command(job_id)).stdout.strip()
+            said = self._read(renewal_command(job_id, token=token)).stdout.strip()
             if said == RENEWAL_CLAIMED:
                 return None
             if said:
@@ -502,3 +542,16 @@ def _submission_unknown(error: Exception, token: str) -> SubmitError:
         f"the answer to sbatch was lost ({error}), so the job may or may not exist",
         f"`hpcllm list` shows it if it does (its comment ends with submission={token}); stop it with "
         "`hpcllm down JOB`, or launch again.")
+
+
+def _until_moved(report: ProgressCallback) -> ProgressCallback:
+    """A successor answering is not yet a renewal done (the move comes after the commit): the wait's
+    READY is told as loading, so READY means moved, for every face."""
+
+    def tell(progress: Progress) -> None:
+        if progress.stage is Stage.READY:
+            progress = replace(progress, stage=Stage.LOADING,
+                               message=f"Job {progress.job_id} answers; it takes over …")
+        report(progress)
+
+    return tell

@@ -115,10 +115,7 @@ class Renewal:
             self._thread.join(timeout)
 
     def _report(self, progress: Progress) -> None:
-        if progress.stage is Stage.READY and not self.control.committed:  # answering, not taken over yet
-            progress = replace(progress, stage=Stage.LOADING, message=f"Job {progress.job_id} answers; it takes "
-                               f"over from job {self.old} …")
-        elif progress.stage is Stage.READY:  # (renew's message names this process's own forward)
+        if progress.stage is Stage.READY:  # (renew's message names this process's own forward)
             progress = replace(progress, message=f"Job {progress.job_id} took over from job {self.old} with the "
                                f"same key; the notebooks holding job {self.old} move to it, then job {self.old} stops.")
         with self._lock:

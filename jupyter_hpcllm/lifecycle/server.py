@@ -291,7 +291,9 @@ class Server:
 
     def retarget(self, job_id: str, node: str, port: int, seconds_left: float | None) -> None:
         """Move to a successor job (same key): the local address and every client made from it now reach
-        it. Used by `Cluster.renew`."""
+        it. Used by `Cluster.renew`. A closed server stays where it was (it no longer forwards anything)."""
+        if self.closed:
+            return
         self._forward.retarget(node, port)
         self.job_id, self.node, self.port = job_id, node, port
         self._ends_at = None if seconds_left is None else self._clock() + seconds_left

@@ -255,15 +255,20 @@ class LabManager:
             left = views.time_left_text(info)
             raise ConfigError(f"Job {job} is not near its time limit ({info.state.value}, {left}).",
                               f"Renew is for the last {cluster.profile.walltime_warning:g} minutes of a running job "
-                              "(the profile's walltime_warning): the notebooks holding it watch for a successor "
-                              "then. To keep a server longer from the start, launch it with a longer time.")
-        with self._lock:  # one renewal per job here, however many tabs or clicks ask
+                              "(the profile's walltime_warning). To keep a server longer from the start, launch it "
+                              "with a longer time.")
+        default = profile_names()[1]
+        key = profile or default
+        with self._lock:  # one renewal per job here, however many tabs or clicks ask at once
             running = [launch_id for launch_id, tracked in self._launches.items()
                        if isinstance(tracked.task, Renewal) and tracked.task.old == job
-                       and tracked.profile == (profile or "") and not tracked.task.done()]
-        if running:
-            return self.progress(running[0])
-        return self._track(profile, info.model or job, Renewal(cluster, job).start())
+                       and (tracked.profile or default) == key and not tracked.task.done()]
+            if not running:
+                renewal = Renewal(cluster, job)
+                running = [secrets.token_hex(8)]
+                self._launches[running[0]] = _Tracked(profile or "", info.model or job, renewal, time.monotonic())
+                renewal.start()
+        return self.progress(running[0])
 
     def _track(self, profile: str | None, model: str, task: _Task) -> LaunchModel:
         launch_id = secrets.token_hex(8)

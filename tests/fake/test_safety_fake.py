@@ -239,19 +239,23 @@ def test_follow_never_moves_to_a_successor_with_another_key(cluster: Cluster, fa
     other.down()
 
 
-def _blocking_at(renewal: Any, stage: Stage, committed: bool) -> tuple[threading.Event, threading.Event]:
-    """Hold the renewal's thread when it reports `stage` (with the commit done or not): (reached, go on)."""
+def _blocking_at(renewal: Any, moment: Any) -> tuple[threading.Event, threading.Event]:
+    """Hold the renewal's thread at the first progress `moment(progress)` accepts: (reached, go on)."""
     reached, go_on = threading.Event(), threading.Event()
     report = renewal._report
 
     def held(progress: Progress) -> None:
         report(progress)
-        if progress.stage is stage and renewal.control.committed is committed:
+        if not reached.is_set() and moment(progress):
             reached.set()
             go_on.wait(JOIN)
 
     renewal._report = held
     return reached, go_on
+
+
+def _answers(progress: Progress) -> bool:
+    return "answers; it takes over" in progress.message
 
 
 def test_a_renewal_stopped_after_its_successor_answered_but_before_it_took_over_moves_nobody(
@@ -263,7 +267,7 @@ def test_a_renewal_stopped_after_its_successor_answered_but_before_it_took_over_
     holder = cluster.attach("1000")
     holder.follow_renewals()
     renewal = Renewal(cluster, "1000")
-    reached, go_on = _blocking_at(renewal, Stage.READY, committed=False)  # the wait's "it answers"
+    reached, go_on = _blocking_at(renewal, _answers)  # the successor answers, not committed yet
     renewal.start()
     assert reached.wait(JOIN)
     assert renewal.progress is not None and renewal.progress.stage is Stage.LOADING  # not "took over" yet
@@ -287,7 +291,7 @@ def test_a_renewal_stopped_after_it_took_over_finishes(cluster: Cluster, fake: F
     holder = cluster.attach("1000")
     holder.follow_renewals()
     renewal = Renewal(cluster, "1000")
-    reached, go_on = _blocking_at(renewal, Stage.READY, committed=True)
+    reached, go_on = _blocking_at(renewal, lambda progress: progress.stage is Stage.READY)
     renewal.start()
     assert reached.wait(JOIN)
     renewal.stop()  # too late: the holders are moving
@@ -308,7 +312,7 @@ def test_stopping_a_renewal_that_follows_another_leaves_the_others_successor(clu
     monkeypatch.setattr("jupyter_hpcllm.lifecycle.cluster.RENEW_GRACE_SECONDS", 0.0)
     server = cluster.up("Qwen3-8B")
     first = Renewal(cluster, "1000")
-    reached, go_on = _blocking_at(first, Stage.SUBMITTED, committed=False)
+    reached, go_on = _blocking_at(first, lambda progress: progress.stage is Stage.SUBMITTED)
     first.start()
     assert reached.wait(JOIN)
     second = Renewal(cluster, "1000").start()
@@ -362,3 +366,57 @@ def test_a_follower_keeps_following_past_its_own_estimate_of_the_end_and_after_a
     assert lost
     holder.down()
     server.close()
+
+
+def test_a_second_renewer_never_moves_to_a_successor_the_first_gives_up(cluster: Cluster, fake: FakeTransport):
+    """The claimed branch follows only a committed renewal: the first renewer, stopped after its successor
+    answered, cancels it; the second (`%hpcllm renew` in another notebook) stays on the old job."""
+    from jupyter_hpcllm.errors import HpcllmError
+    from jupyter_hpcllm.lifecycle import Renewal
+
+    server = cluster.up("Qwen3-8B")
+    other = cluster.attach("1000")
+    first = Renewal(cluster, "1000")
+    reached, go_on = _blocking_at(first, _answers)
+    first.start()
+    assert reached.wait(JOIN)
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            cluster.renew(other, grace=0)
+        except HpcllmError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.3)
+    assert other.job_id == "1000"  # it waits for the commit
+    first.stop()
+    go_on.set()
+    thread.join(JOIN)
+    _until(first.done)
+    assert first.cancelled() and errors and other.job_id == "1000"
+    assert fake.jobs["1001"].state.startswith("CANCELLED") and fake.jobs["1000"].state == "RUNNING"
+    other.close()
+    server.down()
+
+
+def test_a_lost_answer_to_the_claim_is_the_renewers_own_claim(cluster: Cluster, fake: FakeTransport, monkeypatch: Any):
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.cluster.RENEW_GRACE_SECONDS", 0.0)
+    server = cluster.up("Qwen3-8B")
+    fake.drop("if mkdir", when="after")  # the mkdir runs, its answer is lost; asked again, it is ours
+    cluster.renew(server)
+    assert server.job_id == "1001" and fake.jobs["1000"].state.startswith("CANCELLED")
+    server.down()
+
+
+def test_a_lost_answer_to_the_commit_is_read_back_not_rolled_back(cluster: Cluster, fake: FakeTransport,
+                                                                 monkeypatch: Any):
+    monkeypatch.setattr("jupyter_hpcllm.lifecycle.cluster.RENEW_GRACE_SECONDS", 0.0)
+    server = cluster.up("Qwen3-8B")
+    fake.drop("ready.new", when="after", times=2)  # written, both answers lost: the mark is read back
+    cluster.renew(server)
+    assert server.job_id == "1001" and fake.jobs["1001"].state == "RUNNING"
+    assert fake.jobs["1000"].state.startswith("CANCELLED")
+    server.down()
