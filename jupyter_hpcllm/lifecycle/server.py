@@ -239,8 +239,9 @@ class Server:
                 if left is not None and left < lead * 60:
                     try:
                         self.cluster.renew(self)
-                    except Exception:  # the old job keeps serving; the walltime warning still shows
-                        _log.exception("renewing job %s failed", self.job_id)
+                    except Exception as error:  # the old job keeps serving; the walltime warning still shows
+                        # One paragraph, no traceback: from this thread it lands in whatever cell runs.
+                        _log.warning("Renewing job %s failed: %s", self.job_id, error)
                         return
 
         threading.Thread(target=watch, name=f"hpcllm-renew-{self.job_id}", daemon=True).start()
