@@ -120,7 +120,7 @@ class Server:
         # kernel that dies stops renewing, and the job then ends itself after its idle timeout.
         self._lease = Lease(lambda: self._forward.address, api_key).start() if hold else None
         self._closed = threading.Event()
-        self._following = False  # follow_renewals runs
+        self._follower = threading.Lock()  # taken for good by the first follow_renewals
         # Held while the server moves to a successor (a renewal, a follow): one move at a time.
         self.moving = threading.RLock()
         self._last_metrics: EngineMetrics | None = None  # the reading before, for vLLM's tokens per second
@@ -252,13 +252,15 @@ class Server:
         another notebook's `%hpcllm renew`), and move to its successor, so the clients made from this server
         keep working. A successor that failed is not tried again; while the login node cannot be reached the
         looks back off. Stops when the server is closed or the job ended with no successor."""
-        with self._metrics_lock:
-            if self._following:
-                return
-            self._following = True
+        if not self._follower.acquire(blocking=False):
+            return  # one follower per server: it runs already
         every = FOLLOW_EVERY if check_every is None else check_every
         threading.Thread(target=self._follow, args=(every,), name=f"hpcllm-follow-{self.job_id}",
                          daemon=True).start()
+
+    @property
+    def _following(self) -> bool:
+        return self._follower.locked()
 
     def _follow(self, every: float) -> None:
         failed: set[str] = set()

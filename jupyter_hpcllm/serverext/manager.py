@@ -63,7 +63,7 @@ class _Task(Protocol):
     def done(self) -> bool: ...
     def exception(self) -> BaseException | None: ...
     def cancelled(self) -> bool: ...
-    def stop(self) -> object: ...
+    def stop(self, timeout: float = ...) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,8 @@ class LabManager:
             launches, self._launches = list(self._launches.values()), {}
             watched, self._watched = list(self._watched.values()), {}
         for tracked in launches:
-            if isinstance(tracked.task, LaunchHandle) and not tracked.task.done():
+            if not tracked.task.done():  # (a renewal's successor is cancelled unless it took over already)
                 tracked.task.stop(timeout=30)
-            elif isinstance(tracked.task, Renewal) and not tracked.task.done():
-                tracked.task.stop(timeout=30)  # its successor is cancelled unless it took over already
         for server, _ in watched:
             server.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -243,7 +241,7 @@ class LabManager:
         cluster = self.cluster(profile).connect()
         handle = cluster.launch(chosen)
         handle.add_done_callback(_release_when_ready)
-        return self._track(profile, chosen.model, handle)
+        return self._track(cluster, chosen.model, handle)
 
     def renew(self, profile: str | None, job: str) -> LaunchModel:
         """Start the renewal of a job near its time limit: a successor with the same plan and key; the
@@ -257,25 +255,27 @@ class LabManager:
                               f"Renew is for the last {cluster.profile.walltime_warning:g} minutes of a running job "
                               "(the profile's walltime_warning). To keep a server longer from the start, launch it "
                               "with a longer time.")
-        default = profile_names()[1]
-        key = profile or default
         with self._lock:  # one renewal per job here, however many tabs or clicks ask at once
             running = [launch_id for launch_id, tracked in self._launches.items()
                        if isinstance(tracked.task, Renewal) and tracked.task.old == job
-                       and (tracked.profile or default) == key and not tracked.task.done()]
+                       and tracked.profile == cluster.profile.name and not tracked.task.done()]
             if not running:
                 renewal = Renewal(cluster, job)
-                running = [secrets.token_hex(8)]
-                self._launches[running[0]] = _Tracked(profile or "", info.model or job, renewal, time.monotonic())
+                running = [self._add(cluster, info.model or job, renewal)]
                 renewal.start()
         return self.progress(running[0])
 
-    def _track(self, profile: str | None, model: str, task: _Task) -> LaunchModel:
-        launch_id = secrets.token_hex(8)
+    def _track(self, cluster: Cluster, model: str, task: _Task) -> LaunchModel:
         with self._lock:
-            self._launches[launch_id] = _Tracked(profile or "", model, task, time.monotonic())
+            launch_id = self._add(cluster, model, task)
         self._sweep()
         return self.progress(launch_id)
+
+    def _add(self, cluster: Cluster, model: str, task: _Task) -> str:
+        """Track a task under a new id (called holding the lock)."""
+        launch_id = secrets.token_hex(8)
+        self._launches[launch_id] = _Tracked(cluster.profile.name, model, task, time.monotonic())
+        return launch_id
 
     def progress(self, launch_id: str) -> LaunchModel:
         tracked = self._launch(launch_id)
