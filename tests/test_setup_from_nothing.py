@@ -573,3 +573,16 @@ def test_the_mfa_code_and_its_check(machine: Machine, leftover: str) -> None:
         )
         assert ran.returncode == status, ran.stderr
         assert attempts.read_text().splitlines()[-1].split()[1:] == ["hpcuser", outcome]
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_the_ui_tests_browser_is_installed_the_same_way(machine: Machine, known: bool) -> None:
+    """scripts/ui-test installs Debian's Chromium through the same step: a fresh machine asks apt-get for it,
+    one that has it asks nothing."""
+    script = (SCRIPT.parent.parent.parent / "scripts" / "ui-test").read_text()
+    assert 'bash tests/cluster/testcluster.sh packages chromium' in script
+    if known:
+        machine.know("installed", "chromium")
+    result = machine.run("install_packages chromium")
+    assert result.returncode == 0, result.stderr
+    assert machine.apt_calls() == ([] if known else [("install", ["chromium"], "101", "noninteractive")])
