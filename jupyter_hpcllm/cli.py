@@ -20,7 +20,9 @@ DESCRIPTION = """\
 Run a large open LLM (vLLM or SGLang) on a Slurm GPU cluster and talk to it with any OpenAI client.
 
   hpcllm models                                the models on the cluster: size, family, parsers, GPUs
-  hpcllm plan gpt-oss-120b                     what `up` would choose (parsers, GPUs) and why
+  hpcllm plan gpt-oss-120b                     what `up` would choose (engine, parsers, GPUs) and why
+  hpcllm up Qwen3-8B --replicas 2 --gpus 2     two copies of the model, one per GPU, for many users
+  hpcllm up Qwen3-8B --speculative             speculative decoding with the draft its card names
   hpcllm script gpt-oss-120b --gpus 4          show the sbatch script, without connecting
   hpcllm up gpt-oss-120b --forward             start it (or reuse the same running job), then forward it
   hpcllm list                                  your servers on the cluster
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("up", "start a model server (or reuse the same pending/running one) and wait until it answers",
                   _cmd_up)
-    add_arguments(sub, groups=("job", "check", "launch"))
+    add_arguments(sub, groups=("job", "launch"))
     _profile_option(sub)
     sub.add_argument("--forward", action="store_true",
                      help="once ready, keep a local port forward open (Ctrl-C ends it)")
@@ -88,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(sub)
     _profile_option(sub)
 
-    sub = command("plan", "read the model's facts on the cluster and show the parsers, the allocation and why",
-                  _cmd_plan)
-    add_arguments(sub, groups=("job", "check"))
+    sub = command("plan", "read the model's facts and card on the cluster, ask the engine images, and show the "
+                  "engine, the parsers (with where each comes from), the allocation and why", _cmd_plan)
+    add_arguments(sub)
     _profile_option(sub)
     sub.add_argument("--script", action="store_true", help="also print the sbatch script")
     sub.add_argument("--refresh", action="store_true", help="re-read the model's facts (they are cached)")
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "the suggested allocation", _cmd_models)
     _profile_option(sub)
 
-    sub = command("parsers", "list the tool-call and reasoning parsers an engine image registers", _cmd_parsers)
+    sub = command("parsers", "ask an engine image what it registers: parsers, architectures, tool chat "
+                  "templates", _cmd_parsers)
     sub.add_argument("--engine", choices=ENGINES, help="engine (default: the profile's)")
     sub.add_argument("--refresh", action="store_true", help="ask the image again (answers are cached)")
     _profile_option(sub)
@@ -189,10 +192,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_parsers(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     engine = args.engine or cluster.profile.default_engine
-    found = cluster.parsers(engine, refresh=args.refresh)
-    print(f"{engine} image {cluster.profile.image(engine)}")
-    print(f"  tool-call parsers: {', '.join(found['tool']) or '(none listed)'}")
-    print(f"  reasoning parsers: {', '.join(found['reasoning']) or '(none listed)'}")
+    info = cluster.image(engine, refresh=args.refresh)
+    print(f"{info.label}: {cluster.profile.image(info.engine) or '(no container)'}")
+    for label, names in (("tool-call parsers", info.tool_parsers), ("reasoning parsers", info.reasoning_parsers),
+                         ("architectures", info.architectures), ("tool chat templates", info.templates)):
+        print(f"  {label}: {', '.join(names) if names else '(none)' if names is not None else '(could not ask)'}")
+    if info.engine == "sglang":
+        print(f"  auto detection from the chat template: {'yes' if info.auto_parsers else 'no'}")
+    for problem in info.problems:
+        print(f"  problem: {problem}")
     return 0
 
 

@@ -114,6 +114,34 @@ def stopped_message(job_id: str, state_value: str) -> str:
     return f"Job {job_id} cancelled ({now}); its GPUs are free."
 
 
+def choice_lines(plan: LaunchPlan) -> list[tuple[str, str]]:
+    """(label, text) for each choice the plan made and where it came from: the engine, the parsers (with
+    what the other sources said where they disagree), the flags the model needs, speculative decoding,
+    and what the engine's image said of itself."""
+    lines = []
+    if plan.engine_reason:
+        lines.append(("engine", f"{plan.engine} ({plan.engine_reason})"))
+    if plan.parsers is not None:
+        lines += [("parsers", plan.parsers.tool.describe()), ("", plan.parsers.reasoning.describe())]
+        if plan.parsers.flag_sources:
+            lines.append(("flags", "; ".join(plan.parsers.flag_sources)))
+    if plan.card is not None and plan.card.command:
+        lines.append(("model card", plan.card.command if len(plan.card.command) <= 160
+                      else plan.card.command[:159] + "…"))
+    if plan.speculation is not None:
+        lines.append(("speculative", plan.speculation.describe()))
+    image = plan.image
+    if image is not None:
+        counts = [f"{len(names)} {what}" for names, what in ((image.tool_parsers, "tool-call parsers"),
+                                                             (image.reasoning_parsers, "reasoning parsers"),
+                                                             (image.architectures, "architectures"))
+                  if names is not None]
+        said = ", ".join(counts) + (", detects parsers from the chat template" if image.auto_parsers else "")
+        lines.append(("image", f"{image.label}: {said or 'could not say what it holds'}"
+                      + (f" ({'; '.join(image.problems)[:200]})" if image.problems else "")))
+    return lines
+
+
 def plan_text(plan: LaunchPlan) -> str:
     """What `hpcllm plan` prints: the facts, the choices and the reasons."""
     lines = [f"{plan.model}  ({plan.model_path})"]
@@ -125,13 +153,10 @@ def plan_text(plan: LaunchPlan) -> str:
         lines.append(f"  weights     {facts.weight_gb:.1f} GB in {facts.shards} files")
     family = plan.family.name if plan.family else "unknown"
     lines.append(f"  family      {family}")
-    if plan.family:
-        for engine in ("vllm", "sglang"):
-            parsers = plan.family.parsers(engine)
-            lines.append(f"  {engine + ':':11} tool-call parser {parsers.tool or '—'}, reasoning parser "
-                         f"{parsers.reasoning or '—'}" + (f", {' '.join(parsers.extra_args)}" if parsers.extra_args
-                                                         else ""))
-    lines.append(f"  allocation  {plan.gpus} × {plan.gpu_type} ({plan.spec.gres}), tensor-parallel {plan.gpus}")
+    lines += [f"  {label:11} {text}" for label, text in choice_lines(plan)]
+    copies = f" = {plan.replicas} replicas × tensor-parallel {plan.tensor_parallel}" if plan.replicas > 1 else \
+        f", tensor-parallel {plan.tensor_parallel}"
+    lines.append(f"  allocation  {plan.gpus} × {plan.gpu_type} ({plan.spec.gres}){copies}")
     lines += [f"              {reason}" for reason in plan.reasons]
     lines.append(f"  command     {plan.engine_command}")
     lines += [f"  note        {note}" for note in plan.notes]
@@ -160,25 +185,16 @@ class PlanView:
 
 def plan_view(plan: LaunchPlan) -> PlanView:
     need = f"needs ≈ {plan.need_gb:.0f} GB → " if plan.need_gb else ""
-    headline = f"{need}{plan.gpus} × {plan.gpu_type}, tensor-parallel {plan.tensor_parallel}"
+    copies = f" ({plan.replicas} replicas)" if plan.replicas > 1 else ""
+    headline = f"{need}{plan.gpus} × {plan.gpu_type}, tensor-parallel {plan.tensor_parallel}{copies}"
     seconds = slurm_seconds(plan.spec.time)
     gpu_hours = round(plan.gpus * seconds / 3600, 2) if seconds is not None else None
     gpus = f"{plan.gpus} GPU" + ("s" if plan.gpus != 1 else "")
     hours = "" if gpu_hours is None else f"{gpu_hours:g} GPU-hour" + ("s" if gpu_hours != 1 else "")
     cost = (f"holds {gpus} for up to {plan.spec.time} = {hours} (less if you stop it, or it ends itself when "
             "idle)" if gpu_hours is not None else f"holds {gpus} until its time limit")
-    chosen = plan.options
-    family = plan.family.name if plan.family else None
-
-    def source(override: str | None) -> str:
-        if override is not None:
-            return "your choice"
-        return f"the {family} family" if family else "none: the family is not known"
-
-    details = [f"{plan.engine}: tool-call parser {plan.tool_parser or '—'} "
-               f"({source(chosen.tool_call_parser if chosen else None)}), reasoning parser "
-               f"{plan.reasoning_parser or '—'} ({source(chosen.reasoning_parser if chosen else None)})",
-               *plan.reasons, *plan.notes]
+    details = [f"{label}: {text}" if label else text for label, text in choice_lines(plan)]
+    details += [*plan.reasons, *plan.notes]
     return PlanView(True, headline, cost, details=tuple(details), gpus=plan.gpus, gpu_type=plan.gpu_type,
                     gpu_hours=gpu_hours, need_gb=round(plan.need_gb, 1) if plan.need_gb else None)
 

@@ -44,6 +44,33 @@ MODELS = {
     "Hermes-3-Llama-3.1-8B": ("llama", "LlamaForCausalLM", "<tool_call>"),
     "granite-3.3-8b-instruct": ("granite", "GraniteForCausalLM", "<|start_of_role|>"),
     "granite-4.0-h-small": ("granitemoehybrid", "GraniteMoeHybridForCausalLM", "<|start_of_role|>"),
+    # The notes' corrections (vLLM 0.33.0 / SGLang 0.5.23) and the families the first table lacked.
+    "Qwen3-30B-A3B-Instruct-2507": ("qwen3_moe", "Qwen3MoeForCausalLM", "<tool_call>"),
+    "Qwen3-VL-30B-A3B-Instruct": ("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration", "<tool_call>"),
+    "Qwen3-VL-8B-Thinking": ("qwen3_vl", "Qwen3VLForConditionalGeneration", "<think><tool_call>"),
+    "Qwen3.5-35B-A3B": ("qwen3_5_moe", "Qwen3_5MoeForConditionalGeneration", "<function=f><parameter=p>"),
+    "Qwen3.6-27B": ("qwen3_5", "Qwen3_5ForConditionalGeneration", "<function=f><parameter=p>"),
+    "DeepSeek-R1-Distill-Qwen-14B": ("qwen2", "Qwen2ForCausalLM", "<think>"),
+    "DeepSeek-R1-Distill-Llama-70B": ("llama", "LlamaForCausalLM", "<think>"),
+    "DeepSeek-V3.2": ("deepseek_v32", "DeepseekV32ForCausalLM", "<｜DSML｜function_calls>"),
+    "DeepSeek-V4": ("deepseek_v4", "DeepseekV4ForCausalLM", ""),
+    "DeepSeek-V4.1": ("deepseek_v4", "DeepseekV4ForCausalLM", ""),
+    "Kimi-K2.5": ("kimi_k25", "KimiK25ForConditionalGeneration", "<|tool_calls_section_begin|>"),
+    "Kimi-K3": ("kimi_k3", "KimiK3ForCausalLM", "<|tool_calls_section_begin|>"),
+    "GLM-5": ("glm_moe_dsa", "GlmMoeDsaForCausalLM", "[gMASK]<sop>"),
+    "MiniMax-M3": ("minimax_m3", "MiniMaxM3ForCausalLM", "<minimax:tool_call>"),
+    "Seed-OSS-36B-Instruct": ("seed_oss", "SeedOssForCausalLM", "<seed:tool_call>"),
+    "Hunyuan-A13B-Instruct": ("hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM", "<tool_calls>"),
+    "Hy3-Instruct": ("hy_v3", "HyV3ForCausalLM", ""),
+    "Hy4-Instruct": ("hy_v4", "HyV4ForCausalLM", ""),
+    "ERNIE-4.5-21B-A3B-PT": ("ernie4_5_moe", "Ernie4_5_MoeForCausalLM", ""),
+    "Step-3": ("step3_vl", "Step3VLForConditionalGeneration", ""),
+    "Step-3.5-Flash": ("step3p5", "Step3p5ForCausalLM", ""),
+    "gemma-4-31b-it": ("gemma4", "Gemma4ForConditionalGeneration", "<start_of_turn>"),
+    "Olmo-3-7B-Think": ("olmo3", "Olmo3ForCausalLM", "<think>"),
+    "NVIDIA-Nemotron-3-Nano-30B-A3B": ("nemotron_h", "NemotronHForCausalLM", "<think>"),
+    "Phi-4-reasoning-plus": ("phi3", "Phi3ForCausalLM", "<think>"),
+    "Ministral-3-14B-Reasoning-2512": ("mistral3", "Mistral3ForConditionalGeneration", "[THINK]"),
 }
 
 
@@ -52,7 +79,8 @@ def _row(family: Family | None) -> dict[str, object] | None:
         return None
     return {"family": family.name, **{
         engine: [family.parsers(engine).tool, family.parsers(engine).reasoning,
-                 list(family.parsers(engine).extra_args)] for engine in ("vllm", "sglang")}}
+                 list(family.parsers(engine).extra_args), family.parsers(engine).tool_chat_template]
+        for engine in ("vllm", "sglang")}}
 
 
 def _golden() -> dict[str, dict[str, object]]:
@@ -97,3 +125,79 @@ def test_kimi_needs_trust_remote_code_on_vllm():
 def test_llama_and_gemma_get_vllms_tool_chat_template():
     assert detect_family("llama", ("LlamaForCausalLM",), "", "Llama-3.1-8B-Instruct").vllm.tool_chat_template
     assert detect_family("gemma3", ("Gemma3ForConditionalGeneration",), "", "gemma-3-27b-it").vllm.tool_chat_template
+
+
+# The corrections the notes list (shared/notes/engines.md, "Checked against the engines' own code"), written
+# out by hand from the notes, not from the table: (engine, model, tool, reasoning).
+CORRECTIONS = [
+    ("vllm", "Qwen3-30B-A3B-Instruct-2507", "hermes", None),
+    ("sglang", "Qwen3-30B-A3B-Instruct-2507", "qwen25", None),
+    ("vllm", "Qwen3-VL-30B-A3B-Instruct", "hermes", None),
+    ("sglang", "Qwen3-VL-8B-Thinking", "qwen", "qwen3"),
+    ("sglang", "Qwen3-Next-80B-A3B-Instruct", "qwen", None),
+    ("vllm", "Qwen3.5-35B-A3B", "qwen3_coder", "qwen3"),
+    ("sglang", "Qwen3.6-27B", "qwen3_coder", "qwen3"),
+    ("sglang", "GLM-4.7", "glm47", "glm45"),
+    ("vllm", "DeepSeek-R1-Distill-Qwen-14B", None, "deepseek_r1"),
+    ("sglang", "DeepSeek-R1-Distill-Llama-70B", None, "deepseek-r1"),
+    ("vllm", "GLM-5", "glm47", "glm45"),
+    ("sglang", "MiniMax-M3", "minimax-m3", "minimax-m3"),
+    ("vllm", "Seed-OSS-36B-Instruct", "seed_oss", "seed_oss"),
+    ("sglang", "Seed-OSS-36B-Instruct", None, None),
+    ("vllm", "Hunyuan-A13B-Instruct", "hunyuan_a13b", "hunyuan_a13b"),
+    ("sglang", "Hy3-Instruct", "hunyuan", "hunyuan"),
+    ("vllm", "ERNIE-4.5-21B-A3B-PT", "ernie45", "ernie45"),
+    ("sglang", "Step-3.5-Flash", "step3p5", "step3p5"),
+    ("vllm", "gemma-4-31b-it", "gemma4", "gemma4"),
+    ("vllm", "Olmo-3-7B-Think", "olmo3", "olmo3"),
+    ("vllm", "NVIDIA-Nemotron-3-Nano-30B-A3B", None, "nemotron_v3"),
+    ("sglang", "NVIDIA-Nemotron-3-Nano-30B-A3B", None, "nemotron_3"),
+    ("sglang", "Phi-4-reasoning-plus", None, "deepseek-r1"),
+    ("vllm", "Ministral-3-14B-Reasoning-2512", "mistral", "mistral"),
+    ("vllm", "DeepSeek-V4.1", "deepseek_v41", "deepseek_v41"),
+    ("sglang", "DeepSeek-V4", "deepseekv4", "deepseek-v4"),
+    ("vllm", "Kimi-K3", "kimi_k3", "kimi_k3"),
+    ("sglang", "Kimi-K2.5", "kimi_k2", "kimi_k2"),
+]
+
+
+def test_the_notes_corrections_hold():
+    wrong = []
+    for engine, name, tool, reasoning in CORRECTIONS:
+        model_type, architecture, template = MODELS[name]
+        parsers = detect_family(model_type, (architecture,), template, name).parsers(engine)
+        if (parsers.tool, parsers.reasoning) != (tool, reasoning):
+            wrong.append((engine, name, parsers.tool, parsers.reasoning))
+    assert wrong == []
+
+
+def test_flags_and_templates_the_notes_ask_for():
+    def parsers(name, engine):
+        model_type, architecture, template = MODELS[name]
+        return detect_family(model_type, (architecture,), template, name).parsers(engine)
+
+    assert "--trust-remote-code" in parsers("Kimi-K2-Instruct-0905", "sglang").extra_args
+    assert "--trust-remote-code" in parsers("MiniMax-M2", "sglang").extra_args
+    assert parsers("DeepSeek-R1-0528", "vllm").tool_chat_template == "tool_chat_template_deepseekr1.jinja"
+    assert parsers("DeepSeek-V3-0324", "vllm").tool_chat_template == "tool_chat_template_deepseekv3.jinja"
+    assert parsers("DeepSeek-V3.1-Terminus", "vllm").tool_chat_template == "tool_chat_template_deepseekv31.jinja"
+    assert (parsers("DeepSeek-V3.2-Exp", "sglang").tool, parsers("DeepSeek-V3.2-Exp", "sglang").tool_chat_template) \
+        == ("deepseekv31", "tool_chat_template_deepseekv32.jinja")
+    assert parsers("Llama-4-Scout-17B-16E-Instruct", "sglang").tool_chat_template
+    assert parsers("gemma-3-27b-it", "sglang").tool_chat_template
+
+
+def test_every_name_the_table_uses_is_one_the_engines_register():
+    """The names the engine double registers: vLLM 0.33.0's and SGLang 0.5.23's, as the notes list them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fake_engine", Path(__file__).parent / "engine_double" / "fake_engine.py")
+    double = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(double)
+    registered = {("vllm", "tool"): double.VLLM_TOOL_PARSERS, ("vllm", "reasoning"): double.VLLM_REASONING_PARSERS,
+                  ("sglang", "tool"): double.SGLANG_TOOL_PARSERS,
+                  ("sglang", "reasoning"): double.SGLANG_REASONING_PARSERS}
+    missing = [(engine, kind, name) for _, family in FAMILIES for engine in ("vllm", "sglang")
+               for kind, name in (("tool", family.parsers(engine).tool), ("reasoning", family.parsers(engine).reasoning))
+               if name and name not in registered[engine, kind]]
+    assert missing == []

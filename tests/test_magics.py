@@ -59,7 +59,7 @@ def test_help_teaches(shell, capsys):
     assert "%hpcllm up MODEL" in out and "%hpcllm use URL" in out
     shell.run_line_magic("hpcllm", "up --help")
     out = capsys.readouterr().out
-    assert "--background" in out and "--no-reuse" in out and "--check-parsers" in out
+    assert "--background" in out and "--no-reuse" in out and "--replicas" in out
     magic = shell.find_line_magic("hpcllm")
     assert "status | list | logs" in magic.__doc__
     assert "{name} inserts a variable" in shell.find_cell_magic("llm").__doc__

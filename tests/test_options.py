@@ -52,12 +52,14 @@ def test_made_directly_it_checks_itself_too():
 
 def test_argparse_is_built_from_the_definitions():
     parser = argparse.ArgumentParser()
-    add_arguments(parser, groups=("job", "check", "launch"))
-    parsed = parser.parse_args(["Qwen3-8B", "--gpus", "2", "--gpu-type", "h200", "--no-reuse", "--check-parsers",
-                                "--reasoning-parser", ""])
+    add_arguments(parser, groups=("job", "launch"))
+    parsed = parser.parse_args(["Qwen3-8B", "--gpus", "2", "--gpu-type", "h200", "--no-reuse", "--replicas", "2",
+                                "--speculative", "--reasoning-parser", ""])
     options = LaunchOptions.from_namespace(parsed)
-    assert (options.model, options.gpus, options.gpu_type, options.reuse, options.check_parsers) == (
-        "Qwen3-8B", 2, "h200", False, True)
+    assert (options.model, options.gpus, options.gpu_type, options.reuse, options.replicas, options.speculative) == (
+        "Qwen3-8B", 2, "h200", False, 2, "auto")
+    named = LaunchOptions.from_namespace(parser.parse_args(["Qwen3-8B", "--speculative", "Qwen3-8B_eagle3"]))
+    assert named.speculative == "Qwen3-8B_eagle3"
     assert options.reasoning_parser == "" and options.tool_call_parser is None
 
 

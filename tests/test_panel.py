@@ -298,13 +298,13 @@ def test_what_the_form_changes_by_itself_is_planned_too(panel):
     assert panel.plan is None and "Choose a model" in panel.plan_box.value and panel.launcher.launch_button.disabled
     panel.form.search.value = ""
     choose(panel, "Qwen3-8B")
-    panel.form.set_parser_names(("my_tool",), ())
-    panel.form.tool_call_parser.value = "my_tool"
+    panel.form.set_parser_names(("qwen3_coder",), ())
+    panel.form.tool_call_parser.value = "qwen3_coder"
     panel.settle()
-    assert panel.plan.tool_parser == "my_tool"
+    assert panel.plan.tool_parser == "qwen3_coder"
     panel.form.set_parser_names((), ())  # the other engine's image lacks it: the form resets to automatic
     panel.settle()
-    assert panel.form.tool_call_parser.value == "(automatic)" and panel.plan.tool_parser != "my_tool"
+    assert panel.form.tool_call_parser.value == "(automatic)" and panel.plan.tool_parser != "qwen3_coder"
 
 
 def test_a_row_acts_on_the_cluster_it_was_read_from(panel, fake):

@@ -243,7 +243,7 @@ async def test_options_and_parser_names_for_the_form(fake, jp_fetch):
     assert status == 200 and options[0]["name"] == "model" and options[0]["kind"] == "text"
     by_name = {option["name"]: option for option in options}
     assert by_name["gpus"]["kind"] == "integer" and by_name["gpus"]["minimum"] == 1
-    assert by_name["engine"]["choices"] == ["vllm", "sglang"] and by_name["engine_args"]["kind"] == "arguments"
+    assert by_name["engine"]["choices"] == ["vllm", "sglang", "auto"] and by_name["engine_args"]["kind"] == "arguments"
     assert by_name["renew"]["kind"] == "boolean" and by_name["renew"]["group"] == "launch"
     assert by_name["idle_timeout"]["kind"] == "number" and all(set(o) == set(api.OptionModel.__annotations__)
                                                              for o in options)

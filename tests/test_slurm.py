@@ -69,7 +69,7 @@ def test_script_matches_golden(ebi, engine):
 def test_script_has_the_runbooks_allocation_and_flags(ebi, engine):
     script = _plan(ebi, "gpt-oss-120b", gpus=4, gpu_type="a100", engine=engine).script
     # The parsers are the family table's (tests/test_families.py owns it): here, only that they arrive.
-    tool, reasoning, _ = json.loads((GOLDEN / "families.json").read_text())["gpt-oss-120b"][engine]
+    tool, reasoning, _, _ = json.loads((GOLDEN / "families.json").read_text())["gpt-oss-120b"][engine]
     for directive in ("--nodes=1", "--gres=gpu:a100:4", "--cpus-per-task=16", "--mem=32G", "--time=4:00:00"):
         assert f"#SBATCH {directive}\n" in script
     assert "singularity exec --nv" in script

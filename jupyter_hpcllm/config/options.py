@@ -61,6 +61,7 @@ class OptionSpec:
     positional: bool = False
     after_dashes: bool = False  # engine arguments: everything after `--`, not an option
     negative_flag: str | None = None  # a True-by-default bool offered as its negation (--no-reuse)
+    const: str | None = None  # the value of the flag given alone (`--speculative` = `--speculative auto`)
 
     def flag(self, name: str) -> str:
         return name if self.positional else "--" + name.replace("_", "-")
@@ -92,13 +93,14 @@ class LaunchOptions:
         "a directory name under the profile's model root, or an absolute path", positional=True,
         check=check_model_name))
     gpus: int | None = field(default=None, metadata=_option(
-        "number of GPUs (= tensor-parallel size); default: the smallest allocation that holds the model",
-        metavar="N", minimum=1, maximum=MAX_GPUS_PER_NODE,
+        "number of GPUs the job holds (= tensor-parallel size × replicas); default: the smallest allocation "
+        "that holds the model", metavar="N", minimum=1, maximum=MAX_GPUS_PER_NODE,
         bounds_hint=f"A job's GPUs are on one node, and jupyter-hpcllm takes at most {MAX_GPUS_PER_NODE} per node."))
     gpu_type: str | None = field(default=None, metadata=_option(
         "GPU type, as the profile lists it (e.g. a100, h200)", metavar="TYPE", check=check_gpu_type))
     engine: str | None = field(default=None, metadata=_option(
-        "inference engine; default: the profile's", choices=ENGINES))
+        "inference engine; auto (the default when the profile has both images): one whose image loads the "
+        "model's architecture, the profile's default first", choices=(*ENGINES, "auto")))
     time: str | None = field(default=None, metadata=_option(
         "Slurm time limit, e.g. 4:00:00 or 1-00:00:00; default: the profile's", check=check_time))
     cpus: int | None = field(default=None, metadata=_option(
@@ -118,12 +120,19 @@ class LaunchOptions:
     engine_args: tuple[str, ...] = field(default=(), metadata=_option(
         "arguments for the engine, verbatim (after `--` on a command line)", after_dashes=True,
         check=_engine_args))
+    replicas: int | None = field(default=None, metadata=_option(
+        "copies of the model in the job, each on GPUs / replicas GPUs (data parallel: vLLM "
+        "--data-parallel-size, SGLang --dp-size); more replicas serve more people at once when the model fits "
+        "in fewer GPUs; default 1", metavar="N", minimum=1, maximum=MAX_GPUS_PER_NODE,
+        bounds_hint="Each replica needs at least one GPU of the job's."))
+    speculative: str | None = field(default=None, metadata=_option(
+        "speculative decoding with a draft or EAGLE model: alone (or 'auto') takes the one the model card names "
+        "or one found beside the model under the model root; or name the draft model", metavar="DRAFT",
+        check=check_model_name, const="auto"))
     idle_timeout: float | None = field(default=None, metadata=_option(
         "end the job by itself after this many minutes with no request served and no client attached; 0: never",
         metavar="MINUTES", minimum=0, maximum=MAX_IDLE_MINUTES,
         bounds_hint=f"Use 0 to turn it off; at most {MAX_IDLE_MINUTES:g} minutes (a week)."))
-    check_parsers: bool = field(default=False, metadata=_option(
-        "first ask the engine image which parser names it knows (cached per image)", group="check"))
     timeout: float | None = field(default=None, metadata=_option(
         "give up (and cancel the job) after this many seconds; default: the job's time limit, at least an hour",
         group="launch", metavar="SECONDS",
@@ -206,8 +215,9 @@ def add_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...] = ("j
             parser.add_argument(spec.flag(name), dest=name, action="store_true", default=default, help=spec.help)
         else:
             # Values are checked by LaunchOptions (one message for every face), so argparse takes text.
+            extra: dict[str, Any] = {"nargs": "?", "const": spec.const} if spec.const is not None else {}
             parser.add_argument(spec.flag(name), dest=name, metavar=spec.metavar, choices=spec.choices,
-                                help=spec.help)
+                                help=spec.help, **extra)
 
 
 def split_engine_args(argv: list[str]) -> tuple[list[str], list[str]]:

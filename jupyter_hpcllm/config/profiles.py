@@ -107,8 +107,10 @@ class Profile:
     binds: tuple[str, ...] = ()
     images: Mapping[str, str] = field(default_factory=dict)
     default_engine: str = "vllm"
-    # Where the vLLM image keeps its examples/ (tool chat templates for Llama 3/4 and Gemma 3).
+    # Where the vLLM image keeps its examples/ (tool chat templates for Llama 3/4, Gemma 3, DeepSeek).
     vllm_examples_dir: str = "/vllm-workspace/examples"
+    # Where the SGLang image keeps its tool chat templates (Llama 4 and Gemma 3 need its pythonic ones).
+    sglang_examples_dir: str = "/sgl-workspace/sglang/examples/chat_template"
     # Minutes with no request served and no client attached after which a job ends by itself (0: never).
     idle_timeout: float = 60.0
     # Faces warn when less than this many minutes of the job's time limit remain.
@@ -155,6 +157,17 @@ class Profile:
                 f"{' / '.join(e for e in self.images) or 'with an image'}.",
             )
         return self.images[engine]
+
+    def examples_dir(self, engine: str) -> str:
+        """Where the engine's image keeps its tool chat templates."""
+        return self.vllm_examples_dir if engine == "vllm" else self.sglang_examples_dir
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        """The engines this profile can run: those with an image (every one when no container runtime)."""
+        if self.runtime == "none":
+            return ENGINES
+        return tuple(engine for engine in ENGINES if engine in self.images)
 
 
 # Bounds of the numeric keys: (low, high, whole number?, unit). Outside them a value is a typo.

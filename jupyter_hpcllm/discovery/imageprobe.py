@@ -1,32 +1,31 @@
-"""Ask an engine image which parser names it really registers (its --help lists them).
-
-One command on the login node per image, cached on disk per image path and modification time, so a
-parser name this image's version does not know is caught before anything is submitted.
+"""Ask an engine image what it holds (``planning.images``): one remote command per image, cached on disk
+per image path and modification time, so a new image is asked again and an unchanged one never.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
+import threading
 from pathlib import Path
 
 from ..config.profiles import Profile
-from ..edge.slurm import image_help_command, image_mtime_command
+from ..edge.slurm import image_mtime_command, image_python_command
 from ..edge.transport import Transport, run_idempotent
 from ..errors import ConfigError
-from ..planning.engines import help_argvs, parse_parser_choices
-from ..planning.plan import LaunchPlan
+from ..planning.images import PROBE, ImageInfo, parse_probe
 
-__all__ = ["check_plan_parsers", "image_parsers"]
+__all__ = ["image_info", "profile_images"]
+
+_lock = threading.Lock()
 
 
 def _cache_file() -> Path:
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("jupyter-hpcllm")) / "image-parsers.json"
+    return Path(platformdirs.user_cache_dir("jupyter-hpcllm")) / "image-probes.json"
 
 
-def _read_cache() -> dict[str, dict[str, list[str]]]:
+def _read_cache() -> dict[str, object]:
     try:
         data = json.loads(_cache_file().read_text())
         return data if isinstance(data, dict) else {}
@@ -34,45 +33,58 @@ def _read_cache() -> dict[str, dict[str, list[str]]]:
         return {}
 
 
-def image_parsers(profile: Profile, transport: Transport, engine: str, *,
-                  refresh: bool = False) -> dict[str, tuple[str, ...]]:
-    """{"tool": names, "reasoning": names} that the profile's image for `engine` registers."""
+def _write_cache(key: str, info: ImageInfo) -> None:
+    with _lock:
+        cache = _read_cache()
+        cache[key] = info.as_json()
+        target = _cache_file()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_suffix(f".{threading.get_ident()}.tmp")
+            temporary.write_text(json.dumps(cache))
+            temporary.replace(target)  # atomic: a reader never sees half a file
+        except OSError:
+            pass  # a read-only home only costs the next plan a probe
+
+
+def image_info(profile: Profile, transport: Transport, engine: str, *, refresh: bool = False) -> ImageInfo:
+    """What the profile's image for `engine` says of itself (cached per image path and mtime). An image
+    that does not exist is refused; one that cannot answer gives an ImageInfo whose `problems` say why."""
     image = profile.image(engine)
-    result = run_idempotent(transport, image_mtime_command(image), check=False)
-    if result.exit_status != 0:
-        raise ConfigError(f"The {engine} image {image} of profile {profile.name!r} does not exist on the cluster.",
-                          f"Set images.{engine} in the profile (`hpcllm config show` prints it).")
-    key = f"{profile.host}|{image}|{result.stdout.strip()}"
-    cache = _read_cache()
-    if not refresh and key in cache:
-        return {kind: tuple(names) for kind, names in cache[key].items()}
-    # Engine images take seconds to import their engine: allow for it.
-    command = image_help_command(profile.runtime, profile.runtime_command, image, help_argvs(engine))
-    help_text = run_idempotent(transport, command, timeout=max(profile.command_timeout, 120)).stdout
-    found = parse_parser_choices(help_text)
-    if not any(found.values()):
-        tail = help_text.strip().splitlines()[-1:] or ["(no output)"]
-        raise ConfigError(f"The {engine} image {image} did not list its parsers: {tail[0]}",
-                          "Check the image path in the profile; launch without --check-parsers meanwhile.")
-    cache[key] = {kind: list(names) for kind, names in found.items()}
-    target = _cache_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps(cache))
-    temporary.replace(target)
+    examples = profile.examples_dir(engine)
+    if profile.runtime == "none":
+        key_part, path = "no-container", "(no container)"
+    else:
+        result = run_idempotent(transport, image_mtime_command(image), check=False)
+        if result.exit_status != 0:
+            raise ConfigError(f"The {engine} image {image} of profile {profile.name!r} does not exist on the cluster.",
+                              f"Set images.{engine} in the profile (`hpcllm config show` prints it).")
+        key_part, path = result.stdout.strip(), image
+    key = f"{profile.host}|{engine}|{path}|{examples}|{key_part}"
+    cached = None if refresh else ImageInfo.from_json(_read_cache().get(key), path)
+    if cached is not None:
+        return cached
+    command = image_python_command(profile.runtime, profile.runtime_command, image, PROBE, (engine, examples))
+    # Engine images take seconds to import their registries (SGLang's model registry imports every model).
+    output = run_idempotent(transport, command, timeout=max(profile.command_timeout, 180)).stdout
+    info = parse_probe(output, engine, path)
+    if info.tool_parsers is not None or info.architectures is not None:
+        _write_cache(key, info)  # an image that could not answer is asked again next time
+    return info
+
+
+def profile_images(profile: Profile, transport: Transport, engines: tuple[str, ...] | None = None,
+                   ) -> dict[str, ImageInfo]:
+    """Every image of the profile (or of `engines`) that exists, asked; a missing one is left out when
+    another engine may be chosen, and refused when it is the only one asked for."""
+    wanted = engines or profile.engines
+    found: dict[str, ImageInfo] = {}
+    missing: ConfigError | None = None
+    for engine in wanted:
+        try:
+            found[engine] = image_info(profile, transport, engine)
+        except ConfigError as error:
+            missing = missing or error
+    if not found and missing is not None:
+        raise missing
     return found
-
-
-def check_plan_parsers(plan: LaunchPlan, transport: Transport) -> None:
-    """Refuse a plan whose parser names the image does not register, naming the nearest ones it does."""
-    known = image_parsers(plan.profile, transport, plan.engine)
-    for kind, name, flag in (("tool", plan.tool_parser, "--tool-call-parser"),
-                             ("reasoning", plan.reasoning_parser, "--reasoning-parser")):
-        if name and known[kind] and name not in known[kind]:
-            close = difflib.get_close_matches(name, known[kind], n=3, cutoff=0.5)
-            raise ConfigError(
-                f"The {plan.engine} image {plan.profile.image(plan.engine)} does not know the {kind} parser "
-                f"{name!r}.",
-                (f"Nearest names it knows: {', '.join(close)}. " if close else "")
-                + f"Pass {flag} NAME with one of: {', '.join(known[kind])}.",
-            )

@@ -28,7 +28,7 @@ from ..planning.facts import ModelFacts
 from ..planning.families import Parsers, detect_family
 from ..planning.sizing import choose_allocation
 
-__all__ = ["ModelSummary", "list_models", "model_facts", "summarize"]
+__all__ = ["ModelSummary", "list_models", "list_root", "model_facts", "summarize"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 _HF_PREFIX = "models--"
@@ -116,6 +116,15 @@ def _must_exist(files: Files, path: str) -> None:
                             "Check the path, or give a name under the profile's model root.") from None
 
 
+def list_root(profile: Profile, files: Files) -> list[str]:
+    """The names of the entries under the model root, as `model_facts` takes them ('' root: none)."""
+    try:
+        listing = files.list(_home_as_tilde(profile.model_root))
+    except FileNotFoundError:
+        return []
+    return sorted(_display_name(e.name) for e in listing if (e.is_dir or e.is_link) and not e.name.startswith("."))
+
+
 def _display_name(entry: str) -> str:
     return entry.removeprefix(_HF_PREFIX).replace("--", "/") if entry.startswith(_HF_PREFIX) else entry
 
@@ -149,6 +158,7 @@ def read_facts(files: Files, path: str, name: str, mtime: float = 0.0) -> ModelF
             raise
         template = ""
         problems.append(f"cannot read its chat template ({_why(error)})")
+    card = _card(files, path, by_name)
     weights = [e for e in entries if e.name.endswith(_WEIGHT_SUFFIXES)]
     # Repositories that ship both formats (Mistral: consolidated.safetensors + model-*.safetensors): count
     # what vLLM loads, the sharded Hugging Face files.
@@ -159,7 +169,23 @@ def read_facts(files: Files, path: str, name: str, mtime: float = 0.0) -> ModelF
     total = sum(e.size for e in weights if not e.is_link)
     if any(e.is_link for e in weights):
         total += _cache_blob_bytes(files, path)
-    return ModelFacts(name, path, config, template, total, len(weights), mtime, "; ".join(problems))
+    return ModelFacts(name, path, config, template, total, len(weights), mtime, "; ".join(problems), card)
+
+
+CARD_LIMIT = 256_000  # bytes of README.md read: real cards are tens of kB; their commands come early
+
+
+def _card(files: Files, path: str, by_name: Mapping[str, FileInfo]) -> str:
+    """The model card (README.md; in an HF cache snapshot, the Hub card itself), or '' when there is none
+    or it cannot be read: a card only adds advice."""
+    if "README.md" not in by_name:
+        return ""
+    try:
+        return files.read(_join(path, "README.md"), CARD_LIMIT).decode(errors="replace")
+    except _MODEL_FILE_ERRORS as error:
+        if _connection_failed(error):
+            raise
+        return ""
 
 
 def _config(files: Files, path: str) -> tuple[dict[str, Any], str]:
@@ -265,7 +291,7 @@ def _cached(profile: Profile, path: str, scope: str) -> ModelFacts | None:
 # version, a hand edit) and is read again from the cluster.
 _STORED_TYPES: dict[str, type | tuple[type, ...]] = {
     "name": str, "path": str, "config": dict, "chat_template": str, "weight_bytes": int, "shards": int,
-    "mtime": (int, float), "problem": str,
+    "mtime": (int, float), "problem": str, "card": str,
 }
 
 

@@ -68,6 +68,16 @@ _J, _ID, _FMT = re.escape(JOBS_DIR), r"(\d+(?:_\d+)?)", re.escape(shlex.quote(QU
 _Out = tuple[int, str, str]  # exit status, stdout, stderr
 
 
+def _image(engine: str, models: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    known = [family.parsers(engine) for _, family in FAMILIES]
+    architectures = {a for config in models.values() for a in config.get("architectures", ()) if isinstance(a, str)}
+    return {"engine": engine, "version": "0.11.0" if engine == "vllm" else "0.5.4",
+            "tool": sorted({p.tool for p in known if p.tool}), "reasoning": sorted({p.reasoning for p in known
+                                                                                   if p.reasoning}),
+            "architectures": sorted(architectures), "auto": engine == "sglang",
+            "templates": sorted({p.tool_chat_template for p in known if p.tool_chat_template}), "problems": []}
+
+
 def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")  # as `date -Iseconds` writes it
 
@@ -348,6 +358,9 @@ class FakeTransport:
         self.renewals: dict[str, str] = {}  # job -> its successor ("" claimed, not yet submitted)
         self.committed: dict[str, str] = {}  # job -> its successor, once it serves and takes over
         self.renewal_owners: dict[str, str] = {}  # job -> the token of the renewer that claimed it
+        # What each engine image says of itself when probed (planning.images): every parser of the family
+        # table and the architectures of the fake's models. Change it to test what images decide.
+        self.images: dict[str, dict[str, Any]] = {engine: _image(engine, models) for engine in ("vllm", "sglang")}
         self.jobs: dict[str, FakeJob] = {}
         self.commands: list[str] = []
         self.fresh_connections = 0
@@ -391,8 +404,7 @@ class FakeTransport:
             (re.compile(rf"cd; tail -c \+(\d+) {_J}/{_ID}/engine\.log 2>/dev/null; true"), self._tail),
             (re.compile(probe), self._probe),
             (re.compile(r"stat -L -c %Y (\S+)"), lambda m, _: (0, f"{_MTIME:.0f}\n", "")),
-            (re.compile(r"(?:\S+ exec \S+ )?(vllm serve|python -m sglang\.launch_server) --help.* 2>&1; true"),
-             self._help),
+            (re.compile(r"cd; .*HPCLLM-IMAGE-PROBE.*\s(vllm|sglang)\s+\S+\s*; done.*", re.DOTALL), self._image_probe),
         ]
 
     # -- the Transport interface
@@ -615,12 +627,9 @@ class FakeTransport:
         out += f"\n{mark}log\n{log}\n{mark}slurm\n" + (job.slurm_log[-2000:] if job else "")
         return 0, out + f"\n{mark}now\n{int(time.time())}\n", ""
 
-    def _help(self, match: re.Match[str], _: str) -> _Out:
-        """An image's --help: it knows every parser of the family table."""
-        known = [family.parsers("vllm" if match[1] == "vllm serve" else "sglang") for _, family in FAMILIES]
-        tools = sorted({p.tool for p in known if p.tool})
-        reasoning = sorted({p.reasoning for p in known if p.reasoning})
-        return 0, f"--tool-call-parser {{{','.join(tools)}}}\n--reasoning-parser {{{','.join(reasoning)}}}\n", ""
+    def _image_probe(self, match: re.Match[str], _: str) -> _Out:
+        """An image's answer to the probe (planning.images.PROBE)."""
+        return 0, "INFO some start-up line\nHPCLLM-IMAGE-PROBE " + json.dumps(self.images[match[1]]) + "\n", ""
 
     # -- how a job moves, one step per probe
 

@@ -24,8 +24,8 @@ __all__ = [
     "check_job_id",
     "commit_renewal_command",
     "extend_command",
-    "image_help_command",
     "image_mtime_command",
+    "image_python_command",
     "job_script_command",
     "key_command",
     "log_command",
@@ -285,11 +285,14 @@ def image_mtime_command(image: str) -> str:
     return f"stat -L -c %Y {shlex.quote(image)}"
 
 
-def image_help_command(runtime: str, runtime_command: str, image: str, argvs: tuple[tuple[str, ...], ...]) -> str:
-    """The first of the engine's help commands that works, run in its image."""
-    runs = [" ".join([shlex.quote(runtime_command), "exec", shlex.quote(image), *map(shlex.quote, argv)])
-            if runtime != "none" else " ".join(map(shlex.quote, argv)) for argv in argvs]
-    return " || ".join(f"{run} 2>&1" for run in runs) + "; true"
+def image_python_command(runtime: str, runtime_command: str, image: str, code: str, args: tuple[str, ...]) -> str:
+    """Python `code` run with `args` inside the image (its python3, or python), from the home directory."""
+    inner = " ".join(["for py in python3 python; do command -v \"$py\" >/dev/null 2>&1 && exec \"$py\" -c",
+                      shlex.quote(code), *map(shlex.quote, args), "; done; echo 'no python in the image' >&2;",
+                      "exit 127"])
+    if runtime == "none":
+        return f"cd; sh -c {shlex.quote(inner)} 2>&1; true"
+    return (f"cd; {shlex.quote(runtime_command)} exec {shlex.quote(image)} sh -c {shlex.quote(inner)} 2>&1; true")
 
 
 # --- parsers ------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from typing import Any
 
 from ..config.options import LaunchOptions
 from ..config.profiles import Profile, load_profile
-from ..discovery.imageprobe import check_plan_parsers, image_parsers
+from ..discovery.drafts import find_draft
+from ..discovery.imageprobe import image_info, profile_images
 from ..discovery.models import ModelSummary, list_models, model_facts, summarize
 from ..edge.slurm import (
     RENEWAL_CLAIMED,
@@ -58,6 +59,7 @@ from ..errors import (
     SubmitError,
     TransportError,
 )
+from ..planning.images import ImageInfo
 from ..planning.plan import LaunchPlan, plan_launch
 from .handle import LaunchHandle
 from .progress import Progress, ProgressCallback, Stage
@@ -124,21 +126,23 @@ class Cluster:
 
     def plan(self, model: str | LaunchOptions, *, offline: bool = False, refresh: bool = False,
              **options: Any) -> LaunchPlan:
-        """The job `launch` would submit. The model's facts (config, template, size) are read from the
-        cluster (cached) to choose parsers and GPUs; `offline` plans from the name alone, connecting to
-        nothing (what `hpcllm script` prints)."""
+        """The job `launch` would submit. The model's facts (config, template, card, size) are read from the
+        cluster (cached), and the engine images asked what they hold (cached per image), to choose the
+        engine, parsers and GPUs; `offline` plans from the name alone, connecting to nothing (what `hpcllm
+        script` prints)."""
         chosen = _options(model, options)
         # Options that are wrong whatever the model (GPU counts, types) are refused before connecting.
         draft = plan_launch(self.profile, chosen)
         if offline:
             return draft
         # Cached per way in (user and host, or the fake): a fake cluster's facts never plan a real job.
-        facts = model_facts(self.profile, self.transport.files(), chosen.model, refresh=refresh,
-                            scope=self.transport.description)
-        plan = plan_launch(self.profile, chosen, facts=facts)
-        if chosen.check_parsers:
-            check_plan_parsers(plan, self.transport)
-        return plan
+        scope = self.transport.description
+        files = self.transport.files()
+        facts = model_facts(self.profile, files, chosen.model, refresh=refresh, scope=scope)
+        asked = chosen.engine if chosen.engine not in (None, "auto") else None
+        images = profile_images(self.profile, self.transport, (asked,) if asked else None)
+        found = find_draft(self.profile, files, facts, chosen.speculative, scope=scope) if chosen.speculative else None
+        return plan_launch(self.profile, chosen, facts=facts, images=images, draft=found)
 
     def job_script(self, model: str | LaunchOptions, **options: Any) -> str:
         """The sbatch script for these options, without connecting."""
@@ -149,9 +153,15 @@ class Cluster:
         return [summarize(self.profile, facts) for facts in list_models(self.profile, self.transport.files(),
                                                                      scope=self.transport.description)]
 
+    def image(self, engine: str | None = None, *, refresh: bool = False) -> ImageInfo:
+        """What the engine's image holds: version, parser names, architectures (cached per image)."""
+        engine = engine if engine not in (None, "auto") else self.profile.default_engine
+        return image_info(self.profile, self.transport, engine, refresh=refresh)
+
     def parsers(self, engine: str | None = None, *, refresh: bool = False) -> dict[str, tuple[str, ...]]:
         """The tool-call and reasoning parser names the engine's image registers (cached per image)."""
-        return image_parsers(self.profile, self.transport, engine or self.profile.default_engine, refresh=refresh)
+        info = self.image(engine, refresh=refresh)
+        return {"tool": info.tool_parsers or (), "reasoning": info.reasoning_parsers or ()}
 
     # -- launching ------------------------------------------------------------------------------------
 

@@ -38,10 +38,11 @@ def up(model: str | LaunchOptions, *, profile: Profile | str | None = None,
        on_progress: ProgressCallback | None = None, **options: Any) -> Server:
     """Start (or reuse) a model server and return it once its OpenAI API answers.
 
-    The model's facts (config, chat template, size) are read from the cluster first: they choose the
-    parsers and, unless `gpus` / `gpu_type` say otherwise, the smallest allocation that holds the model.
-    `options` are `LaunchOptions` fields (gpus, gpu_type, engine, time, cpus, mem, partition, account,
-    qos, tool_call_parser, reasoning_parser, engine_args, check_parsers, timeout, reuse).
+    The model's facts (config, chat template, model card, size) are read from the cluster first, and the
+    engine images asked what they hold: they choose the engine, the parsers and, unless `gpus` /
+    `gpu_type` say otherwise, the smallest allocation that holds the model. `options` are
+    `LaunchOptions` fields (gpus, gpu_type, engine, replicas, speculative, time, cpus, mem, partition,
+    account, qos, tool_call_parser, reasoning_parser, engine_args, timeout, renew, reuse).
     """
     return cluster_for(profile).up(model, on_progress=on_progress, **options)
 

@@ -88,7 +88,7 @@ def _hpcllm_parser() -> _Parser:
                      add_help=True)
     commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     sub = commands.add_parser("up", help="start (or reuse) a model server")
-    add_arguments(sub, groups=("job", "check", "launch"))
+    add_arguments(sub, groups=("job", "launch"))
     sub.add_argument("--profile", "-p", help="cluster profile")
     sub.add_argument("--as", dest="as_name", default="client", help="variable for the OpenAI client (default client)")
     sub.add_argument("--background", action="store_true", help="return at once; the client appears when ready")
@@ -121,7 +121,7 @@ def _hpcllm_parser() -> _Parser:
     for name, text in (("plan", "the model's facts, parsers, allocation and why"),
                        ("script", "the sbatch script `up` would submit")):
         sub = commands.add_parser(name, help=text)
-        add_arguments(sub, groups=("job", "check") if name == "plan" else ("job",))
+        add_arguments(sub, groups=("job",))
         sub.add_argument("--profile", "-p")
     sub = commands.add_parser("use", help="use any OpenAI-compatible endpoint for %%llm and `client`")
     sub.add_argument("url")

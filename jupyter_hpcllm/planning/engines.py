@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..config.checks import check_text, home_relative
 from ..errors import ConfigError
 
-__all__ = ["KEY_FILE", "PORT", "EngineCommand", "EngineSpec", "HomePath", "ShellVar", "build_command",
+__all__ = ["KEY_FILE", "PORT", "EngineCommand", "EngineSpec", "HomePath", "Joined", "ShellVar", "build_command",
            "loading_progress", "path_word"]
 
 
@@ -28,6 +28,18 @@ class HomePath(str):
     """A path under the home directory on the cluster (``~/x``, ``$HOME/x``, ``${HOME}/x``): the script
     renders it as ``"$HOME"/'x'``, so the node's shell puts the home directory in (quoted, ``~`` is not
     expanded, and the engine would look for a directory named ``~``)."""
+
+
+class Joined(str):
+    """One argv element made of literal text and home paths (a JSON value naming a file under the home
+    directory): the script renders each part as HomePath or literal and joins them into one word."""
+
+    parts: tuple[str, ...]
+
+    def __new__(cls, *parts: str) -> Joined:
+        joined = super().__new__(cls, "".join(parts))
+        joined.parts = parts
+        return joined
 
 
 def path_word(path: str) -> str:
@@ -56,18 +68,22 @@ _COMMON = {
     "--config": "a config file could set the host, port or API key behind jupyter-hpcllm's back; pass its "
                 "options one by one after `--` instead",
 }
-_TP = ("the tensor-parallel size is the job's GPU count: set it with --gpus (another size would leave GPUs "
-       "the job holds idle, or ask for ones it does not hold)")
+_TP = ("the tensor-parallel size is the job's GPUs over its replicas: set it with --gpus (and --replicas) "
+       "(another size would leave GPUs the job holds idle, or ask for ones it does not hold)")
+_DP = "the data-parallel size is the number of replicas: set it with --replicas (and the GPUs with --gpus)"
 _MANAGED: dict[str, dict[str, str]] = {
     "vllm": {
         **_COMMON,
         "--tensor-parallel-size": _TP,
+        "--data-parallel-size": _DP,
         "--uds": "a unix socket would bypass the job's relay, and with it the key check",
         "--headless": "jupyter-hpcllm talks to the engine's API server, which --headless turns off",
     },
-    "sglang": {**_COMMON, "--model-path": _MODEL, "--model": _MODEL, "--tp-size": _TP, "--tensor-parallel-size": _TP},
+    "sglang": {**_COMMON, "--model-path": _MODEL, "--model": _MODEL, "--tp-size": _TP, "--tensor-parallel-size": _TP,
+               "--dp-size": _DP, "--data-parallel-size": _DP},
 }
-_SHORT = {"vllm": {"-tp": "--tensor-parallel-size"}}  # single-dash aliases of managed options
+# Single-dash aliases of managed options.
+_SHORT = {"vllm": {"-tp": "--tensor-parallel-size", "-dp": "--data-parallel-size"}}
 
 # The SGLang shim: the key file is argv[1]; the rest is SGLang's own command line.
 _SGLANG_SHIM = (
@@ -86,6 +102,7 @@ class EngineSpec:
     tool_parser: str | None = None
     reasoning_parser: str | None = None
     extra_args: tuple[str, ...] = ()
+    data_parallel: int = 1  # replicas of the model, each on tensor_parallel GPUs
 
 
 @dataclass(frozen=True)
@@ -112,8 +129,9 @@ def build_command(spec: EngineSpec) -> EngineCommand:
                 f"{why}.",
                 "Remove it from the arguments after `--`.",
             )
-    if spec.tensor_parallel < 1:
-        raise ConfigError(f"Tensor-parallel size must be at least 1, not {spec.tensor_parallel}.")
+    if spec.tensor_parallel < 1 or spec.data_parallel < 1:
+        raise ConfigError(f"Tensor- and data-parallel sizes must be at least 1, not {spec.tensor_parallel} and "
+                          f"{spec.data_parallel}.")
     if spec.engine == "vllm":
         return _vllm(spec)
     if spec.engine == "sglang":
@@ -139,6 +157,8 @@ def _managed(engine: str, arg: str) -> tuple[str, str] | None:
 def _vllm(spec: EngineSpec) -> EngineCommand:
     argv = ["vllm", "serve", path_word(spec.model_path), "--served-model-name", spec.served_name,
             "--host", "127.0.0.1", "--port", PORT, "--tensor-parallel-size", str(spec.tensor_parallel)]
+    if spec.data_parallel > 1:
+        argv += ["--data-parallel-size", str(spec.data_parallel)]
     if spec.tool_parser:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_parser]
     if spec.reasoning_parser:
@@ -150,6 +170,8 @@ def _sglang(spec: EngineSpec) -> EngineCommand:
     argv = ["python", "-c", _SGLANG_SHIM, KEY_FILE, "--model-path", path_word(spec.model_path),
             "--served-model-name", spec.served_name, "--host", "127.0.0.1", "--port", PORT,
             "--tp-size", str(spec.tensor_parallel), "--enable-metrics"]
+    if spec.data_parallel > 1:
+        argv += ["--dp-size", str(spec.data_parallel)]
     if spec.tool_parser:
         argv += ["--tool-call-parser", spec.tool_parser]
     if spec.reasoning_parser:
@@ -174,19 +196,3 @@ def loading_progress(log: str) -> tuple[int, int] | None:
         return None
     _, done, total = matches[-1]
     return int(done), int(total)
-
-
-def help_argvs(engine: str) -> tuple[tuple[str, ...], ...]:
-    """Commands that print an engine's options, newest form first (vLLM ≥ 0.10 needs --help=all)."""
-    if engine == "vllm":
-        return (("vllm", "serve", "--help=all"), ("vllm", "serve", "--help"))
-    return (("python", "-m", "sglang.launch_server", "--help"),)
-
-
-def parse_parser_choices(help_text: str) -> dict[str, tuple[str, ...]]:
-    """The parser names an engine's --help lists: {"tool": (...), "reasoning": (...)} (empty if not shown)."""
-    found: dict[str, tuple[str, ...]] = {}
-    for kind, flag in (("tool", "--tool-call-parser"), ("reasoning", "--reasoning-parser")):
-        match = re.search(re.escape(flag) + r"\s+\{([^}]*)\}", help_text)
-        found[kind] = tuple(name.strip() for name in match.group(1).split(",") if name.strip()) if match else ()
-    return found

@@ -33,6 +33,16 @@ class ModelFacts:
     shards: int = 0
     mtime: float = 0.0
     problem: str = ""  # what could not be read (config.json not JSON, a directory unreadable...), if anything
+    card: str = ""  # the model card (README.md): the serving commands its authors recommend
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self._whole("vocab_size")
+
+    @property
+    def mtp_layers(self) -> int:
+        """Multi-token-prediction layers in the model's own files (DeepSeek, GLM): a built-in draft."""
+        return self._whole("num_nextn_predict_layers") or 0
 
     def _raw(self, key: str) -> Any:
         config = self.config if isinstance(self.config, Mapping) else {}

@@ -8,21 +8,37 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from .._version import __version__
 from ..config.checks import check_model_name
-from ..config.options import LaunchOptions
+from ..config.options import ENGINES, LaunchOptions
 from ..config.profiles import GpuType, Profile
 from ..errors import ConfigError, InvalidOption
-from .engines import EngineSpec, build_command, display_argv, path_word
+from .engines import EngineSpec, build_command, display_argv
 from .facts import ModelFacts
-from .families import Family, Parsers, detect_family, family_from_name
+from .families import Family, detect_family, family_from_name
+from .images import ImageInfo
+from .modelcard import CardAdvice, CardSpeculative, card_advice
+from .parsers import ParserPlan, choose_parsers
 from .script import JOB_NAME_PREFIX, JobSpec, render_script
+from .selection import choose_engine
 from .sizing import choose_allocation
+from .speculative import Speculation, plan_speculation
 
-__all__ = ["LaunchPlan", "model_path_for", "plan_launch"]
+__all__ = ["DraftFound", "LaunchPlan", "model_path_for", "plan_launch"]
+
+
+@dataclass(frozen=True)
+class DraftFound:
+    """What `--speculative` found on the cluster: the draft's facts (None: the model's own MTP layers, or
+    nothing found), where it came from, and what the model card's command said."""
+
+    facts: ModelFacts | None
+    source: str
+    hint: CardSpeculative | None = None  # what the model card's command set up, if anything
+
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -40,11 +56,17 @@ class LaunchPlan:
     reasons: tuple[str, ...] = field(default=())
     facts: ModelFacts | None = None
     options: LaunchOptions | None = None
-    need_gb: float | None = None  # the GPU memory the model needs, when its files sized it
+    need_gb: float | None = None  # the GPU memory one replica needs, when its files sized it
+    replicas: int = 1
+    parsers: ParserPlan | None = None  # each parser with its source, and the flags the model needs
+    engine_reason: str = ""  # why this engine
+    image: ImageInfo | None = None  # what the engine's image said of itself, when it was asked
+    speculation: Speculation | None = None
+    card: CardAdvice | None = None  # what the model card's commands for this engine say
 
     @property
     def tensor_parallel(self) -> int:
-        return self.gpus
+        return self.gpus // self.replicas
 
     @property
     def job_name(self) -> str:
@@ -114,18 +136,22 @@ def _about(option: str) -> Iterator[None]:
         raise InvalidOption(option, error.message, error.hint) from None
 
 
-def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts | None = None) -> LaunchPlan:
-    """Options (and, when known, the model's facts from the cluster) → a job. Pure: no connection.
-    A choice that cannot work raises InvalidOption naming the option at fault."""
+def plan_launch(profile: Profile, options: LaunchOptions, *, facts: ModelFacts | None = None,
+                images: Mapping[str, ImageInfo] | None = None, draft: DraftFound | None = None) -> LaunchPlan:
+    """Options (and, when known, the model's facts, what the engine images say of themselves and the
+    speculative draft, all read from the cluster) → a job. Pure: no connection. A choice that cannot work
+    raises InvalidOption naming the option at fault."""
+    images = images or {}
     with _about("engine"):
-        engine = options.engine or profile.default_engine
+        engine, engine_reason = choose_engine(profile, options, facts, images)
         image = profile.image(engine)
-    return _plan(profile, options, facts, engine, image)
+    return _plan(profile, options, facts, engine, image, images.get(engine), engine_reason, draft)
 
 
-def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, engine: str, image: str) -> LaunchPlan:
+def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, engine: str, image: str,
+          info: ImageInfo | None, engine_reason: str, draft: DraftFound | None) -> LaunchPlan:
     model, gpus, gpu_type = options.model, options.gpus, options.gpu_type
-    tool_call_parser, reasoning_parser = options.tool_call_parser, options.reasoning_parser
+    replicas = options.replicas or 1
     engine_args = options.engine_args
     if facts is not None:
         model_path, served = facts.path, facts.name
@@ -139,21 +165,41 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
     if gpus is not None:
         with _about("gpus"):
             _check_count(profile, _type_for_count(profile, gpu_type, gpus), gpus)
+    if gpus is not None and gpus % replicas:
+        raise InvalidOption("replicas", f"{gpus} GPUs cannot be shared evenly by {replicas} replicas.",
+                            "Give --gpus as a multiple of --replicas (each replica gets GPUs / replicas).")
     with _about("engine_args"):
         context = _context_arg(engine_args)
     reasons: list[str] = []
     notes = []
     need_gb = None
+    card = card_advice(facts.card, engine) if facts is not None and facts.card else None
+    speculation = None
+    if options.speculative and facts is not None and draft is not None:
+        with _about("speculative"):
+            # The card's setup for this engine, else the one it gives for the other (the draft is the same).
+            hints = [draft.hint, card.speculative if card else None,
+                     *(card_advice(facts.card, other).speculative for other in ENGINES if other != engine)]
+            hint = next((h for h in hints if h is not None), None)
+            speculation = plan_speculation(engine, facts, draft.facts, source=draft.source, hint=hint,
+                                           image=info, engine_args=engine_args)
+    elif options.speculative:
+        notes.append("Planned without reading the cluster: speculative decoding is set up when the draft is read "
+                     "(`hpcllm plan` shows it), so this script leaves it out.")
     if facts is not None and facts.problems:
         # A config.json we cannot read sizes nothing: the profile's default allocation, and why.
         notes.append(f"Cannot size {served} from its files ({'; '.join(facts.problems)}): using the profile's "
                      "default allocation (pass --gpus and --gpu-type to choose).")
     if facts is not None and not facts.problems and facts.weight_bytes and facts.heads:
-        with _about("gpus" if gpus is not None else ("gpu_type" if gpu_type is not None else "model")):
-            allocation, reasons = choose_allocation(profile, facts, gpu_type=gpu_type, gpus=gpus, context=context)
+        at_fault = "gpus" if gpus is not None else ("gpu_type" if gpu_type is not None else
+                                                     ("replicas" if replicas > 1 else "model"))
+        with _about(at_fault):
+            allocation, reasons = choose_allocation(profile, facts, gpu_type=gpu_type, gpus=gpus, context=context,
+                                                    replicas=replicas,
+                                                    draft_gb=speculation.extra_gb if speculation else 0.0)
         gpu, count, need_gb = allocation.gpu, allocation.count, allocation.need.total_gb
     else:
-        count = profile.default_gpus if gpus is None else gpus
+        count = profile.default_gpus * replicas if gpus is None else gpus
         gpu = _type_for_count(profile, gpu_type, count)
         with _about("gpus"):
             _check_count(profile, gpu, count)
@@ -163,24 +209,26 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
     else:
         family = family_from_name(served)
         source = "its name"
-    defaults = family.parsers(engine) if family else Parsers()
-    if family is None:
-        notes.append(
-            f"The family of {served!r} is not known from {source}: launching without tool-call and "
-            "reasoning parsers (pass --tool-call-parser / --reasoning-parser to set them)."
-        )
-    tool = tool_call_parser if tool_call_parser is not None else defaults.tool
-    reasoning = reasoning_parser if reasoning_parser is not None else defaults.reasoning
-    extra = tuple(a for a in defaults.extra_args if a not in engine_args)
-    if (engine == "vllm" and defaults.tool_chat_template and tool == defaults.tool and tool
-            and not any(a.startswith("--chat-template") for a in engine_args)):
-        # vLLM's own tool chat template for this family, as shipped in its image's examples/.
-        extra += ("--chat-template",
-                  path_word(f"{profile.vllm_examples_dir.rstrip('/')}/{defaults.tool_chat_template}"))
+    parsers = choose_parsers(engine, family, card, info, tool_call_parser=options.tool_call_parser,
+                             reasoning_parser=options.reasoning_parser, engine_args=engine_args,
+                             examples_dir=profile.examples_dir(engine), model_path=model_path)
+    notes += parsers.notes
+    if family is None and parsers.tool.name is None and parsers.reasoning.name is None:
+        notes.append(f"The family of {served!r} is not known from {source}, and no other source names parsers: "
+                     "launching without tool-call and reasoning parsers (pass --tool-call-parser / "
+                     "--reasoning-parser to set them).")
+    elif family is None:
+        notes.append(f"The family of {served!r} is not known from {source}.")
+    tool, reasoning = parsers.tool.name, parsers.reasoning.name
+    extra = parsers.extra_args + (speculation.args(engine) if speculation else ())
+    binds = profile.binds or ((profile.model_root,) if profile.runtime != "none" else ())
+    draft_path = speculation.draft.path if speculation and speculation.draft else None
+    if draft_path and profile.runtime != "none" and not any(
+            draft_path == bind or draft_path.startswith(bind.rstrip("/") + "/") for bind in binds):
+        binds = (*binds, draft_path)  # a draft outside the model root must be visible in the container too
     with _about("engine_args"):
-        command = build_command(
-            EngineSpec(engine, model_path, served, count, tool or None, reasoning or None, extra + engine_args)
-        )
+        command = build_command(EngineSpec(engine, model_path, served, count // replicas, tool, reasoning,
+                                           extra + engine_args, data_parallel=replicas))
     spec = JobSpec(
         name=f"{JOB_NAME_PREFIX}pending",
         model=served,
@@ -194,7 +242,7 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
         runtime_command=profile.runtime_command,
         image=image,
         runtime_args=profile.runtime_args,
-        binds=profile.binds or ((profile.model_root,) if profile.runtime != "none" else ()),
+        binds=binds,
         partition=options.partition or profile.partition,
         account=options.account or profile.account,
         qos=options.qos or profile.qos,
@@ -210,4 +258,5 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
     slug = re.sub(r"[^A-Za-z0-9._-]", "-", served)[:40]
     spec = replace(spec, name=f"{JOB_NAME_PREFIX}{slug}-{digest}")
     return LaunchPlan(profile, served, model_path, engine, gpu.name, count, family, tool, reasoning, spec,
-                      tuple(notes), tuple(reasons), facts, options, need_gb)
+                      tuple(notes), tuple(reasons), facts, options, need_gb, replicas, parsers, engine_reason, info,
+                      speculation, card)

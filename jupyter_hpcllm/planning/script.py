@@ -25,7 +25,7 @@ from ..config.checks import (
     home_relative,
 )
 from ..errors import ConfigError
-from .engines import EngineCommand, HomePath, ShellVar
+from .engines import EngineCommand, HomePath, Joined, ShellVar
 
 __all__ = ["JOBS_DIR", "JOB_NAME_PREFIX", "JobSpec", "render_script", "shell_path"]
 
@@ -49,6 +49,8 @@ def _word(value: str) -> str:
         return f'"{value}"'
     if isinstance(value, HomePath):
         return shell_path(value)
+    if isinstance(value, Joined):
+        return "".join(_word(part) for part in value.parts)
     return shlex.quote(value)
 
 

@@ -113,8 +113,10 @@ class LabManager:
     def profile(self, name: str | None) -> ProfileModel:
         """A profile as a launch form offers it: engines, GPU types and counts, defaults."""
         profile = load_profile(name)
-        return {"name": profile.name, "host": profile.host, "default_engine": profile.default_engine,
-                "engines": ["vllm", "sglang"], "model_root": profile.model_root,
+        # With both images the default is `auto`: the engine whose image loads the model (planning.selection).
+        default = "auto" if len(profile.engines) > 1 else profile.default_engine
+        return {"name": profile.name, "host": profile.host, "default_engine": default,
+                "engines": list(profile.engines), "model_root": profile.model_root,
                 "gpu_types": [{"name": g.name, "memory_gb": g.memory_gb, "counts": list(g.counts)}
                               for g in profile.gpu_types.values()],
                 "default_gpu_type": profile.default_gpu_type,
@@ -134,10 +136,10 @@ class LabManager:
         be asked, why (the automatic choice still works)."""
         cluster = self.cluster(profile)
         engine = engine or cluster.profile.default_engine
-        if engine not in ENGINES:
-            raise InvalidOption("engine", f"{engine!r} is not an engine.", f"Use one of: {', '.join(ENGINES)}.")
+        if engine not in (*ENGINES, "auto"):
+            raise InvalidOption("engine", f"{engine!r} is not an engine.", f"Use one of: {', '.join(ENGINES)}, auto.")
         try:
-            names = cluster.parsers(engine)
+            names = cluster.parsers(engine)  # auto: the profile's default engine's image
         except HpcllmError as error:
             return {"engine": engine, "tool": [], "reasoning": [], "problem": str(error)}
         return {"engine": engine, "tool": list(names.get("tool", ())), "reasoning": list(names.get("reasoning", ())),

@@ -290,10 +290,10 @@ def test_a_model_that_is_not_there(cluster: Cluster, fake: FakeTransport):
 
 def test_parsers_are_checked_against_the_image(cluster: Cluster, fake: FakeTransport):
     assert "hermes" in cluster.parsers()["tool"] and "qwen3" in cluster.parsers("sglang")["reasoning"]
-    with pytest.raises(ConfigError, match="does not know the tool parser 'hermez'"):
-        cluster.up("Qwen3-8B", check_parsers=True, tool_call_parser="hermez")
+    with pytest.raises(ConfigError, match="does not register the tool-call parser 'hermez'.*Nearest.*hermes"):
+        cluster.up("Qwen3-8B", tool_call_parser="hermez")
     assert fake.jobs == {}
-    assert cluster.up("Qwen3-8B", check_parsers=True, engine="sglang").engine == "sglang"
+    assert cluster.up("Qwen3-8B", engine="sglang").engine == "sglang"
 
 
 def test_planning_and_models_read_the_fake_files(cluster: Cluster, fake: FakeTransport):
@@ -305,7 +305,11 @@ def test_planning_and_models_read_the_fake_files(cluster: Cluster, fake: FakeTra
     plan = cluster.plan("Qwen3-8B")
     assert (plan.gpus, plan.tool_parser, plan.reasoning_parser) == (1, "hermes", "qwen3")
     assert "#SBATCH --job-name=hpcllm-Qwen3-8B-" in cluster.job_script("Qwen3-8B")
-    assert fake.commands == []  # facts come through files(), no shell
+    # Facts come through files(); the shell only asks each image what it holds (a stat and one probe each).
+    assert [command.split()[0] for command in fake.commands] == ["stat", "cd;", "stat", "cd;"]
+    fake.commands.clear()
+    cluster.plan("Qwen3-8B")
+    assert [command.split()[0] for command in fake.commands] == ["stat", "stat"]  # the answers are cached
 
 
 def test_a_strict_model_root(profile: Any):

@@ -19,6 +19,7 @@ __all__ = ["AUTOMATIC", "LaunchForm", "ModelEntry"]
 AUTOMATIC = "(automatic)"  # a parser choice: no parser name has parentheses
 NONE = "(none)"
 _STYLE = {"description_width": "10em"}
+_ENGINE_CHOICES = [("Automatic (the image that loads the model)", "auto"), ("vLLM", "vllm"), ("SGLang", "sglang")]
 def _wide() -> widgets.Layout:
     return widgets.Layout(width="34em")  # one per widget: a closed panel closes its own layouts only
 # The fields offered as text, and what their description says.
@@ -52,8 +53,8 @@ class LaunchForm:
                                    style=_STYLE, layout=_wide(), continuous_update=True)
         self.model = widgets.Select(options=[], rows=7, layout=widgets.Layout(width="34em", margin="0 0 0 10.5em"))
         self.models_note = widgets.HTML()
-        self.engine = widgets.Dropdown(options=[("vLLM", "vllm"), ("SGLang", "sglang")], description="Engine",
-                                       style=_STYLE, tooltip=_help("engine"))
+        self.engine = widgets.Dropdown(options=_ENGINE_CHOICES, description="Engine", style=_STYLE,
+                                       tooltip=_help("engine"))
         self.gpu_type = widgets.Dropdown(description="GPU type", style=_STYLE, tooltip=_help("gpu_type"))
         self.gpus = widgets.Dropdown(description="GPUs", style=_STYLE, tooltip=_help("gpus"))
         self.text = {name: widgets.Text(description=label, style=_STYLE, tooltip=_help(name))
@@ -94,7 +95,10 @@ class LaunchForm:
             if default is not None:
                 self.gpu_type.value = default
             self.set_counts(profile)
-            self.engine.value = profile.default_engine
+            # Both images: automatic, the engine whose image loads the model (planning.selection).
+            both = len(profile.engines) > 1
+            self.engine.options = [c for c in _ENGINE_CHOICES if c[1] in profile.engines or (both and c[1] == "auto")]
+            self.engine.value = "auto" if len(profile.engines) > 1 else profile.default_engine
             defaults = {"time": profile.time, "cpus": str(profile.cpus), "mem": profile.mem,
                         "partition": profile.partition or "the cluster's default",
                         "account": profile.account or "your default"}

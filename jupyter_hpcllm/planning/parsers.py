@@ -1,0 +1,148 @@
+"""Which tool-call and reasoning parsers, and which flags the model needs: three sources, best first.
+
+1. the model card (its serving commands, see ``planning.modelcard``): written with the model;
+2. the engine image (its registries, see ``planning.images``): a name it does not register would stop
+   the engine at start-up, and SGLang's ``auto`` reads the format from the chat template;
+3. the family table (``planning.families``): what we know of the family.
+
+The user's choice always wins. Every choice keeps its source and what the other sources said, so the
+faces can show disagreements.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from ..errors import InvalidOption
+from .engines import path_word
+from .families import Family
+from .images import ImageInfo
+from .modelcard import CardAdvice
+
+__all__ = ["ParserChoice", "ParserPlan", "choose_parsers"]
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+KINDS = {"tool": "tool-call parser", "reasoning": "reasoning parser"}
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class ParserChoice:
+    kind: str  # "tool" or "reasoning"
+    name: str | None  # None: no parser
+    source: str  # "your choice", "model card", "sglang image (...)", "family table (qwen3)", ...
+    others: tuple[str, ...] = ()  # what the other sources said, where they disagree: "model card: hermes"
+
+    def describe(self) -> str:
+        text = f"{KINDS[self.kind]} {self.name or '—'} ({self.source})"
+        return text + (f"; {', '.join(self.others)}" if self.others else "")
+
+
+@dataclass(frozen=True)
+class ParserPlan:
+    tool: ParserChoice
+    reasoning: ParserChoice
+    extra_args: tuple[str, ...] = ()  # flags the model needs, before the user's engine arguments
+    flag_sources: tuple[str, ...] = ()  # "--trust-remote-code (model card)"
+    notes: tuple[str, ...] = ()
+
+
+def _given(engine_args: tuple[str, ...], flag: str) -> bool:
+    spelled = {flag, "--" + flag[2:].replace("-", "_")}
+    return any(arg.split("=", 1)[0] in spelled for arg in engine_args)
+
+
+def _choose(kind: str, user: str | None, card: str | None, family: Family | None, table: str | None,
+            image: ImageInfo | None, engine: str, notes: list[str], plugin: bool = False) -> ParserChoice:
+    table_source = f"family table ({family.name})" if family else ""
+    said = [(source, name) for source, name, present in (("model card", card, card is not None),
+                                                          (table_source, table, family is not None)) if present]
+    registered = image.registered(kind) if image else None
+
+    def others(chosen: str | None) -> tuple[str, ...]:
+        return tuple(f"{source}: {name or 'none'}" for source, name in said if name != chosen)
+
+    if user is not None:
+        if user and registered is not None and user not in registered and not plugin:
+            close = difflib.get_close_matches(user, registered, n=3, cutoff=0.5)
+            field = "tool_call_parser" if kind == "tool" else "reasoning_parser"
+            flag = "--tool-call-parser" if kind == "tool" else "--reasoning-parser"
+            raise InvalidOption(field, f"The {image.label if image else 'image'} does not register the {KINDS[kind]} "
+                                f"{user!r}: the engine would stop at start-up.",
+                                (f"Nearest names it knows: {', '.join(close)}. " if close else "")
+                                + f"Pass {flag} NAME with one of: {', '.join(registered)}"
+                                + (" (or a plugin's, with -- --tool-parser-plugin FILE)." if kind == "tool" else "."))
+        return ParserChoice(kind, user or None, "your choice", others(user or None))
+    for source, name in said:
+        if name is None or registered is None or name in registered:
+            return ParserChoice(kind, name, source, others(name))
+        notes.append(f"The {source} names the {KINDS[kind]} {name!r}, which the {image.label if image else ''} does "
+                     "not register: not used.")
+    if engine == "sglang" and image is not None and image.auto_parsers:
+        why = "no source names one it registers" if said else "the model's family is not known"
+        return ParserChoice(kind, AUTO, f"{image.label}: detects it from the chat template, as {why}",
+                            others(AUTO))
+    return ParserChoice(kind, None, "no source names one" if not said else "none registered", others(None))
+
+
+def choose_parsers(engine: str, family: Family | None, card: CardAdvice | None, image: ImageInfo | None, *,
+                   tool_call_parser: str | None, reasoning_parser: str | None, engine_args: tuple[str, ...],
+                   examples_dir: str, model_path: str) -> ParserPlan:
+    """The parsers and required flags for one engine, each with its source."""
+    notes: list[str] = []
+    defaults = family.parsers(engine) if family else None
+    card_tool = card.tool if card and card.tool and _NAME.fullmatch(card.tool) else None
+    card_reasoning = card.reasoning if card and card.reasoning and _NAME.fullmatch(card.reasoning) else None
+    # A plugin registers tool parsers the image's registry does not list: trust the user's name then.
+    plugin = _given(engine_args, "--tool-parser-plugin")
+    tool = _choose("tool", tool_call_parser, card_tool, family, defaults.tool if defaults else None, image, engine,
+                   notes, plugin)
+    reasoning = _choose("reasoning", reasoning_parser, card_reasoning, family,
+                        defaults.reasoning if defaults else None, image, engine, notes)
+    extra: list[str] = []
+    sources: list[str] = []
+    card_flags = list(card.flags) if card else []
+    index = 0
+    while index < len(card_flags):
+        flag = card_flags[index]
+        value = card_flags[index + 1] if index + 1 < len(card_flags) and not card_flags[index + 1].startswith("--") \
+            else None
+        index += 2 if value is not None else 1
+        if _given(engine_args, flag) or flag in extra:
+            continue
+        if flag == "--chat-template" and value is not None:
+            value = _template_path(value, engine, examples_dir, model_path)
+        extra += [flag] + ([value] if value is not None else [])
+        sources.append(f"{flag}{' ' + value if value else ''} (model card)")
+    for flag in defaults.extra_args if defaults else ():
+        if not _given(engine_args, flag) and flag not in extra:
+            extra.append(flag)
+            sources.append(f"{flag} (family table)")
+    template = defaults.tool_chat_template if defaults else None
+    if (template and tool.name and tool.name == defaults.tool and "--chat-template" not in extra  # type: ignore[union-attr]
+            and not _given(engine_args, "--chat-template")):
+        if image is not None and image.templates is not None and template not in image.templates:
+            notes.append(f"The {image.label} has no {template} in {examples_dir}: tool calls may not parse "
+                         "(pass -- --chat-template PATH with a tool chat template).")
+        else:
+            path = f"{examples_dir.rstrip('/')}/{template}"
+            extra += ["--chat-template", path_word(path)]
+            sources.append(f"--chat-template {path} (family table: the image's tool chat template)")
+    return ParserPlan(tool, reasoning, tuple(extra), tuple(sources), tuple(notes))
+
+
+def _template_path(value: str, engine: str, examples_dir: str, model_path: str) -> str:
+    """A card's --chat-template as a path in the image: `examples/...` is the engine's examples
+    directory (vLLM's examples/, SGLang's examples/chat_template/), a bare file the model's directory; a
+    name without a suffix is one of the engine's built-in templates."""
+    if value.startswith(("/", "~/", "$")):
+        return path_word(value)
+    relative = value.removeprefix("./")
+    for prefix in ("examples/chat_template/", "examples/"):
+        if relative.startswith(prefix):
+            return path_word(f"{examples_dir.rstrip('/')}/{relative[len(prefix):]}")
+    if relative.endswith((".jinja", ".json")):
+        return path_word(f"{model_path.rstrip('/')}/{relative}")
+    return value
