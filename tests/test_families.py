@@ -191,13 +191,15 @@ def test_every_name_the_table_uses_is_one_the_engines_register():
     """The names the engine double registers: vLLM 0.33.0's and SGLang 0.5.23's, as the notes list them."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("fake_engine", Path(__file__).parent / "engine_double" / "fake_engine.py")
+    path = Path(__file__).parent / "engine_double" / "fake_engine.py"
+    spec = importlib.util.spec_from_file_location("fake_engine", path)
     double = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(double)
     registered = {("vllm", "tool"): double.VLLM_TOOL_PARSERS, ("vllm", "reasoning"): double.VLLM_REASONING_PARSERS,
                   ("sglang", "tool"): double.SGLANG_TOOL_PARSERS,
                   ("sglang", "reasoning"): double.SGLANG_REASONING_PARSERS}
     missing = [(engine, kind, name) for _, family in FAMILIES for engine in ("vllm", "sglang")
-               for kind, name in (("tool", family.parsers(engine).tool), ("reasoning", family.parsers(engine).reasoning))
+               for kind, name in (("tool", family.parsers(engine).tool),
+                                  ("reasoning", family.parsers(engine).reasoning))
                if name and name not in registered[engine, kind]]
     assert missing == []

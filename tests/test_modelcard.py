@@ -67,7 +67,8 @@ def test_speculative_setups_from_cards():
 @pytest.mark.parametrize(("text", "tool"), [
     ("`vllm serve org/m --tool-call-parser hermes`", "hermes"),  # inline code
     ("Run: vllm serve org/m --tool_call_parser=hermes", "hermes"),  # vLLM reads _ as -
-    ("```bash\n$ vllm serve org/m \\\n    --enable-auto-tool-choice \\\n    --tool-call-parser pythonic\n```", "pythonic"),
+    ("```bash\n$ vllm serve org/m \\\n    --enable-auto-tool-choice \\\n    --tool-call-parser pythonic\n```",
+     "pythonic"),
     ("vllm serve org/m --tool-call-parser 'unbalanced", "'unbalanced"),  # a broken quote: words as written
     ("python -m vllm.entrypoints.openai.api_server --model org/m --tool-call-parser mistral", "mistral"),
     ("vllm serve org/m  # --tool-call-parser hermes is not needed", None),  # a comment

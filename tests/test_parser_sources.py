@@ -72,7 +72,8 @@ def test_the_users_choice_wins_and_a_name_the_image_lacks_is_refused_before_subm
     chosen = plan(facts("Qwen3-8B", card=card), engine="vllm", tool_call_parser="hermes", reasoning_parser="")
     assert (chosen.tool_parser, chosen.reasoning_parser) == ("hermes", None)
     assert chosen.parsers.tool.source == "your choice" and chosen.parsers.tool.others == ("model card: qwen3_coder",)
-    with pytest.raises(InvalidOption, match="does not register the tool-call parser 'hermez'.*Nearest.*hermes") as error:
+    refused = "does not register the tool-call parser 'hermez'.*Nearest.*hermes"
+    with pytest.raises(InvalidOption, match=refused) as error:
         plan(facts("Qwen3-8B"), engine="vllm", tool_call_parser="hermez")
     assert error.value.field == "tool_call_parser"
     # A plugin registers names the registry does not list: then the name is the user's business.
