@@ -119,12 +119,12 @@ def test_attach_after_restart(profile_with):
         server.down()
 
 
-def test_unknown_parser_fails_in_the_engine_and_is_explained(profile_with):
-    with pytest.raises(JobFailed) as caught:
+def test_an_unknown_parser_is_refused_before_submitting(profile_with, transport):
+    """The image's registry is asked first: a name it lacks never costs a job (the engine would stop with
+    `invalid tool call parser`, which `planning.diagnose` explains for names a plugin was meant to add)."""
+    with pytest.raises(ConfigError, match="does not register the tool-call parser 'no_such_parser'") as caught:
         hpc.up("Qwen3-8B", profile=profile_with(delay=0.3), timeout=120, tool_call_parser="no_such_parser")
-    assert "invalid tool call parser: no_such_parser" in caught.value.log_tail
-    assert "does not know the tool call parser 'no_such_parser'" in str(caught.value)
-    assert "Fix: pick a name the image knows (`hpcllm parsers --engine vllm`" in str(caught.value)
+    assert "Pass --tool-call-parser NAME with one of:" in str(caught.value)
 
 
 def test_a_tp_that_does_not_divide_the_heads_is_refused_before_submitting(profile, transport):

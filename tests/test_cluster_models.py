@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 
 from jupyter_hpcllm.discovery import models as facts_module
-from jupyter_hpcllm.discovery.imageprobe import check_plan_parsers, image_parsers
 from jupyter_hpcllm.discovery.models import list_models, model_facts
 from jupyter_hpcllm.errors import ConfigError, ModelNotFound
 from jupyter_hpcllm.lifecycle import Cluster
@@ -108,31 +107,31 @@ def test_plan_for_every_fixture_family(profile):
 
 def test_the_users_choice_wins(profile):
     plan = plan_for("Qwen3-8B", profile=profile, tool_call_parser="", reasoning_parser="deepseek_r1", gpus=2)
-    assert plan.tool_parser == "" and plan.reasoning_parser == "deepseek_r1" and plan.gpus == 2
+    assert plan.tool_parser is None and plan.reasoning_parser == "deepseek_r1" and plan.gpus == 2
+    assert plan.parsers.tool.source == "your choice"
     assert "--tool-call-parser" not in plan.engine_command
 
 
-def test_image_parsers_are_asked_once(profile, transport, monkeypatch):
-    found = image_parsers(profile, transport, "vllm")
+def test_the_image_is_asked_once(profile, cluster, monkeypatch):
+    found = cluster.parsers("vllm")
     assert "openai" in found["tool"] and "openai_gptoss" in found["reasoning"]
-    assert "qwen3-thinking" in image_parsers(profile, transport, "sglang")["reasoning"]
+    assert "qwen3-thinking" in cluster.parsers("sglang")["reasoning"]
     commands = []
-    original = type(transport).run
+    original = type(cluster.transport).run
 
     def spy(self, command, **kwargs):
         commands.append(command)
         return original(self, command, **kwargs)
 
-    monkeypatch.setattr(type(transport), "run", spy)
-    image_parsers(profile, transport, "vllm")
+    monkeypatch.setattr(type(cluster.transport), "run", spy)
+    cluster.parsers("vllm")
     assert len(commands) == 1 and commands[0].startswith("stat ")  # only the image's mtime
 
 
-def test_a_parser_the_image_does_not_know_is_caught_before_submitting(profile, transport):
-    plan = plan_for("Qwen3-8B", profile=profile, tool_call_parser="hermes3")
+def test_a_parser_the_image_does_not_know_is_caught_before_submitting(profile):
     with pytest.raises(ConfigError) as caught:
-        check_plan_parsers(plan, transport)
-    assert "does not know the tool parser 'hermes3'" in str(caught.value)
+        plan_for("Qwen3-8B", profile=profile, tool_call_parser="hermes3")
+    assert "does not register the tool-call parser 'hermes3'" in str(caught.value)
     assert "Nearest names it knows: hermes" in str(caught.value)
 
 
@@ -157,5 +156,5 @@ def test_cli_plan_and_models(cluster_config, tmp_path):
     assert "qwq" in line and "hermes/deepseek_r1" in line and "1 × h200" in line
     parsers = run("parsers", "--engine", "sglang")
     assert "qwen3-thinking" in parsers.stdout
-    bad = run("up", "Qwen3-8B", "--check-parsers", "--tool-call-parser", "hermes3")
+    bad = run("up", "Qwen3-8B", "--tool-call-parser", "hermes3")
     assert bad.returncode == 1 and "Nearest names it knows: hermes" in bad.stderr

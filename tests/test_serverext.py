@@ -85,6 +85,14 @@ async def test_profiles_models_and_plans(fake, jp_fetch):
                                body={"profile": "ebi", "options": {"model": "Qwen3-8B", "time": "2:00:00"}})
     assert status == 200 and plan["ok"] and plan["headline"].endswith("1 × a100, tensor-parallel 1")
     assert plan["gpu_hours"] == 2.0 and "#SBATCH --time=2:00:00" in plan["script"]
+    # The sidebar shows each choice with its source: the engine auto picked, the parsers and what the image said.
+    assert ebi["default_engine"] == "auto" and ebi["engines"] == ["vllm", "sglang"]
+    assert any(d.startswith("engine: vllm (auto: its image") for d in plan["details"]), plan["details"]
+    assert "parsers: tool-call parser hermes (family table (qwen3))" in plan["details"]
+    assert any(d.startswith("image: vllm image") for d in plan["details"])
+    status, replicas = await fetch(jp_fetch, "hpcllm", "plans", method="POST",
+                                   body={"profile": "ebi", "options": {"model": "Qwen3-8B", "gpus": 2, "replicas": 2}})
+    assert replicas["ok"] and replicas["headline"].endswith("tensor-parallel 1 (2 replicas)"), replicas
     assert set(plan) == set(api.PlanModel.__annotations__) and set(ebi) == set(api.ProfileModel.__annotations__)
     status, refused = await fetch(jp_fetch, "hpcllm", "plans", method="POST",
                                   body={"profile": "ebi", "options": {"model": "Qwen3-8B", "gpus": 9}})
@@ -250,6 +258,8 @@ async def test_options_and_parser_names_for_the_form(fake, jp_fetch):
     status, names = await fetch(jp_fetch, "hpcllm", "parsers", profile="ebi", engine="sglang")
     assert status == 200 and names["engine"] == "sglang" and names["problem"] is None
     assert "qwen25" in names["tool"] and "qwen3" in names["reasoning"]
+    status, auto = await fetch(jp_fetch, "hpcllm", "parsers", profile="ebi", engine="auto")
+    assert status == 200 and auto["engine"] == "auto" and "hermes" in auto["tool"]  # the default engine's image
     status, wrong = await fetch(jp_fetch, "hpcllm", "parsers", profile="ebi", engine="ollama")
     assert status == 422 and wrong["field"] == "engine" and "vllm, sglang" in wrong["error"]
     fake.drop("stat -L", times=10)  # the image cannot be asked: why, and no names (automatic still works)

@@ -11,12 +11,13 @@ from pathlib import Path
 from ..config.profiles import Profile
 from ..edge.slurm import image_mtime_command, image_python_command
 from ..edge.transport import Transport, run_idempotent
-from ..errors import ConfigError
+from ..errors import CommandTimeout, ConfigError
 from ..planning.images import PROBE, ImageInfo, parse_probe
 
 __all__ = ["image_info", "profile_images"]
 
 _lock = threading.Lock()
+PROBE_TIMEOUT = 180.0  # seconds: SGLang's model registry imports every model module
 
 
 def _cache_file() -> Path:
@@ -66,7 +67,13 @@ def image_info(profile: Profile, transport: Transport, engine: str, *, refresh: 
         return cached
     command = image_python_command(profile.runtime, profile.runtime_command, image, PROBE, (engine, examples))
     # Engine images take seconds to import their registries (SGLang's model registry imports every model).
-    output = run_idempotent(transport, command, timeout=max(profile.command_timeout, 180)).stdout
+    timeout = max(profile.command_timeout, PROBE_TIMEOUT)
+    try:
+        output = run_idempotent(transport, command, timeout=timeout).stdout
+    except CommandTimeout:
+        # A slow login node costs this launch the image's answers (the family table still decides), not
+        # the launch itself; the next plan asks again.
+        return ImageInfo(engine, path, problems=(f"the image did not answer within {timeout:.0f} s",))
     info = parse_probe(output, engine, path)
     if info.tool_parsers is not None or info.architectures is not None:
         _write_cache(key, info)  # an image that could not answer is asked again next time

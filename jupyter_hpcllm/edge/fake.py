@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ..errors import ConnectError, ConnectionLost, RemoteCommandError
+from ..errors import CommandTimeout, ConnectError, ConnectionLost, RemoteCommandError
 from ..planning.families import FAMILIES
 from ..planning.script import JOBS_DIR
 from .files import FileInfo
@@ -360,7 +360,8 @@ class FakeTransport:
         self.renewal_owners: dict[str, str] = {}  # job -> the token of the renewer that claimed it
         # What each engine image says of itself when probed (planning.images): every parser of the family
         # table and the architectures of the fake's models. Change it to test what images decide.
-        self.images: dict[str, dict[str, Any]] = {engine: _image(engine, models) for engine in ("vllm", "sglang")}
+        self.images: dict[str, dict[str, Any] | None] = {engine: _image(engine, models)
+                                                         for engine in ("vllm", "sglang")}
         self.jobs: dict[str, FakeJob] = {}
         self.commands: list[str] = []
         self.fresh_connections = 0
@@ -628,7 +629,9 @@ class FakeTransport:
         return 0, out + f"\n{mark}now\n{int(time.time())}\n", ""
 
     def _image_probe(self, match: re.Match[str], _: str) -> _Out:
-        """An image's answer to the probe (planning.images.PROBE)."""
+        """An image's answer to the probe (planning.images.PROBE); None in `images`: it does not answer."""
+        if self.images[match[1]] is None:
+            raise CommandTimeout("(the image probe)", 180)
         return 0, "INFO some start-up line\nHPCLLM-IMAGE-PROBE " + json.dumps(self.images[match[1]]) + "\n", ""
 
     # -- how a job moves, one step per probe

@@ -548,3 +548,15 @@ def test_a_second_down_sends_scancel_again_after_a_failed_one(cluster: Cluster, 
     with pytest.raises(ConnectError):
         server.down()
     assert server.down() is JobState.CANCELLED and fake.jobs[server.job_id].state == "CANCELLED"
+
+
+def test_an_image_that_does_not_answer_in_time_costs_only_its_answers(cluster: Cluster, fake: FakeTransport):
+    from jupyter_hpcllm.views import plan_text
+
+    answers = dict(fake.images)
+    fake.images = {"vllm": None, "sglang": None}  # the probe times out
+    plan = cluster.plan("Qwen3-8B")
+    assert plan.tool_parser == "hermes" and plan.parsers.tool.source == "family table (qwen3)"
+    assert "did not answer within 180 s" in plan_text(plan)
+    fake.images = answers
+    assert not cluster.plan("Qwen3-8B").image.problems  # not cached: asked again, and answered
