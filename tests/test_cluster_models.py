@@ -74,7 +74,8 @@ def test_a_second_lookup_costs_no_round_trip(profile, files):
 
 def test_listing(profile, files):
     models = {m.name: m for m in list_models(profile, files)}
-    assert len(models) == 15 and models["DeepSeek-R1"].is_mla
+    assert len(models) == 17 and models["DeepSeek-R1"].is_mla
+    assert "vllm serve Qwen/Qwen3-8B --speculative-config" in models["Qwen3-8B"].card  # the model card, read
     assert models["Mistral-7B-Instruct-v0.3"].shards == 3
 
 

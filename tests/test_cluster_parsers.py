@@ -85,7 +85,7 @@ def test_engine_auto_takes_the_image_that_loads_the_model(profile, make_image):
     with Cluster(custom) as cluster:
         plan = cluster.plan("Qwen3-8B")
         assert plan.engine == "sglang" and "the vllm image (0.8.0) does not" in plan.engine_reason
-        with pytest.raises(ConfigError, match="Use --engine sglang"):
+        with pytest.raises(ConfigError, match=r"Try --engine sglang \(or auto\)"):
             cluster.plan("Qwen3-8B", engine="vllm")
         server = cluster.up("Qwen3-8B", timeout=120)
         try:

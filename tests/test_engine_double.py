@@ -33,7 +33,7 @@ def model(tmp_path) -> Path:
     directory.mkdir()
     (directory / "config.json").write_text(json.dumps({
         "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "num_attention_heads": 32,
-        "num_key_value_heads": 8, "max_position_embeddings": 40960}))
+        "num_key_value_heads": 8, "max_position_embeddings": 40960, "vocab_size": 151936}))
     (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": "<think>{{ m }}"}))
     weight_map = {f"layer{i}": f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)}
     (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
@@ -290,3 +290,426 @@ def test_missing_image_and_wrong_engine(tmp_path, model):
     assert start(tmp_path, "sglang", vllm_argv(model, free_port())).wait(10) != 0
     no_module = start(tmp_path, "vllm", sglang_argv(model, free_port()))
     assert no_module.wait(10) == 1 and "No module named 'sglang'" in no_module.stdout.read()
+
+
+# --- helpers for the stricter checks ---------------------------------------------------------------------
+
+
+def make_model(root: Path, name: str, architecture: str, heads: int = 32, template: str | None = None,
+               tokenizer: dict | None = None, **config: object) -> Path:
+    directory = root / name
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({
+        "architectures": [architecture], "num_attention_heads": heads, "max_position_embeddings": 8192,
+        "vocab_size": 151936, **config}))
+    if template is not None or tokenizer is not None:
+        (directory / "tokenizer_config.json").write_text(json.dumps({
+            **({"chat_template": template} if template is not None else {}), **(tokenizer or {})}))
+    return directory
+
+
+def launch(tmp_path, engine: str, model: Path, *extra: str, env: dict | None = None, **settings):
+    port = free_port()
+    argv = (vllm_argv if engine == "vllm" else sglang_argv)(model, port, *extra)
+    return start(tmp_path, engine, argv, env=env, **settings), port
+
+
+def refused(tmp_path, engine: str, model: Path, *extra: str, code: int = 1, env: dict | None = None,
+            **settings) -> str:
+    """Start the double; it must exit with `code` before serving. Its whole output."""
+    process, _ = launch(tmp_path, engine, model, *extra, env=env, **settings)
+    output = process.communicate(timeout=20)[0]
+    assert process.returncode == code, output
+    return output
+
+
+def served(tmp_path, engine: str, model: Path, *extra: str, env: dict | None = None, check=None,
+           **settings) -> str:
+    """Start the double; it must become ready (then `check(running)` runs). Its whole output, after a SIGTERM."""
+    process, port = launch(tmp_path, engine, model, *extra, env=env, **settings)
+    try:
+        running = wait_ready(process, port)
+        if check:
+            check(running)
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=10)[0]
+    assert process.returncode == 0, output
+    return output
+
+
+def container_python(tmp_path, engine: str, code: str, *args: str, **settings) -> subprocess.CompletedProcess:
+    """`singularity exec IMAGE python3 -c CODE ARGS...`, as a probe of an image runs it."""
+    environment = dict(os.environ)
+    environment.pop("PYTHONPATH", None)
+    return subprocess.run([SINGULARITY, "exec", image(tmp_path, engine, **settings), "python3", "-c", code, *args],
+                          env=environment, capture_output=True, text=True, timeout=60)
+
+
+def probe(tmp_path, engine: str, code: str, *args: str, **settings) -> dict:
+    done = container_python(tmp_path, engine, code, *args, **settings)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+# --- the registries, read from Python inside the "container" ---------------------------------------------
+
+VLLM_NEW = """
+import json, vllm
+from vllm.tool_parsers import ToolParserManager as T
+from vllm.reasoning import ReasoningParserManager as R
+from vllm.model_executor.models import ModelRegistry as M
+print(json.dumps({"version": vllm.__version__, "tool": T.list_registered(), "reasoning": R.list_registered(),
+                  "eager": list(T.tool_parsers), "archs": list(M.get_supported_archs()),
+                  "top": vllm.ModelRegistry is M}))
+"""
+VLLM_OLD = """
+import json, vllm
+from vllm.entrypoints.openai.tool_parsers import ToolParserManager as T
+from vllm.reasoning import ReasoningParserManager as R
+print(json.dumps({"version": vllm.__version__, "tool": list(T.tool_parsers), "lazy": T.lazy_parsers,
+                  "reasoning": list(R.reasoning_parsers),
+                  "listing": [hasattr(T, "list_registered"), hasattr(R, "list_registered")]}))
+"""
+SGLANG_NEW = """
+import json, sglang
+from sglang.srt.function_call.function_call_parser import FunctionCallParser as F
+from sglang.srt.parser.reasoning_parser import ReasoningParser as R
+from sglang.srt.models.registry import ModelRegistry as M
+print(json.dumps({"version": sglang.__version__, "tool": list(F.ToolCallParserEnum), "reasoning": list(R.DetectorMap),
+                  "archs": list(M.get_supported_archs()), "detector": F.ToolCallParserEnum["gpt-oss"].__name__}))
+"""
+SGLANG_OLD = """
+import json
+from sglang.srt.function_call.function_call_parser import FunctionCallParser as F
+from sglang.srt.reasoning_parser import ReasoningParser as R
+print(json.dumps({"tool": list(F.ToolCallParserEnum), "reasoning": list(R.DetectorMap)}))
+"""
+
+
+def no_module(tmp_path, engine: str, module: str, **settings) -> str:
+    done = container_python(tmp_path, engine, f"import {module}", **settings)
+    assert done.returncode == 1
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_vllm_registries_from_python(tmp_path):
+    found = probe(tmp_path, "vllm", VLLM_NEW)
+    assert found["version"] == "0.11.0" and found["top"]
+    assert len(found["tool"]) == len(set(found["tool"])) == 58
+    assert {"hermes", "openai", "qwen3_coder", "llama3_json", "minimax_m2", "kimi_k2", "glm47", "apertus"} <= set(
+        found["tool"])
+    assert len(found["reasoning"]) == len(set(found["reasoning"])) == 42
+    assert {"openai_gptoss", "qwen3", "deepseek_r1", "minimax_m2_append_think", "nemotron_v3"} <= set(
+        found["reasoning"])
+    assert "openai" not in found["reasoning"]
+    assert found["eager"] == []  # vLLM registers its parsers lazily: only list_registered() names them all
+    assert {"Qwen3ForCausalLM", "DeepseekV32ForCausalLM", "Qwen3VLMoeForConditionalGeneration",
+            "GraniteMoeHybridForCausalLM", "LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM"} <= set(found["archs"])
+    assert no_module(tmp_path, "vllm", "vllm.entrypoints.openai.tool_parsers") == (
+        "ModuleNotFoundError: No module named 'vllm.entrypoints.openai.tool_parsers'")
+    assert no_module(tmp_path, "vllm", "sglang") == "ModuleNotFoundError: No module named 'sglang'"
+
+
+def test_vllm_registries_in_the_old_layout(tmp_path):
+    found = probe(tmp_path, "vllm", VLLM_OLD, registry_layout="old", version="0.10.2")
+    assert found["version"] == "0.10.2"
+    assert len(found["tool"]) == 58 and "hermes" in found["tool"] and found["lazy"] == {}
+    assert len(found["reasoning"]) == 42 and "qwen3" in found["reasoning"]
+    assert found["listing"] == [False, False]
+    assert no_module(tmp_path, "vllm", "vllm.tool_parsers", registry_layout="old") == (
+        "ModuleNotFoundError: No module named 'vllm.tool_parsers'")
+
+
+def test_sglang_registries_from_python(tmp_path):
+    found = probe(tmp_path, "sglang", SGLANG_NEW)
+    assert found["version"] == "0.5.4" and found["detector"] == "GptOssDetector"
+    assert len(found["tool"]) == len(set(found["tool"])) == 44 and "auto" not in found["tool"]
+    assert {"gpt-oss", "qwen25", "qwen", "qwen3_coder", "minimax-m2", "deepseekv31", "glm47"} <= set(found["tool"])
+    assert len(found["reasoning"]) == len(set(found["reasoning"])) == 36 and "auto" not in found["reasoning"]
+    assert {"gpt-oss", "qwen3", "qwen3-thinking", "deepseek-r1", "minimax-append-think"} <= set(found["reasoning"])
+    assert "Glm4MoeForCausalLM" in found["archs"] and "Gemma3ForCausalLM" in found["archs"]
+    assert no_module(tmp_path, "sglang", "sglang.srt.reasoning_parser") == (
+        "ModuleNotFoundError: No module named 'sglang.srt.reasoning_parser'")
+    assert no_module(tmp_path, "sglang", "vllm") == "ModuleNotFoundError: No module named 'vllm'"
+
+
+def test_sglang_registries_in_the_old_layout(tmp_path):
+    found = probe(tmp_path, "sglang", SGLANG_OLD, registry_layout="old")
+    assert len(found["tool"]) == 44 and len(found["reasoning"]) == 36
+    assert no_module(tmp_path, "sglang", "sglang.srt.parser.reasoning_parser", registry_layout="old") == (
+        "ModuleNotFoundError: No module named 'sglang.srt.parser.reasoning_parser'")
+
+
+def test_vllm_overrides_reach_python_and_start_up(tmp_path, model):
+    lists = {"tool_parsers": "hermes,my_parser", "reasoning_parsers": "qwen3", "architectures": "Qwen3ForCausalLM"}
+    found = probe(tmp_path, "vllm", VLLM_NEW, **lists)
+    assert found["tool"] == ["hermes", "my_parser"] and found["reasoning"] == ["qwen3"]
+    assert found["archs"] == ["Qwen3ForCausalLM"]
+    served(tmp_path, "vllm", model, "--enable-auto-tool-choice", "--tool-call-parser", "my_parser", **lists)
+    output = refused(tmp_path, "vllm", model, "--enable-auto-tool-choice", "--tool-call-parser", "llama3_json", **lists)
+    assert "invalid tool call parser: llama3_json (chose from { hermes,my_parser })" in output
+    output = refused(tmp_path, "vllm", model, architectures="LlamaForCausalLM,MistralForCausalLM")
+    assert ("Model architectures ['Qwen3ForCausalLM'] are not supported for now. Supported architectures: "
+            "['LlamaForCausalLM', 'MistralForCausalLM']") in output
+
+
+def test_sglang_overrides_reach_python_and_start_up(tmp_path, model):
+    lists = {"tool_parsers": "qwen25", "reasoning_parsers": "qwen3,deepseek-r1"}
+    found = probe(tmp_path, "sglang", SGLANG_OLD, registry_layout="old", **lists)
+    assert found == {"tool": ["qwen25"], "reasoning": ["qwen3", "deepseek-r1"]}
+    output = refused(tmp_path, "sglang", model, "--tool-call-parser", "hermes", code=2, **lists)
+    assert "argument --tool-call-parser: invalid choice: 'hermes'" in output
+
+
+# --- SGLang `auto` ---------------------------------------------------------------------------------------
+
+QWEN3_TEMPLATE = ("{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{%- endfor %}"
+                  "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>{%- endif %}")
+DETECT = """
+import json, sys
+from sglang.srt.parser.template_detection import detect_reasoning_parser, detect_tool_call_parser
+print(json.dumps([detect_tool_call_parser(sys.argv[1], None), detect_reasoning_parser(sys.argv[1], None)]))
+"""
+
+
+@pytest.mark.parametrize("template, tool, reasoning", [
+    ("<|start|>assistant<|channel|>final<|message|>", "gpt-oss", "gpt-oss"),
+    ("<tool_call>\n<function=f>\n<parameter=p>\nv\n</parameter>\n</function>", "qwen3_coder", None),
+    ("<think>x</think><minimax:tool_call><invoke name=f>", "minimax-m2", "minimax"),
+    ("<|tool_calls_section_begin|><|tool_call_begin|>", "kimi_k2", "kimi_k2"),
+    ("[gMASK]<sop><|system|>{% if enable_thinking %}", "glm45", "glm45"),
+    (QWEN3_TEMPLATE, "qwen", "qwen3"),
+    ("{{ messages }}", None, None),
+])
+def test_sglang_template_detection_from_python(tmp_path, template, tool, reasoning):
+    assert probe(tmp_path, "sglang", DETECT, template) == [tool, reasoning]
+
+
+def test_sglang_auto_detects_the_parsers_and_uses_them(tmp_path):
+    model = make_model(tmp_path, "Qwen3-8B", "Qwen3ForCausalLM", template=QWEN3_TEMPLATE)
+
+    def check(running: Running) -> None:
+        reply = running.request("/v1/chat/completions", chat("get_weather city=Paris", tools=WEATHER))[1]
+        assert reply["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+        message = running.request("/v1/chat/completions", chat("hello"))[1]["choices"][0]["message"]
+        assert "hello" in message["reasoning_content"]
+
+    output = served(tmp_path, "sglang", model, "--tool-call-parser", "auto", "--reasoning-parser", "auto", check=check)
+    assert "Auto-detected --tool-call-parser as 'qwen' from chat template" in output
+    assert "Auto-detected --reasoning-parser as 'qwen3' from chat template" in output
+
+
+def test_sglang_auto_reads_chat_template_jinja(tmp_path):
+    model = make_model(tmp_path, "gpt-oss-20b", "GptOssForCausalLM", heads=64)
+    (model / "chat_template.jinja").write_text("<|start|>assistant<|channel|>final<|message|>{{ content }}")
+    output = served(tmp_path, "sglang", model, "--tool-call-parser", "auto", "--reasoning-parser", "auto")
+    assert "Auto-detected --tool-call-parser as 'gpt-oss' from chat template" in output
+    assert "Auto-detected --reasoning-parser as 'gpt-oss' from chat template" in output
+
+
+def test_sglang_auto_without_markers_disables_tools(tmp_path):
+    model = make_model(tmp_path, "Plain", "LlamaForCausalLM", template="{{ messages }}")
+
+    def check(running: Running) -> None:
+        message = running.request("/v1/chat/completions",
+                                  chat("get_weather city=Paris", tools=WEATHER))[1]["choices"][0]["message"]
+        assert message["content"] == "Echo: get_weather city=Paris" and "tool_calls" not in message
+        assert "reasoning_content" not in message
+
+    output = served(tmp_path, "sglang", model, "--tool-call-parser", "auto", "--reasoning-parser", "auto", check=check)
+    assert ("--tool-call-parser=auto specified but could not detect tool-call parser from chat template. "
+            "Disabling tool-call parser.") in output
+    assert "--reasoning-parser=auto specified but could not detect reasoning parser from chat template." in output
+
+
+def test_sglang_auto_refused_where_the_image_lacks_it(tmp_path, model):
+    output = refused(tmp_path, "sglang", model, "--tool-call-parser", "auto", code=2, auto_parsers=0)
+    assert "argument --tool-call-parser: invalid choice: 'auto' (choose from 'apertus2509'," in output
+    output = refused(tmp_path, "sglang", model, "--reasoning-parser", "auto", code=2, auto_parsers=0)
+    assert "argument --reasoning-parser: invalid choice: 'auto'" in output
+    assert no_module(tmp_path, "sglang", "sglang.srt.parser.template_detection", auto_parsers=0) == (
+        "ModuleNotFoundError: No module named 'sglang.srt.parser.template_detection'")
+
+
+# --- data parallel ---------------------------------------------------------------------------------------
+
+
+def test_vllm_data_parallel_needs_tp_times_dp_gpus(tmp_path, model):
+    output = refused(tmp_path, "vllm", model, "--data-parallel-size", "2")
+    assert 'Exception: Error setting CUDA_VISIBLE_DEVICES: local range: [4, 8) base value: "4,5,6,7"' in output
+    assert "data_parallel_size=2 needs GPUs 4..7" in output
+    output = served(tmp_path, "vllm", model, "-dp", "2", env={"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
+    assert "'data_parallel_size': 2" in output and "Started DP Coordinator process" in output
+
+
+def test_sglang_data_parallel_needs_tp_times_dp_gpus(tmp_path, model):
+    output = refused(tmp_path, "sglang", model, "--dp-size", "2")
+    assert "RuntimeError: CUDA error: invalid device ordinal (tp_size=4, dp_size=2, visible GPUs=4)" in output
+    output = served(tmp_path, "sglang", model, "--dp", "2", env={"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
+    assert "dp_size=2" in output
+
+
+# --- speculative decoding --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drafts(tmp_path) -> dict[str, str]:
+    root = tmp_path / "drafts"
+    root.mkdir()
+    return {
+        "@eagle3": str(make_model(root, "EAGLE3-Qwen3-8B", "LlamaForCausalLMEagle3")),
+        "@eagle": str(make_model(root, "EAGLE-Qwen3-8B", "LlamaForCausalLMEagle")),
+        "@small": str(make_model(root, "Qwen3-0.6B", "Qwen3ForCausalLM", heads=16)),
+        "@othervocab": str(make_model(root, "Llama-3.2-1B", "LlamaForCausalLM", vocab_size=128256)),
+        "@unsupported": str(make_model(root, "Foo-1B", "FooForCausalLM")),
+        "@missing": str(root / "nothing"),
+    }
+
+
+def resolve(items: list[str], drafts: dict[str, str]) -> list[str]:
+    for name, path in drafts.items():
+        items = [item.replace(name, path) for item in items]
+    return items
+
+
+@pytest.mark.parametrize("spec, message, code", [
+    ('{"method": "eagle3"', 'argument --speculative-config: Value {"method": "eagle3" cannot be converted to '
+                            '<function loads at 0x', 2),
+    ("[1, 2]", "Input should be a valid dictionary or instance of SpeculativeConfig", 1),
+    ('{"method": "medusa2", "num_speculative_tokens": 3}',
+     "Input should be 'ngram', 'eagle', 'eagle3', 'medusa', 'draft_model', 'mtp' or 'suffix' [type=literal_error, "
+     "input_value='medusa2'", 1),
+    ('{"method": "eagle3", "num_speculative_tokens": 3}',
+     "Value error, num_speculative_tokens was provided but without speculative model.", 1),
+    ('{"method": "eagle3", "model": "@missing", "num_speculative_tokens": 3}',
+     "Invalid repository ID or local directory specified: '@missing'.", 1),
+    ('{"method": "eagle3", "model": "@eagle3"}', "Value error, num_speculative_tokens must be provided with "
+                                                "speculative model unless the draft model config contains an "
+                                                "n_predict parameter.", 1),
+    ('{"method": "ngram"}', "num_speculative_tokens must be provided with speculative model", 1),
+    ('{"method": "ngram", "num_speculative_tokens": 0}', "num_speculative_tokens\n  Input should be greater than 0", 1),
+    ('{"method": "ngram", "num_speculative_tokens": "many"}', "Input should be a valid integer", 1),
+    ('{"method": "eagle3", "model": "@eagle", "num_speculative_tokens": 3}',
+     "vLLM speculative method eagle3 needs an EAGLE-3 draft head", 1),
+    ('{"method": "eagle", "model": "@eagle3", "num_speculative_tokens": 3}',
+     "vLLM speculative method eagle needs an EAGLE draft head", 1),
+    ('{"method": "draft_model", "model": "@othervocab", "num_speculative_tokens": 3}',
+     "Target and draft model should have the same vocabulary size. Target model vocab_size=151936. Draft model "
+     "vocab_size=128256.", 1),
+    ('{"method": "draft_model", "model": "@unsupported", "num_speculative_tokens": 3}',
+     "Model architectures ['FooForCausalLM'] are not supported for now.", 1),
+    ('{"method": "mtp", "num_speculative_tokens": 1}', "method='mtp' needs a model with built-in multi-token "
+                                                      "prediction layers", 1),
+])
+def test_vllm_speculative_config_refused(tmp_path, model, drafts, spec, message, code):
+    spec, message = resolve([spec, message], drafts)
+    output = refused(tmp_path, "vllm", model, "--speculative-config", spec, code=code)
+    assert message in output
+
+
+@pytest.mark.parametrize("spec, logged", [
+    ('{"method": "eagle3", "model": "@eagle3", "num_speculative_tokens": 3}',
+     "Speculative decoding: method=eagle3, model=@eagle3, num_speculative_tokens=3"),
+    ('{"model": "@small", "num_speculative_tokens": 4}',
+     "Speculative decoding: method=draft_model, model=@small, num_speculative_tokens=4"),
+    ('{"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 4}',
+     "Speculative decoding: method=ngram, model=None, num_speculative_tokens=2"),
+])
+def test_vllm_speculative_config_accepted(tmp_path, model, drafts, spec, logged):
+    spec, logged = resolve([spec, logged], drafts)
+    output = served(tmp_path, "vllm", model, "--speculative_config", spec)  # vLLM takes snake_case flags too
+    assert logged in output
+
+
+def test_vllm_mtp_on_a_model_with_mtp_layers(tmp_path):
+    model = make_model(tmp_path, "GLM-4.5-Air", "Glm4MoeForCausalLM", heads=96, num_nextn_predict_layers=1)
+    output = served(tmp_path, "vllm", model, "--speculative-config", '{"method": "mtp"}')
+    assert f"Speculative decoding: method=mtp, model={model}, num_speculative_tokens=1" in output
+
+
+@pytest.mark.parametrize("extra, message, code", [
+    (["--speculative-algorithm", "MEDUSA"], "argument --speculative-algorithm: invalid choice: 'MEDUSA'", 2),
+    (["--speculative-algorithm", "EAGLE3", "--speculative-num-steps", "two"],
+     "argument --speculative-num-steps: invalid int value: 'two'", 2),
+    (["--speculative-draft-model-path", "@eagle3"],
+     "ValueError: --speculative-draft-model-path is set but --speculative-algorithm is not", 1),
+    (["--speculative-algorithm", "EAGLE3"],
+     "ValueError: EAGLE3 speculative decoding requires setting --speculative-draft-model-path.", 1),
+    (["--speculative-algorithm", "STANDALONE"],
+     "ValueError: STANDALONE speculative decoding requires setting --speculative-draft-model-path.", 1),
+    (["--speculative-algorithm", "EAGLE"], "ValueError: EAGLE speculative decoding requires setting "
+                                           "--speculative-draft-model-path: the model at", 1),
+    (["--speculative-algorithm", "NEXTN"], "ValueError: NEXTN speculative decoding needs a model with built-in MTP", 1),
+    (["--speculative-algorithm", "EAGLE3", "--speculative-draft-model", "@missing"],
+     "Invalid repository ID or local directory specified: '@missing'.", 1),
+    (["--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path", "@eagle"],
+     "SGLang speculative algorithm EAGLE3 needs an EAGLE-3 draft head", 1),
+    (["--speculative-algorithm", "EAGLE", "--speculative-draft-model-path", "@eagle3"],
+     "SGLang speculative algorithm EAGLE needs an EAGLE draft head", 1),
+    (["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", "@othervocab"],
+     "Target model vocab_size=151936. Draft model vocab_size=128256.", 1),
+    (["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", "@unsupported"],
+     "Model architectures ['FooForCausalLM'] are not supported for now.", 1),
+    (["--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path", "@eagle3", "--speculative-eagle-topk",
+      "0"], "ValueError: --speculative-eagle-topk must be at least 1, got 0.", 1),
+])
+def test_sglang_speculative_refused(tmp_path, model, drafts, extra, message, code):
+    extra, [message] = resolve(extra, drafts), resolve([message], drafts)
+    assert message in refused(tmp_path, "sglang", model, *extra, code=code)
+
+
+def test_sglang_speculative_accepted(tmp_path, model, drafts):
+    output = served(tmp_path, "sglang", model, "--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path",
+                    drafts["@eagle3"], "--speculative-num-steps", "3", "--speculative-eagle-topk", "1",
+                    "--speculative-num-draft-tokens", "4")
+    assert (f"Speculative decoding: algorithm=EAGLE3, draft_model_path={drafts['@eagle3']}, num_steps=3, "
+            "eagle_topk=1, num_draft_tokens=4") in output
+    glm = make_model(tmp_path, "GLM-4.5-Air", "Glm4MoeForCausalLM", heads=96, num_nextn_predict_layers=1)
+    for algorithm in ("EAGLE", "NEXTN"):  # built-in MTP: no draft path needed
+        output = served(tmp_path, "sglang", glm, "--speculative-algorithm", algorithm)
+        assert f"Speculative decoding: algorithm=EAGLE, draft_model_path={glm}," in output
+
+
+# --- --trust-remote-code ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_custom_tokenizer_code_needs_trust_remote_code(tmp_path, engine):
+    kimi = make_model(tmp_path, "Kimi-K2-Instruct", "DeepseekV3ForCausalLM", heads=64, template="{{ messages }}",
+                      tokenizer={"auto_map": {"AutoTokenizer": ["tokenization_kimi.TikTokenTokenizer", None]}},
+                      auto_map={"AutoConfig": "configuration_deepseek.DeepseekV3Config"})
+    output = refused(tmp_path, engine, kimi)
+    assert (f"ValueError: The repository for {kimi} contains custom code which must be executed to correctly load "
+            f"the model. You can inspect the repository content at {kimi}.\nPlease pass the argument "
+            "`trust_remote_code=True` to allow custom code to be run.") in output
+    served(tmp_path, engine, kimi, "--trust-remote-code")
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_config_auto_map_alone_needs_no_trust(tmp_path, engine):
+    deepseek = make_model(tmp_path, "DeepSeek-R1", "DeepseekV3ForCausalLM", heads=128, template="{{ messages }}",
+                          auto_map={"AutoConfig": "configuration_deepseek.DeepseekV3Config"})
+    assert "contains custom code" not in served(tmp_path, engine, deepseek)  # served: it became ready
+
+
+# --- flags model cards pass ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine, extra", [
+    ("vllm", ["--tokenizer-mode", "mistral", "--config-format", "mistral", "--load-format", "mistral",
+              "--chat-template", "/x/tool_chat_template.jinja"]),
+    ("sglang", ["--tokenizer-mode", "slow", "--load-format", "safetensors", "--chat-template", "chatml"]),
+])
+def test_model_card_flags_accepted(tmp_path, model, engine, extra):
+    served(tmp_path, engine, model, *extra)
+
+
+@pytest.mark.parametrize("engine, extra, message", [
+    ("vllm", ["--tokenizer-mode", "fast"], "argument --tokenizer-mode: invalid choice: 'fast'"),
+    ("vllm", ["--config-format", "gguf"], "argument --config-format: invalid choice: 'gguf'"),
+    ("sglang", ["--tokenizer-mode", "mistral"], "argument --tokenizer-mode: invalid choice: 'mistral'"),
+    ("sglang", ["--load-format", "tensors"], "argument --load-format: invalid choice: 'tensors'"),
+])
+def test_model_card_flags_checked(tmp_path, model, engine, extra, message):
+    assert message in refused(tmp_path, engine, model, *extra, code=2)

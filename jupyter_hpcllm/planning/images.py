@@ -58,8 +58,8 @@ else:
                               ("sglang.srt.reasoning_parser", "ReasoningParser")], lambda m: m.DetectorMap)
     out["architectures"] = first([("sglang.srt.models.registry", "ModelRegistry")],
                                  lambda m: m.get_supported_archs())
-    try:
-        out["auto"] = importlib.util.find_spec("sglang.srt.parser.template_detection") is not None
+    try:  # imported, not just found: a module that is there but cannot load detects nothing
+        out["auto"] = importlib.import_module("sglang.srt.parser.template_detection") is not None
     except Exception:
         out["auto"] = False
 try:

@@ -30,11 +30,13 @@ def choose_engine(profile: Profile, options: LaunchOptions, facts: ModelFacts | 
         image = images.get(asked)
         if architecture and not flexible and image is not None and image.supports(architecture) is False:
             others = [e for e in engines if e != asked and images.get(e) and images[e].supports(architecture)]
+            untried = [e for e in engines if e != asked and e not in images]
+            suggestion = (f"Use --engine {others[0]} (its image loads it), or " if others else
+                          f"Try --engine {untried[0]} (or auto), or " if untried else "Use ")
             raise ConfigError(
                 f"The {image.label} cannot load {facts.name if facts else 'the model'}: its architecture "
                 f"{architecture} is not among the {len(image.architectures or ())} it supports.",
-                (f"Use --engine {others[0]} (its image loads it), or " if others else "Use ")
-                + f"a newer {asked} image (images.{asked} in the profile).")
+                suggestion + f"a newer {asked} image (images.{asked} in the profile).")
         return asked, "your choice" if options.engine else "the profile's engine"
     if not architecture or flexible:
         why = "the model's architecture is not known" if not architecture else "-- --model-impl loads any"

@@ -504,6 +504,81 @@ MODELS: list[Model] = [
         {"bos_token": "]~!b[", "eos_token": "[e~["}),
 ]
 
+# Model cards (README.md) in the formats real cards use: the planner reads their serving commands.
+_QWEN3_8B_CARD = """---
+library_name: transformers
+license: apache-2.0
+pipeline_tag: text-generation
+---
+
+# Qwen3-8B
+
+Qwen3 is the latest generation of large language models in the Qwen series.
+
+## Speculative decoding
+
+An EAGLE-3 draft head trained for this model lives beside it. With vLLM:
+
+```shell
+vllm serve Qwen/Qwen3-8B --speculative-config '{"method": "eagle3", "model": "AngelSlim/Qwen3-8B_eagle3", "num_speculative_tokens": 3}'
+```
+
+With SGLang:
+
+```shell
+python3 -m sglang.launch_server --model Qwen/Qwen3-8B \\
+    --speculative-algorithm EAGLE3 --speculative-draft-model-path AngelSlim/Qwen3-8B_eagle3 \\
+    --speculative-num-steps 6 --speculative-eagle-topk 10 --speculative-num-draft-tokens 32
+```
+"""
+_MOONLIGHT_CARD = """---
+license: mit
+library_name: transformers
+---
+
+# Moonlight-16B-A3B-Instruct
+
+A 16B mixture-of-experts model (3B activated) trained with the Muon optimizer.
+
+## Deployment
+
+The tokenizer is custom code shipped in this repository:
+
+```bash
+vllm serve moonshotai/Moonlight-16B-A3B-Instruct --trust-remote-code
+```
+
+```bash
+python3 -m sglang.launch_server --model-path moonshotai/Moonlight-16B-A3B-Instruct --trust-remote-code
+```
+"""
+MODELS += [
+    # A card whose flag the model needs: its tokenizer is remote code (the engine double refuses it without).
+    Model("Moonlight-16B-A3B-Instruct", 7, 31.9, "kimi-k2", {
+        "architectures": ["DeepseekV3ForCausalLM"], "auto_map": _DEEPSEEK_AUTO_MAP, "model_type": "deepseek_v3",
+        "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": 27, "hidden_size": 2048,
+        "intermediate_size": 11264, "moe_intermediate_size": 1408, "n_routed_experts": 64, "n_shared_experts": 2,
+        "num_experts_per_tok": 6, "first_k_dense_replace": 1, "q_lora_rank": None, "kv_lora_rank": 512,
+        "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "max_position_embeddings": 8192,
+        "rope_theta": 50000.0, "vocab_size": 163840, "bos_token_id": 163584, "eos_token_id": 163585,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
+        {"bos_token_id": 163584, "eos_token_id": 163585},
+        {"bos_token": "[BOS]", "eos_token": "[EOS]",
+         "auto_map": {"AutoTokenizer": ["tokenization_moonshot.TikTokenTokenizer", None]}},
+        {**_REMOTE_CODE, "tokenization_moonshot.py": "# Remote code stand-in (defines TikTokenTokenizer).\n",
+         "README.md": _MOONLIGHT_CARD}),
+    # An EAGLE-3 draft head beside the model it speeds up (Qwen3-8B's card names it).
+    Model("Qwen3-8B_eagle3", 1, 0.76, "qwen3", {
+        "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "num_attention_heads": 32,
+        "num_key_value_heads": 8, "num_hidden_layers": 1, "hidden_size": 4096, "intermediate_size": 12288,
+        "max_position_embeddings": 40960, "vocab_size": 151936, "draft_vocab_size": 32000,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
+        {}, _QWEN_TOKENIZER),
+]
+_WITH_CARD = {"Qwen3-8B": _QWEN3_8B_CARD}
+MODELS = [Model(**{**m.__dict__, "extra": {**m.extra, "README.md": _WITH_CARD[m.name]}}) if m.name in _WITH_CARD
+          else m for m in MODELS]
+
 # Models that also get a Hugging Face cache layout: (repo id, model name in MODELS).
 HF_CACHE = [("Qwen/Qwen3-8B", "Qwen3-8B")]
 

@@ -1,21 +1,52 @@
 """A double of vLLM and SGLang for tests: their command lines, start-up logs, failures and OpenAI API.
 
 Layout (the stand-in `tests/cluster/singularity` puts these on the "container's" paths):
-    vllm-bin/vllm                     `vllm serve MODEL ...`           (vLLM images only)
+    vllm-bin/vllm                     `vllm serve MODEL ...`           (vLLM images: PATH)
+    vllm-py/vllm/                     `import vllm` registries         (vLLM images: PYTHONPATH)
     bin/python                        `python` = python3
-    py/sglang/launch_server.py        `python -m sglang.launch_server` (SGLang images only)
+    py/sglang/launch_server.py        `python -m sglang.launch_server` (SGLang images: PYTHONPATH)
+    py/sglang/                        `import sglang` registries       (SGLang images: PYTHONPATH)
+    engine_checks.py                  the stricter start-up checks, and SGLang's chat-template detection
 
 Settings come from the image file named by $HPCLLM_FAKE_IMAGE (key=value lines):
     delay=1.0             seconds the whole start-up takes (weights load one shard at a time within it)
-    version=0.11.0        version printed at start
+    version=V             version printed at start and in `vllm.__version__` / `sglang.__version__`
+                          (default 0.11.0 for vLLM, 0.5.4 for SGLang)
     token_delay=0         seconds between streamed tokens
     crash_after_load=1    die with CUDA out of memory after loading the weights
     max_model_len_fits=M  vLLM: fail after loading unless --max-model-len <= M (the real error text)
+    tool_parsers=a,b      the tool-call parser names the image registers (replaces the default list)
+    reasoning_parsers=a,b the reasoning parser names it registers (replaces the default list)
+    architectures=A,B     the model architectures it supports (replaces SUPPORTED_ARCHITECTURES)
+    registry_layout=new   `old`: the registries at their older module paths, without list_registered()
+    auto_parsers=1        SGLang: `0` refuses `--tool-call-parser auto` / `--reasoning-parser auto` (argparse's
+                          invalid choice) and has no sglang.srt.parser.template_detection
+The default lists are the names vLLM 0.33.0 and SGLang 0.5.23 register (shared/notes/engines.md). Start-up
+checks and the Python registries both use the image's lists (class Registry), so an override applies to both.
+
+Python inside the "container" sees the registries at the engines' module paths:
+    vLLM (new layout)   vllm.__version__; vllm.tool_parsers.ToolParserManager.list_registered();
+                        vllm.reasoning.ReasoningParserManager.list_registered() (both register lazily:
+                        their names are in `lazy_parsers`, not in `tool_parsers` / `reasoning_parsers`);
+                        vllm.model_executor.models.ModelRegistry.get_supported_archs() (a dict keys view)
+    vLLM (old layout)   no vllm.tool_parsers; vllm.entrypoints.openai.tool_parsers.ToolParserManager.tool_parsers
+                        (dict name -> class; `lazy_parsers` empty; no list_registered);
+                        vllm.reasoning.ReasoningParserManager.reasoning_parsers (dict only)
+    SGLang              sglang.__version__; sglang.srt.function_call.function_call_parser.FunctionCallParser
+                        .ToolCallParserEnum (dict name -> detector class); sglang.srt.parser.reasoning_parser
+                        .ReasoningParser.DetectorMap (old layout: sglang.srt.reasoning_parser instead);
+                        sglang.srt.models.registry.ModelRegistry.get_supported_archs();
+                        sglang.srt.parser.template_detection (detect_tool_call_parser, detect_reasoning_parser)
+                        only when auto_parsers=1
 
 Stdlib only: it runs under the cluster's python3. It is strict on purpose: unknown arguments, parser
-names, a tensor-parallel size that does not divide the heads, too few GPUs, a missing model or a wrong
-API key fail as the real engines fail. A chat answer is deterministic: "Echo: <last user text>";
-`/bench N` answers N words; a tool named in the prompt is called with `key=value` arguments from it.
+names, a tensor-parallel size that does not divide the heads, too few GPUs for tp × pp × dp, a missing model,
+a tokenizer that is custom code without --trust-remote-code, a malformed speculative-decoding setup (vLLM
+--speculative-config, SGLang --speculative-*: method, draft model, draft architecture, vocabulary, token
+counts) or a wrong API key fail as the real engines fail. SGLang's `auto` parsers are detected from the chat
+template's markers (engine_checks.TOOL_CALL_RULES, REASONING_RULES). A chat answer is deterministic: "Echo:
+<last user text>"; `/bench N` answers N words; a tool named in the prompt is called with `key=value`
+arguments from it.
 
 The API key is checked where the real engines check it, and only there. vLLM's middleware guards the paths
 that start with /v1, /v2 or /inference; its other routes answer anyone: /health, /metrics, /version, /ping,
@@ -38,38 +69,54 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+if os.path.dirname(os.path.realpath(__file__)) not in sys.path:  # engine_checks is beside this file
+    sys.path.append(os.path.dirname(os.path.realpath(__file__)))
+import engine_checks
+from engine_checks import StartupError, check_supported, load_config
+
+# The names each engine registers (vLLM 0.33.0, SGLang 0.5.23; shared/notes/engines.md). SGLang's `auto` is no
+# registered name: its --tool-call-parser / --reasoning-parser also accept it (see auto_parsers below).
 VLLM_TOOL_PARSERS = (
-    "openai", "hermes", "qwen3_coder", "qwen3_xml", "deepseek_v3", "deepseek_v31", "deepseek_v32",
-    "llama3_json", "llama4_pythonic", "pythonic", "mistral", "kimi_k2", "glm45", "glm47", "minimax_m2",
-    "phi4_mini_json", "granite", "granite4", "internlm", "jamba", "xlam",
+    "dots", "deepseek_v3", "deepseek_v31", "deepseek_v32", "deepseek_v4", "deepseek_v41", "cohere_command3",
+    "cohere_command4", "ernie45", "glm45", "glm47", "ling3", "granite-20b-fc", "granite", "granite4", "hermes", "hf",
+    "beam", "poolside_v1", "hunyuan_a13b", "hy_v3", "hy_v4", "internlm", "jamba", "lfm2", "kimi_k2", "kimi_k3",
+    "k2_horizon", "llama3_json", "llama4_json", "llama4_pythonic", "longcat", "mimo", "minimax_m2", "minimax_m3",
+    "minicpm5", "mistral", "olmo3", "plamo3", "muse", "muse_glimmer", "musespark1x", "openai", "phi4_mini_json",
+    "pythonic", "qwen3_coder", "qwen3_json", "qwen3_xml", "seed_oss", "step3", "step3p5", "step5", "inkling", "xlam",
+    "gigachat3", "functiongemma", "gemma4", "apertus",
 )
 VLLM_REASONING_PARSERS = (
-    "openai_gptoss", "qwen3", "deepseek_r1", "deepseek_v3", "mistral", "kimi_k2", "glm45", "minimax_m2",
-    "minimax_m2_append_think", "granite", "hunyuan_a13b",
+    "deepseek_r1", "deepseek_v3", "deepseek_v4", "deepseek_v41", "poolside_v1", "cohere_command3", "cohere_command4",
+    "ernie45", "gemma4", "glm45", "glm47", "ling3", "openai_gptoss", "granite", "granite_thinking_parser", "hf",
+    "beam", "holo2", "hunyuan_a13b", "hy_v3", "hy_v4", "kimi_k2", "kimi_k3", "k2_horizon", "mimo", "minicpmv",
+    "minimax_m2", "minimax_m2_append_think", "minimax_m3", "mistral", "nemotron_v3", "olmo3", "plamo3", "muse",
+    "muse_glimmer", "musespark1x", "qwen3", "seed_oss", "step3", "step3p5", "step5", "inkling",
 )
 SGLANG_TOOL_PARSERS = (
-    "gpt-oss", "qwen25", "qwen", "qwen3_coder", "deepseekv3", "deepseekv31", "deepseekv32", "llama3",
-    "pythonic", "mistral", "kimi_k2", "glm45", "glm47", "minimax-m2", "hermes", "step3", "auto",
+    "apertus2509", "beam", "cohere_command4", "deepseekv3", "deepseekv31", "deepseekv32", "deepseekv4", "deepseekv41",
+    "dots", "glm", "glm45", "glm47", "gpt-oss", "k2_horizon", "kimi_k2", "kimi_k3", "lfm2", "ling3", "llama3", "mimo",
+    "minicpm5", "mistral", "muse", "poolside_v1", "pythonic", "qwen", "qwen25", "qwen3_coder", "spark25", "step3",
+    "step3p5", "minimax-m2", "minimax-m3", "nanbeige", "trinity", "interns1", "hermes", "hunyuan", "gigachat3",
+    "gigachat35", "gemma4", "inkling", "iquest_q1", "response_template",
 )
 SGLANG_REASONING_PARSERS = (
-    "gpt-oss", "qwen3", "qwen3-thinking", "deepseek-r1", "deepseek-v3", "kimi", "kimi_k2", "glm45",
-    "minimax", "minimax-append-think", "step3", "auto",
+    "apertus2509", "beam", "deepseek-r1", "deepseek-v3", "deepseek-v4", "deepseek-v41", "dots", "glm45", "ling3",
+    "hunyuan", "gpt-oss", "k2_horizon", "kimi", "kimi_k2", "kimi_k3", "mimo", "muse", "poolside_v1", "qwen3",
+    "qwen3-thinking", "minimax", "minimax-append-think", "minimax-m3", "nanbeige", "step3", "step3p5", "mistral",
+    "nemotron_3", "granite_thinking_parser", "interns1", "gemma4", "inkling", "iquest_q1", "cohere_command4",
+    "gigachat35", "response_template",
 )
 SUPPORTED_ARCHITECTURES = (
-    "GptOssForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM",
-    "MistralForCausalLM", "DeepseekV3ForCausalLM", "Gemma3ForConditionalGeneration", "Phi3ForCausalLM",
-    "Glm4MoeForCausalLM", "MiniMaxM2ForCausalLM", "Qwen3NextForCausalLM", "Llama4ForConditionalGeneration",
-    "Mistral3ForConditionalGeneration", "GraniteForCausalLM",
+    "GptOssForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen3NextForCausalLM", "Qwen2ForCausalLM",
+    "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration", "LlamaForCausalLM",
+    "Llama4ForConditionalGeneration", "MistralForCausalLM", "Mistral3ForConditionalGeneration",
+    "DeepseekV3ForCausalLM", "DeepseekV32ForCausalLM", "Gemma3ForConditionalGeneration", "Gemma3ForCausalLM",
+    "Phi3ForCausalLM", "Glm4MoeForCausalLM", "MiniMaxM2ForCausalLM", "GraniteForCausalLM",
+    "GraniteMoeHybridForCausalLM",
+    # speculative-decoding draft heads (EAGLE-3 and EAGLE, in vLLM's and SGLang's spellings)
+    "LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM", "LlamaForCausalLMEagle", "EagleLlamaForCausalLM",
 )
 BENCH_WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "tempor")
-
-
-class StartupError(Exception):
-    """Ends the process with exit code 1 after printing `lines` (as the engine's traceback would)."""
-
-    def __init__(self, *lines: str) -> None:
-        super().__init__(lines[-1])
-        self.lines = lines
 
 
 def read_settings() -> dict[str, str]:
@@ -84,10 +131,35 @@ def read_settings() -> dict[str, str]:
     return settings
 
 
+def listed(settings: dict[str, str], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list setting (it replaces the default list), or the default."""
+    if key not in settings:
+        return default
+    return tuple(name.strip() for name in settings[key].split(",") if name.strip())
+
+
+class Registry:
+    """What one image's engine registers, from the image's settings (defaults: the engines' own lists).
+    The start-up checks and the Python stubs (vllm-py/, py/sglang/) both read it, so overrides apply to both."""
+
+    def __init__(self, kind: str, settings: dict[str, str] | None = None) -> None:
+        settings = read_settings() if settings is None else settings
+        vllm = kind == "vllm"
+        self.kind = kind
+        self.tool_parsers = listed(settings, "tool_parsers", VLLM_TOOL_PARSERS if vllm else SGLANG_TOOL_PARSERS)
+        self.reasoning_parsers = listed(settings, "reasoning_parsers",
+                                        VLLM_REASONING_PARSERS if vllm else SGLANG_REASONING_PARSERS)
+        self.architectures = listed(settings, "architectures", SUPPORTED_ARCHITECTURES)
+        self.layout = "old" if settings.get("registry_layout") == "old" else "new"
+        self.auto_parsers = not vllm and settings.get("auto_parsers", "1") == "1"
+        self.version = settings.get("version", "0.11.0" if vllm else "0.5.4")
+
+
 # --- command lines --------------------------------------------------------------------------------------
 
 
-def vllm_parser() -> argparse.ArgumentParser:
+def vllm_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
+    registry = registry or Registry("vllm")
     parser = argparse.ArgumentParser(prog="vllm serve")
     parser.add_argument("model")
     parser.add_argument("--host", default=None)
@@ -99,13 +171,17 @@ def vllm_parser() -> argparse.ArgumentParser:
     parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--enable-auto-tool-choice", action="store_true")
     # Like vLLM: the names are listed in --help, but checked only at start-up (a plugin may add more).
-    parser.add_argument("--tool-call-parser", metavar="{" + ",".join(VLLM_TOOL_PARSERS) + "} or name registered in "
-                        "--tool-parser-plugin")
-    parser.add_argument("--reasoning-parser", metavar="{" + ",".join(VLLM_REASONING_PARSERS) + "}")
+    parser.add_argument("--tool-call-parser", metavar="{" + ",".join(registry.tool_parsers) + "} or name registered "
+                        "in --tool-parser-plugin")
+    parser.add_argument("--reasoning-parser", metavar="{" + ",".join(registry.reasoning_parsers) + "}")
     parser.add_argument("--max-model-len", type=int)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--chat-template")
+    parser.add_argument("--tokenizer-mode", choices=("auto", "slow", "mistral", "custom"), default="auto")
+    parser.add_argument("--config-format", choices=("auto", "hf", "mistral"), default="auto")
+    parser.add_argument("--load-format", default="auto")
+    parser.add_argument("--speculative-config", type=engine_checks.json_argument)
     parser.add_argument("--api-key")
     parser.add_argument("--download-dir")
     parser.add_argument("--dtype", default="auto")
@@ -114,7 +190,24 @@ def vllm_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sglang_parser() -> argparse.ArgumentParser:
+def vllm_argv(argv: list[str]) -> list[str]:
+    """vLLM's FlexibleArgumentParser takes `--snake_case` flags for `--kebab-case` ones."""
+    flags = []
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, value = arg.partition("=")
+            arg = key.replace("_", "-") + sep + value
+        flags.append(arg)
+    return flags
+
+
+SGLANG_LOAD_FORMATS = ("auto", "pt", "safetensors", "npcache", "dummy", "sharded_state", "gguf", "bitsandbytes",
+                       "mistral", "layered", "remote", "remote_instance", "fastsafetensors", "runai_streamer")
+
+
+def sglang_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
+    registry = registry or Registry("sglang")
+    auto = ("auto",) if registry.auto_parsers else ()
     parser = argparse.ArgumentParser(prog="launch_server.py")
     parser.add_argument("--model-path", "--model", required=True)
     parser.add_argument("--host", default="127.0.0.1")
@@ -123,14 +216,21 @@ def sglang_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dp-size", "--dp", type=int, default=1)
     parser.add_argument("--ep-size", "--ep", type=int, default=1)
     parser.add_argument("--served-model-name")
-    parser.add_argument("--tool-call-parser", choices=SGLANG_TOOL_PARSERS)
-    parser.add_argument("--reasoning-parser", choices=SGLANG_REASONING_PARSERS)
+    parser.add_argument("--tool-call-parser", choices=registry.tool_parsers + auto)
+    parser.add_argument("--reasoning-parser", choices=registry.reasoning_parsers + auto)
     parser.add_argument("--context-length", type=int)
     parser.add_argument("--mem-fraction-static", type=float)
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--tokenizer-mode", choices=("auto", "slow"), default="auto")
+    parser.add_argument("--load-format", choices=SGLANG_LOAD_FORMATS, default="auto")
     parser.add_argument("--api-key")
     parser.add_argument("--enable-metrics", action="store_true")
     parser.add_argument("--chat-template")
+    parser.add_argument("--speculative-algorithm", choices=engine_checks.SGLANG_SPECULATIVE_ALGORITHMS)
+    parser.add_argument("--speculative-draft-model-path", "--speculative-draft-model")
+    parser.add_argument("--speculative-num-steps", type=int)
+    parser.add_argument("--speculative-eagle-topk", type=int)
+    parser.add_argument("--speculative-num-draft-tokens", type=int)
     return parser
 
 
@@ -146,6 +246,8 @@ class Engine:
         self.host = args.host or "0.0.0.0"
         self.port = args.port
         self.tp = args.tensor_parallel_size if kind == "vllm" else args.tp_size
+        self.pp = args.pipeline_parallel_size if kind == "vllm" else 1
+        self.dp = args.data_parallel_size if kind == "vllm" else args.dp_size
         self.tool_parser = args.tool_call_parser
         self.auto_tool_choice = getattr(args, "enable_auto_tool_choice", False)
         self.reasoning_parser = args.reasoning_parser
@@ -153,7 +255,8 @@ class Engine:
         self.api_key = args.api_key or (os.environ.get("VLLM_API_KEY") if kind == "vllm" else None)
         self.max_model_len = (args.max_model_len if kind == "vllm" else args.context_length) or 0
         self.args = args
-        self.version = settings.get("version", "0.11.0" if kind == "vllm" else "0.5.4")
+        self.registry = Registry(kind, settings)
+        self.version = self.registry.version
         self.vocabulary: dict[str, int] = {}  # /tokenize's word ids, so /detokenize can give the words back
         self.config: dict = {}
         self.inline_thinking = False
@@ -180,23 +283,12 @@ def gpu_count() -> int:
 
 
 def check_model(engine: Engine) -> None:
-    config_path = os.path.join(engine.model_path, "config.json")
-    if not os.path.isfile(config_path):
-        raise StartupError(
-            "Traceback (most recent call last):",
-            '  File "/usr/local/lib/python3.12/dist-packages/vllm/transformers_utils/config.py", line 512',
-            f"ValueError: Invalid repository ID or local directory specified: '{engine.model_path}'.",
-        )
-    with open(config_path) as handle:
-        engine.config = json.load(handle)
-    template_path = os.path.join(engine.model_path, "tokenizer_config.json")
-    if os.path.isfile(template_path):
-        with open(template_path) as handle:
-            engine.inline_thinking = "think" in str(json.load(handle).get("chat_template", ""))
-    architecture = (engine.config.get("architectures") or ["?"])[0]
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        raise StartupError(f"ValueError: Model architectures ['{architecture}'] are not supported for now. "
-                           f"Supported architectures: {list(SUPPORTED_ARCHITECTURES)}")
+    """The model directory (a missing one fails as both engines fail), its architecture, and its custom code."""
+    engine.config = load_config(engine.model_path)
+    tokenizer_config = engine_checks.read_json(os.path.join(engine.model_path, "tokenizer_config.json"))
+    engine.inline_thinking = "think" in str(tokenizer_config.get("chat_template", ""))
+    check_supported(engine.config, engine.registry.architectures)
+    engine_checks.check_trust_remote_code(engine.model_path, engine.args.trust_remote_code)
     if not engine.max_model_len:
         engine.max_model_len = int(engine.config.get("max_position_embeddings") or 4096)
 
@@ -207,31 +299,46 @@ def heads(config: dict) -> int:
 
 
 def check_vllm_parsers(engine: Engine) -> None:
+    tools, reasoning = engine.registry.tool_parsers, engine.registry.reasoning_parsers
     if engine.auto_tool_choice and not engine.tool_parser:
         raise StartupError("TypeError: Error: --enable-auto-tool-choice requires --tool-call-parser")
-    if engine.tool_parser and engine.tool_parser not in VLLM_TOOL_PARSERS:
+    if engine.tool_parser and engine.tool_parser not in tools:
         raise StartupError(
             "Traceback (most recent call last):",
             '  File "/usr/local/lib/python3.12/dist-packages/vllm/entrypoints/openai/cli_args.py", line 297',
-            f"KeyError: 'invalid tool call parser: {engine.tool_parser} (chose from "
-            f"{{ {','.join(VLLM_TOOL_PARSERS)} }})'",
+            f"KeyError: 'invalid tool call parser: {engine.tool_parser} (chose from {{ {','.join(tools)} }})'",
         )
-    if engine.reasoning_parser and engine.reasoning_parser not in VLLM_REASONING_PARSERS:
+    if engine.reasoning_parser and engine.reasoning_parser not in reasoning:
         raise StartupError(
             f"KeyError: 'invalid reasoning parser: {engine.reasoning_parser} (chose from "
-            f"{{ {','.join(VLLM_REASONING_PARSERS)} }})'",
+            f"{{ {','.join(reasoning)} }})'",
         )
+
+
+def check_speculative(engine: Engine) -> None:
+    """Speculative decoding (vLLM --speculative-config, SGLang --speculative-*): strict, as each engine is."""
+    architectures = engine.registry.architectures
+    if engine.kind == "vllm":
+        line = engine_checks.check_vllm_speculative(engine.args.speculative_config, engine.model_path, engine.config,
+                                                    architectures)
+    else:
+        line = engine_checks.check_sglang_speculative(engine.args, engine.model_path, engine.config, architectures)
+    if line:
+        engine.log(line)
+
+
+def resolve_auto_parsers(engine: Engine) -> None:
+    """SGLang `auto`: the parsers the chat template implies, or none (then that feature is off)."""
+    registered = {"tool_call_parser": engine.registry.tool_parsers,
+                  "reasoning_parser": engine.registry.reasoning_parsers}
+    for line in engine_checks.resolve_auto_parsers(engine.args, engine.model_path, registered):
+        engine.log(line)
+    engine.tool_parser, engine.reasoning_parser = engine.args.tool_call_parser, engine.args.reasoning_parser
 
 
 def check_parallelism(engine: Engine) -> None:
     total_heads = heads(engine.config)
-    available = gpu_count()
-    if engine.tp > available:
-        if engine.kind == "vllm":
-            raise StartupError(f"ValueError: World size ({engine.tp}) is larger than the number of available "
-                               f"GPUs ({available}) in this node. If this is intentional, please use Ray.")
-        raise StartupError(f"RuntimeError: CUDA error: invalid device ordinal (tp_size={engine.tp}, "
-                           f"visible GPUs={available})")
+    engine_checks.check_gpus(engine.kind, engine.tp, engine.pp, engine.dp, gpu_count())
     if total_heads % engine.tp:
         if engine.kind == "vllm":
             raise StartupError(f"ValueError: Total number of attention heads ({total_heads}) must be divisible "
@@ -307,10 +414,15 @@ def run(engine: Engine) -> int:
     try:
         if engine.kind == "vllm":
             engine.log(f"vLLM API server version {version}")
-            shown = {k: v for k, v in vars(engine.args).items() if v not in (None, False) and k != "api_key"}
+            defaults = vars(vllm_parser(engine.registry).parse_args([engine.model_path]))
+            shown = {k: v for k, v in vars(engine.args).items()
+                     if (k == "model" or v != defaults.get(k)) and k != "api_key"}
             engine.log(f"non-default args: {shown}")
             check_vllm_parsers(engine)
             check_model(engine)
+            check_speculative(engine)
+            if engine.dp > 1:
+                engine.log(f"Started DP Coordinator process (PID: {os.getpid() + 1})")  # (args: data_parallel_size)
             check_parallelism(engine)
             time.sleep(delay * 0.2)
             load_weights(engine, delay * 0.6)
@@ -330,6 +442,8 @@ def run(engine: Engine) -> int:
             fields = ", ".join(f"{k}={v!r}" for k, v in vars(engine.args).items())
             engine.log(f"server_args=ServerArgs({fields})")
             check_model(engine)
+            resolve_auto_parsers(engine)
+            check_speculative(engine)
             server = bind(engine)  # SGLang listens early and answers /health with 503 while starting
             time.sleep(delay * 0.2)
             check_parallelism(engine)
@@ -365,13 +479,15 @@ def main_vllm(argv: list[str]) -> int:
     if not argv or argv[0] != "serve":
         sys.stderr.write("usage: vllm [-h] [-v] {chat,complete,serve,bench,collect-env,run-batch} ...\n")
         return 2
-    args = vllm_parser().parse_args(argv[1:])
-    return run(Engine("vllm", args, read_settings()))
+    settings = read_settings()
+    args = vllm_parser(Registry("vllm", settings)).parse_args(vllm_argv(argv[1:]))
+    return run(Engine("vllm", args, settings))
 
 
 def main_sglang(argv: list[str]) -> int:
-    args = sglang_parser().parse_args(argv)
-    return run(Engine("sglang", args, read_settings()))
+    settings = read_settings()
+    args = sglang_parser(Registry("sglang", settings)).parse_args(argv)
+    return run(Engine("sglang", args, settings))
 
 
 # --- the OpenAI API -------------------------------------------------------------------------------------

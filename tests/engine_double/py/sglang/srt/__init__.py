@@ -1,0 +1,1 @@
+"""sglang.srt: the runtime (in the double: only its registries)."""

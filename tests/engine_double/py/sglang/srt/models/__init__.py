@@ -1,0 +1,1 @@
+"""sglang.srt.models: the model implementations (in the double: only their registry)."""

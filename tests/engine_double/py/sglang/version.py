@@ -1,0 +1,3 @@
+from sglang._double import REGISTRY
+
+__version__ = REGISTRY.version

@@ -1,0 +1,1 @@
+"""vllm.entrypoints (in the double: only the older tool-parser registry path)."""

@@ -1,0 +1,1 @@
+"""vllm.entrypoints.openai (in the double: only the older tool-parser registry path)."""

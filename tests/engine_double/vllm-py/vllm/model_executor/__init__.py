@@ -1,0 +1,1 @@
+"""vllm.model_executor (in the double: only the model registry)."""
