@@ -182,7 +182,7 @@ def test_the_prologue_may_have_lines_and_tabs_but_no_other_control_characters() 
             replace(SITE, prologue=text)
 
 
-@pytest.mark.parametrize("key", ["model_root", "runtime_path", "vllm_examples_dir"])
+@pytest.mark.parametrize("key", ["model_root", "runtime_path", "vllm_examples_dir", "sglang_examples_dir"])
 def test_paths_of_the_profile_have_no_control_characters(key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         replace(SITE, **{key: "/x\n/y"})  # type: ignore[arg-type]

@@ -67,7 +67,8 @@ def _fill(text: str, box: Sandbox) -> str:
 
 # --- the core ---------------------------------------------------------------------------------------
 
-PROFILE_FIELDS = ["model_root", "runtime_path", "vllm_examples_dir", "image", "bind", "runtime_arg"]
+PROFILE_FIELDS = ["model_root", "runtime_path", "vllm_examples_dir", "sglang_examples_dir", "image", "bind",
+                  "runtime_arg"]
 # One operation per example (a submission costs some 30 ms of processes, 60 with the script run: the others
 # a few ms each).
 # (hypothesis draws the first of a list more often than the others: the cheapest come first.)
