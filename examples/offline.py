@@ -25,6 +25,11 @@ def run() -> int:
     # The "ebi" preset describes a real cluster; the fake transport stands in for SSH and Slurm.
     with hpc.Cluster(hpc.load_profile("ebi"), transport=hpc.FakeTransport()) as cluster:
         print(cluster.job_script("Qwen3-8B").splitlines()[1])  # #SBATCH --job-name=...: what would run
+        # What `up` would choose, each choice with its source: two copies of the model, one GPU each.
+        plan = cluster.plan("Qwen3-8B", gpus=2, replicas=2)
+        print(f"engine: {plan.engine} ({plan.engine_reason})")
+        print(f"{plan.parsers.tool.describe()}; {plan.parsers.reasoning.describe()}")
+        print(f"{plan.replicas} replicas × tensor-parallel {plan.tensor_parallel}: {plan.spec.gres}")
         handle = cluster.launch("Qwen3-8B", on_progress=lambda p: print(f"[{p.stage.value:9}] {p.message}"))
         server = handle.result(timeout=60)
         reply = server.client().chat.completions.create(

@@ -19,4 +19,6 @@ def test_the_offline_example_runs_the_whole_lifecycle(tmp_path):
     stages = [line.split("]")[0].strip("[ ") for line in done.stdout.splitlines() if line.startswith("[")]
     assert stages[0] == "submitted" and stages[-1] == "ready" and "loading" in stages
     assert "answer: Echo: Hello from a notebook" in done.stdout
+    assert "engine: vllm (auto: the vllm image" in done.stdout and "(qwen3 in the family table)" in done.stdout
+    assert "2 replicas × tensor-parallel 1: gpu:a100:2" in done.stdout
     assert "after down: CANCELLED" in done.stdout and "Traceback" not in done.stderr

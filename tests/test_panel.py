@@ -107,8 +107,8 @@ def test_choosing_a_model_plans_it_and_preselects_its_allocation(panel):
     assert view.gpu_hours == 8.0 and "8 GPU-hours" in panel.plan_box.value
     assert "qwen3" in " ".join(view.details) and not panel.launcher.launch_button.disabled
     # Each choice with its source: the engine `auto` picked (both images), the parsers from the family table.
-    assert panel.form.engine.value == "auto" and "engine: vllm (auto: its image" in panel.plan_box.value
-    assert "tool-call parser hermes (family table (qwen3))" in panel.plan_box.value
+    assert panel.form.engine.value == "auto" and "engine: vllm (auto: the vllm image" in panel.plan_box.value
+    assert "tool-call parser hermes (qwen3 in the family table)" in panel.plan_box.value
     panel.script_toggle.value = True
     assert "#SBATCH --gres=gpu:h200:2" in panel.script_box.value
     choose(panel, "Big-120B", time="1:00:00")

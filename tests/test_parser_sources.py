@@ -53,18 +53,19 @@ def test_the_card_beats_the_table_and_the_disagreement_is_shown():
     chosen = plan(facts("Qwen3-8B", card=card), engine="vllm")
     assert (chosen.tool_parser, chosen.reasoning_parser) == ("qwen3_coder", "qwen3")
     assert chosen.parsers.tool.source == "model card"
-    assert chosen.parsers.tool.others == ("family table (qwen3): hermes",)
-    assert chosen.parsers.reasoning.source == "family table (qwen3)"  # the card says nothing of reasoning
+    assert chosen.parsers.tool.others == ("qwen3 in the family table: hermes",)
+    assert chosen.parsers.reasoning.source == "qwen3 in the family table"  # the card says nothing of reasoning
     shown = plan_text(chosen)
-    assert "tool-call parser qwen3_coder (model card); family table (qwen3): hermes" in shown
+    assert "tool-call parser qwen3_coder (model card); qwen3 in the family table: hermes" in shown
     assert any("qwen3_coder (model card)" in line for line in plan_view(chosen).details)
 
 
 def test_a_card_name_the_image_does_not_register_falls_back_to_the_table_with_a_note():
     card = "vllm serve x --tool-call-parser hermes_v9"
     chosen = plan(facts("Qwen3-8B", card=card), engine="vllm")
-    assert chosen.tool_parser == "hermes" and chosen.parsers.tool.source == "family table (qwen3)"
-    assert any("hermes_v9" in note and "does not register" in note for note in chosen.notes)
+    assert chosen.tool_parser == "hermes" and chosen.parsers.tool.source == "qwen3 in the family table"
+    assert "The tool-call parser 'hermes_v9' (model card) is not used: the vllm image vllm.sif (vLLM 1.0) does not " \
+        "register it." in chosen.notes
 
 
 def test_the_users_choice_wins_and_a_name_the_image_lacks_is_refused_before_submitting():

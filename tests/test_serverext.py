@@ -87,8 +87,8 @@ async def test_profiles_models_and_plans(fake, jp_fetch):
     assert plan["gpu_hours"] == 2.0 and "#SBATCH --time=2:00:00" in plan["script"]
     # The sidebar shows each choice with its source: the engine auto picked, the parsers and what the image said.
     assert ebi["default_engine"] == "auto" and ebi["engines"] == ["vllm", "sglang"]
-    assert any(d.startswith("engine: vllm (auto: its image") for d in plan["details"]), plan["details"]
-    assert "parsers: tool-call parser hermes (family table (qwen3))" in plan["details"]
+    assert any(d.startswith("engine: vllm (auto: the vllm image") for d in plan["details"]), plan["details"]
+    assert "parsers: tool-call parser hermes (qwen3 in the family table)" in plan["details"]
     assert any(d.startswith("image: vllm image") for d in plan["details"])
     status, replicas = await fetch(jp_fetch, "hpcllm", "plans", method="POST",
                                    body={"profile": "ebi", "options": {"model": "Qwen3-8B", "gpus": 2, "replicas": 2}})

@@ -32,7 +32,7 @@ AUTO = "auto"
 class ParserChoice:
     kind: str  # "tool" or "reasoning"
     name: str | None  # None: no parser
-    source: str  # "your choice", "model card", "sglang image (...)", "family table (qwen3)", ...
+    source: str  # "your choice", "model card", "sglang image (...)", "qwen3 in the family table", ...
     others: tuple[str, ...] = ()  # what the other sources said, where they disagree: "model card: hermes"
 
     def describe(self) -> str:
@@ -56,7 +56,7 @@ def _given(engine_args: tuple[str, ...], flag: str) -> bool:
 
 def _choose(kind: str, user: str | None, card: str | None, family: Family | None, table: str | None,
             image: ImageInfo | None, engine: str, notes: list[str], plugin: bool = False) -> ParserChoice:
-    table_source = f"family table ({family.name})" if family else ""
+    table_source = f"{family.name} in the family table" if family else ""
     said = [(source, name) for source, name, present in (("model card", card, card is not None),
                                                           (table_source, table, family is not None)) if present]
     registered = image.registered(kind) if image else None
@@ -78,8 +78,8 @@ def _choose(kind: str, user: str | None, card: str | None, family: Family | None
     for source, name in said:
         if name is None or registered is None or name in registered:
             return ParserChoice(kind, name, source, others(name))
-        notes.append(f"The {source} names the {KINDS[kind]} {name!r}, which the {image.label if image else ''} does "
-                     "not register: not used.")
+        notes.append(f"The {KINDS[kind]} {name!r} ({source}) is not used: the {image.label if image else 'image'} "
+                     "does not register it.")
     if engine == "sglang" and image is not None and image.auto_parsers:
         why = "no source names one it registers" if said else "the model's family is not known"
         return ParserChoice(kind, AUTO, f"{image.label}: detects it from the chat template, as {why}",

@@ -48,7 +48,7 @@ def choose_engine(profile: Profile, options: LaunchOptions, facts: ModelFacts | 
     verdicts = {engine: images[engine].supports(architecture) if engine in images else None for engine in order}
     for engine in order:
         if verdicts[engine]:
-            said = f"auto: its image ({images[engine].label}) loads {architecture}"
+            said = f"auto: the {images[engine].label} loads {architecture}"
             if engine != default:
                 said += f", the {default} image{_version(images, default)} does not" if verdicts[default] is False \
                     else f"; the {default} image could not say"

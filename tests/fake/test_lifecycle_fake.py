@@ -556,7 +556,7 @@ def test_an_image_that_does_not_answer_in_time_costs_only_its_answers(cluster: C
     answers = dict(fake.images)
     fake.images = {"vllm": None, "sglang": None}  # the probe times out
     plan = cluster.plan("Qwen3-8B")
-    assert plan.tool_parser == "hermes" and plan.parsers.tool.source == "family table (qwen3)"
+    assert plan.tool_parser == "hermes" and plan.parsers.tool.source == "qwen3 in the family table"
     assert "did not answer within 180 s" in plan_text(plan)
     fake.images = answers
     assert not cluster.plan("Qwen3-8B").image.problems  # not cached: asked again, and answered
