@@ -109,6 +109,12 @@ def test_choosing_a_model_plans_it_and_preselects_its_allocation(panel):
     # Each choice with its source: the engine `auto` picked (both images), the parsers from the family table.
     assert panel.form.engine.value == "auto" and "engine: vllm (auto: the vllm image" in panel.plan_box.value
     assert "tool-call parser hermes (qwen3 in the family table)" in panel.plan_box.value
+    # Replicas and speculative decoding are offered as the other options are.
+    panel.form.text["replicas"].value = "2"
+    panel.settle()
+    assert panel.plan.replicas == 2 and panel.plan.gpus % 2 == 0
+    panel.form.text["replicas"].value = ""
+    panel.settle()
     panel.script_toggle.value = True
     assert "#SBATCH --gres=gpu:h200:2" in panel.script_box.value
     choose(panel, "Big-120B", time="1:00:00")

@@ -310,3 +310,97 @@ def test_offline_plans_leave_speculation_out_and_say_so():
 
 def test_errors_are_config_errors():
     assert issubclass(InvalidOption, ConfigError)
+
+
+# --- after review: what a card may not do, and the edges of auto, replicas and drafts ---------------
+
+
+@pytest.mark.parametrize("line", [
+    "vllm serve x --tokenizer-mode=--middleware=evil.Mw",  # a value that is a flag of its own
+    "vllm serve x --load-format=--port=9",  # one that would clash with a managed option
+    "vllm serve x --load-format dummy",  # a benchmark's random weights
+    "vllm serve x --config-format 'hf; rm -rf ~'",
+    "vllm serve x --chat-template /workspace/author/template.jinja",  # a path on the author's machine
+    "vllm serve x --chat-template ../../etc/passwd.jinja",
+    "vllm serve x --served-model-name evil --port 1 --api-key k --host 0.0.0.0",  # managed: never from a card
+])
+def test_a_card_adds_only_known_flags_with_known_values(line):
+    chosen = plan(facts("Qwen3-8B", card=line), engine="vllm")
+    argv = chosen.spec.command.argv
+    assert not any(word.startswith(("--middleware", "--port=", "--load-format", "--config-format", "--tokenizer"))
+                   for word in argv)
+    assert "dummy" not in argv and "evil" not in " ".join(argv) and "/workspace" not in " ".join(argv)
+    assert "passwd" not in " ".join(argv)
+    assert "--chat-template" not in argv or argv.count("--chat-template") == 1
+
+
+def test_the_card_values_that_are_known_reach_the_command():
+    chosen = plan(facts("Qwen3-8B", card="vllm serve x --tokenizer-mode mistral --config-format=mistral "
+                                          "--load-format mistral --chat-template ./chat_template.jinja"), engine="vllm")
+    for flags in ("--tokenizer-mode mistral", "--config-format mistral", "--load-format mistral",
+                  f"--chat-template {ROOT}/Qwen3-8B/chat_template.jinja"):
+        assert flags in chosen.engine_command
+    absolute = plan(facts("Qwen3-8B", card="vllm serve x --chat-template /home/a/t.jinja"), engine="vllm")
+    assert any("/home/a/t.jinja is not a template of the image or the model" in note for note in absolute.notes)
+
+
+def test_a_card_number_of_thousands_of_digits_is_not_one():
+    card = "vllm serve x --speculative-model Org/Qwen3-8B-draft --num-speculative-tokens " + "9" * 5000
+    from jupyter_hpcllm.planning.modelcard import card_advice
+
+    assert card_advice(card, "vllm").speculative.settings == ()
+
+
+def test_auto_never_picks_an_engine_without_an_image_nor_one_that_said_no():
+    only_sglang = {"sglang": image("sglang")}
+    unknown = facts("lab-model", {**QWEN3, "architectures": []})
+    assert plan(unknown, only_sglang).engine == "sglang"
+    said_no = {"vllm": image("vllm", architectures=("LlamaForCausalLM",)),
+               "sglang": image("sglang", architectures=None)}
+    chosen = plan(facts("Qwen3-8B"), said_no)
+    assert chosen.engine == "sglang" and "the vllm image (1.0) does not load it" in chosen.engine_reason
+
+
+def test_a_named_vllm_that_cannot_load_the_model_mentions_the_transformers_backend():
+    with pytest.raises(InvalidOption, match="--model-impl transformers"):
+        plan(facts("Qwen3-8B"), {"vllm": image("vllm", architectures=())}, engine="vllm")
+
+
+def test_sglangs_auto_is_the_users_choice_too_when_the_image_has_it():
+    chosen = plan(facts("Qwen3-8B"), {"sglang": image("sglang", auto=True)}, engine="sglang", tool_call_parser="auto")
+    assert chosen.tool_parser == "auto" and chosen.parsers.tool.source == "your choice"
+    with pytest.raises(InvalidOption, match="cannot detect the tool-call parser"):
+        plan(facts("Qwen3-8B"), {"sglang": image("sglang", auto=False)}, engine="sglang", tool_call_parser="auto")
+
+
+def test_sglangs_dp_attention_puts_one_copy_on_every_gpu():
+    chosen = plan(facts("Qwen3-8B"), engine="sglang", gpus=4, replicas=4, engine_args=("--enable-dp-attention",))
+    assert (chosen.tensor_parallel, chosen.replicas) == (4, 4)
+    assert "--tp-size 4 --enable-metrics --dp-size 4" in chosen.engine_command
+
+
+def test_plain_drafts_need_an_engine_version_that_has_them():
+    draft = facts("Qwen3-0.6B-draft", {**QWEN3, "num_hidden_layers": 28}, gb=1.2)
+    old = {"vllm": image("vllm", version="0.11.0")}
+    with pytest.raises(InvalidOption, match=r"no speculative decoding with a plain draft model \(it came with 0\.14"):
+        plan(facts("Qwen3-8B"), old, draft=DraftFound(draft, "your choice"), engine="vllm", speculative="x")
+    new = {"vllm": image("vllm", version="0.14.1")}
+    chosen = plan(facts("Qwen3-8B"), new, draft=DraftFound(draft, "your choice"), engine="vllm", speculative="x")
+    assert chosen.speculation.method == "draft_model"
+
+
+def test_a_draft_whose_path_would_break_the_json_is_refused():
+    draft = ModelFacts('Qwen3-8B"eagle3', f'{ROOT}/Qwen3-8B"eagle3', EAGLE3, "", GB, 1)
+    with pytest.raises(InvalidOption, match="not a model name"):
+        plan(facts("Qwen3-8B"), draft=DraftFound(draft, "your choice"), engine="vllm", speculative="x")
+
+
+def test_the_probe_command_runs_the_prologue_and_ends_itself(tmp_path):
+    from jupyter_hpcllm.edge.slurm import image_python_command
+
+    command = image_python_command("none", "", "", "import os, sys; print(os.environ['SITE'], sys.argv[1:])",
+                                   ("a b", "c'd"), prologue="export SITE=ready", timeout=30)
+    assert "timeout -k 5 30 " in command
+    done = subprocess.run(["bash", "-c", command], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ready ['a b', \"c'd\"]"

@@ -29,7 +29,8 @@ def find_draft(profile: Profile, files: Files, target: ModelFacts, asked: str, *
     for hint in hints:
         if hint.method == "mtp":
             return DraftFound(None, "the model card (the model's own MTP layers)", hint)
-        if hint.draft:
+        if hint.draft and not hint.draft.startswith(("/", "~", "$")) and ".." not in hint.draft:
+            # A card names a Hub id (Org/Name): looked for under the model root, never as a path of its own.
             named.append(hint.draft)
             for name in dict.fromkeys((hint.draft, hint.draft.rsplit("/", 1)[-1])):
                 try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 from ..config.profiles import Profile
@@ -54,29 +55,31 @@ def image_info(profile: Profile, transport: Transport, engine: str, *, refresh: 
     image = profile.image(engine)
     examples = profile.examples_dir(engine)
     if profile.runtime == "none":
-        key_part, path = "no-container", "(no container)"
+        # No image file to date the engine by: its answers are kept for a day.
+        key_part, path = time.strftime("%Y-%m-%d"), "(no container)"
     else:
         result = run_idempotent(transport, image_mtime_command(image), check=False)
         if result.exit_status != 0:
             raise ConfigError(f"The {engine} image {image} of profile {profile.name!r} does not exist on the cluster.",
                               f"Set images.{engine} in the profile (`hpcllm config show` prints it).")
         key_part, path = result.stdout.strip(), image
-    key = f"{profile.host}|{engine}|{path}|{examples}|{key_part}"
+    key = f"{profile.host}|{engine}|{path}|{examples}|{profile.prologue.strip()}|{key_part}"
     cached = None if refresh else ImageInfo.from_json(_read_cache().get(key), path)
     if cached is not None:
         return cached
-    command = image_python_command(profile.runtime, profile.runtime_command, image, PROBE, (engine, examples))
-    # Engine images take seconds to import their registries (SGLang's model registry imports every model).
     timeout = max(profile.command_timeout, PROBE_TIMEOUT)
+    command = image_python_command(profile.runtime, profile.runtime_command, image, PROBE, (engine, examples),
+                                   prologue=profile.prologue, timeout=timeout - 10)
     try:
         output = run_idempotent(transport, command, timeout=timeout).stdout
     except CommandTimeout:
         # A slow login node costs this launch the image's answers (the family table still decides), not
-        # the launch itself; the next plan asks again.
+        # the launch itself; the next plan asks again (and the login node ended this probe by itself).
         return ImageInfo(engine, path, problems=(f"the image did not answer within {timeout:.0f} s",))
     info = parse_probe(output, engine, path)
-    if info.tool_parsers is not None or info.architectures is not None:
-        _write_cache(key, info)  # an image that could not answer is asked again next time
+    # Kept per image and mtime, a failure too (an image without python stays one): `hpcllm parsers
+    # --refresh` asks again.
+    _write_cache(key, info)
     return info
 
 

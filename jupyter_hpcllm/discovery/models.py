@@ -296,7 +296,8 @@ _STORED_TYPES: dict[str, type | tuple[type, ...]] = {
 
 
 def _from_disk(stored: Any) -> ModelFacts | None:
-    if not isinstance(stored, dict) or not {"name", "path"} <= set(stored) or not set(stored) <= set(_STORED_TYPES):
+    # Every field: an entry an older version wrote (before model cards were read) is read again.
+    if not isinstance(stored, dict) or set(stored) != set(_STORED_TYPES):
         return None
     if not all(isinstance(value, _STORED_TYPES[key]) and not isinstance(value, bool) for key, value in stored.items()):
         return None

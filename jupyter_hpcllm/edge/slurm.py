@@ -285,14 +285,19 @@ def image_mtime_command(image: str) -> str:
     return f"stat -L -c %Y {shlex.quote(image)}"
 
 
-def image_python_command(runtime: str, runtime_command: str, image: str, code: str, args: tuple[str, ...]) -> str:
-    """Python `code` run with `args` inside the image (its python3, or python), from the home directory."""
+def image_python_command(runtime: str, runtime_command: str, image: str, code: str, args: tuple[str, ...], *,
+                         prologue: str = "", timeout: float = 170) -> str:
+    """Python `code` run with `args` inside the image (its python3, or python), from the home directory,
+    after the profile's prologue (a `module load` may be what puts the runtime on the PATH). `timeout` ends
+    it on the login node too: a probe the client gave up on must not keep running there."""
     inner = " ".join(["for py in python3 python; do command -v \"$py\" >/dev/null 2>&1 && exec \"$py\" -c",
                       shlex.quote(code), *map(shlex.quote, args), "; done; echo 'no python in the image' >&2;",
                       "exit 127"])
-    if runtime == "none":
-        return f"cd; sh -c {shlex.quote(inner)} 2>&1; true"
-    return (f"cd; {shlex.quote(runtime_command)} exec {shlex.quote(image)} sh -c {shlex.quote(inner)} 2>&1; true")
+    limit = f"timeout -k 5 {int(timeout)}"
+    run = (f"{limit} sh -c {shlex.quote(inner)}" if runtime == "none" else
+           f"{limit} {shlex.quote(runtime_command)} exec {shlex.quote(image)} sh -c {shlex.quote(inner)}")
+    setup = f"{prologue.strip()}\n" if prologue.strip() else ""
+    return f"cd; (\n{setup}{run}\n) 2>&1; true"
 
 
 # --- parsers ------------------------------------------------------------------------------------------

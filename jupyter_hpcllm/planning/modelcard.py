@@ -148,7 +148,7 @@ def _speculative(options: dict[str, str | None]) -> CardSpeculative | None:
             draft = data.get("model") if isinstance(data.get("model"), str) else None
             tokens = data.get("num_speculative_tokens")
             numbers: tuple[tuple[str, int], ...] = (("num_speculative_tokens", tokens),) if isinstance(
-                tokens, int) and not isinstance(tokens, bool) and tokens > 0 else ()
+                tokens, int) and not isinstance(tokens, bool) and 0 < tokens <= MAX_SPECULATIVE_NUMBER else ()
             return CardSpeculative("mtp" if method in ("deepseek_mtp", "mtp") else method, draft, numbers)
     if options.get("--speculative-model"):  # vLLM before --speculative-config
         tokens = _number(options.get("--num-speculative-tokens"))
@@ -169,8 +169,15 @@ def _speculative(options: dict[str, str | None]) -> CardSpeculative | None:
     return None
 
 
+MAX_SPECULATIVE_NUMBER = 256  # steps, top-k and draft tokens: real setups use at most a few dozen
+
+
 def _number(value: str | None) -> int | None:
-    return int(value) if value and value.isascii() and value.isdigit() and int(value) > 0 else None
+    """A card's count, if it is one we would pass on (a typo of thousands of digits is not)."""
+    if not value or not value.isascii() or not value.isdigit() or len(value) > 4:
+        return None
+    number = int(value)
+    return number if 0 < number <= MAX_SPECULATIVE_NUMBER else None
 
 
 def card_advice(text: str, engine: str) -> CardAdvice:

@@ -65,7 +65,11 @@ def _choose(kind: str, user: str | None, card: str | None, family: Family | None
         return tuple(f"{source}: {name or 'none'}" for source, name in said if name != chosen)
 
     if user is not None:
-        if user and registered is not None and user not in registered and not plugin:
+        if user == AUTO and engine == "sglang" and image is not None and not image.auto_parsers:
+            raise InvalidOption("tool_call_parser" if kind == "tool" else "reasoning_parser",
+                                f"The {image.label} cannot detect the {KINDS[kind]} from the chat template (`auto` "
+                                "came with newer SGLang).", "Name the parser, or leave it to the plan.")
+        if user and user != AUTO and registered is not None and user not in registered and not plugin:
             close = difflib.get_close_matches(user, registered, n=3, cutoff=0.5)
             field = "tool_call_parser" if kind == "tool" else "reasoning_parser"
             flag = "--tool-call-parser" if kind == "tool" else "--reasoning-parser"
@@ -103,17 +107,16 @@ def choose_parsers(engine: str, family: Family | None, card: CardAdvice | None, 
                         defaults.reasoning if defaults else None, image, engine, notes)
     extra: list[str] = []
     sources: list[str] = []
-    card_flags = list(card.flags) if card else []
-    index = 0
-    while index < len(card_flags):
-        flag = card_flags[index]
-        value = card_flags[index + 1] if index + 1 < len(card_flags) and not card_flags[index + 1].startswith("--") \
-            else None
-        index += 2 if value is not None else 1
+    for flag, value in _card_flags(card.flags if card else ()):
         if _given(engine_args, flag) or flag in extra:
             continue
         if flag == "--chat-template" and value is not None:
-            value = _template_path(value, engine, examples_dir, model_path)
+            path = _template_path(value, examples_dir, model_path)
+            if path is None:
+                notes.append(f"The model card's --chat-template {value} is not a template of the image or the model "
+                             "(a path on its author's machine?): not used.")
+                continue
+            value = path
         extra += [flag] + ([value] if value is not None else [])
         sources.append(f"{flag}{' ' + value if value else ''} (model card)")
     for flag in defaults.extra_args if defaults else ():
@@ -133,16 +136,47 @@ def choose_parsers(engine: str, family: Family | None, card: CardAdvice | None, 
     return ParserPlan(tool, reasoning, tuple(extra), tuple(sources), tuple(notes))
 
 
-def _template_path(value: str, engine: str, examples_dir: str, model_path: str) -> str:
-    """A card's --chat-template as a path in the image: `examples/...` is the engine's examples
-    directory (vLLM's examples/, SGLang's examples/chat_template/), a bare file the model's directory; a
-    name without a suffix is one of the engine's built-in templates."""
-    if value.startswith(("/", "~/", "$")):
-        return path_word(value)
+# What a model card may add to the engine's command, and the values each flag may take: a card is text from
+# the model's repository, so nothing else of it reaches the command (no --load-format dummy from a benchmark).
+_CARD_VALUES: dict[str, tuple[str, ...] | None] = {
+    "--trust-remote-code": (),
+    "--tokenizer-mode": ("auto", "slow", "mistral", "custom", "hf"),
+    "--config-format": ("auto", "hf", "mistral"),
+    "--load-format": ("auto", "safetensors", "pt", "mistral", "gguf", "fastsafetensors"),
+    "--chat-template": None,  # checked by _template_path
+}
+_TEMPLATE = re.compile(r"(?:\./)?[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*")
+
+
+def _card_flags(flags: tuple[str, ...]) -> list[tuple[str, str | None]]:
+    """The card's (flag, value) pairs that may reach the command."""
+    pairs: list[tuple[str, str | None]] = []
+    index = 0
+    while index < len(flags):
+        flag = flags[index]
+        allowed = _CARD_VALUES.get(flag, ())
+        takes_value = allowed is None or bool(allowed)
+        value = flags[index + 1] if takes_value and index + 1 < len(flags) else None
+        index += 2 if takes_value else 1
+        if flag not in _CARD_VALUES or (takes_value and (value is None or value.startswith("-"))):
+            continue
+        if allowed and value not in allowed:
+            continue
+        pairs.append((flag, value))
+    return pairs
+
+
+def _template_path(value: str, examples_dir: str, model_path: str) -> str | None:
+    """A card's --chat-template as a path in the image: `examples/...` is the engine's examples directory
+    (vLLM's examples/, SGLang's examples/chat_template/), a relative file the model's directory; a name
+    without a suffix is one of the engine's built-in templates. None: nothing the job can see (an absolute
+    path is one on the card author's machine)."""
+    if not _TEMPLATE.fullmatch(value) or ".." in value.split("/"):
+        return None
     relative = value.removeprefix("./")
     for prefix in ("examples/chat_template/", "examples/"):
         if relative.startswith(prefix):
             return path_word(f"{examples_dir.rstrip('/')}/{relative[len(prefix):]}")
     if relative.endswith((".jinja", ".json")):
         return path_word(f"{model_path.rstrip('/')}/{relative}")
-    return value
+    return relative if "/" not in relative else None

@@ -64,9 +64,11 @@ class LaunchPlan:
     speculation: Speculation | None = None
     card: CardAdvice | None = None  # what the model card's commands for this engine say
 
+    dp_attention: bool = False  # SGLang's data-parallel attention: one copy on every GPU, attention split
+
     @property
     def tensor_parallel(self) -> int:
-        return self.gpus // self.replicas
+        return self.gpus if self.dp_attention else self.gpus // self.replicas
 
     @property
     def job_name(self) -> str:
@@ -153,6 +155,11 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
     model, gpus, gpu_type = options.model, options.gpus, options.gpu_type
     replicas = options.replicas or 1
     engine_args = options.engine_args
+    # SGLang's DP attention: --dp-size ranks share one copy of the model on all the job's GPUs (--tp-size is
+    # every GPU), each with its own attention and KV cache. The job is sized as one copy then.
+    dp_attention = engine == "sglang" and any(arg.split("=", 1)[0] == "--enable-dp-attention"
+                                              for arg in engine_args)
+    copies = 1 if dp_attention else replicas
     if facts is not None:
         model_path, served = facts.path, facts.name
     else:
@@ -195,11 +202,11 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
                                                      ("replicas" if replicas > 1 else "model"))
         with _about(at_fault):
             allocation, reasons = choose_allocation(profile, facts, gpu_type=gpu_type, gpus=gpus, context=context,
-                                                    replicas=replicas,
+                                                    replicas=copies,
                                                     draft_gb=speculation.extra_gb if speculation else 0.0)
         gpu, count, need_gb = allocation.gpu, allocation.count, allocation.need.total_gb
     else:
-        count = profile.default_gpus * replicas if gpus is None else gpus
+        count = profile.default_gpus * copies if gpus is None else gpus
         gpu = _type_for_count(profile, gpu_type, count)
         with _about("gpus"):
             _check_count(profile, gpu, count)
@@ -227,7 +234,11 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
             draft_path == bind or draft_path.startswith(bind.rstrip("/") + "/") for bind in binds):
         binds = (*binds, draft_path)  # a draft outside the model root must be visible in the container too
     with _about("engine_args"):
-        command = build_command(EngineSpec(engine, model_path, served, count // replicas, tool, reasoning,
+        if count % replicas:
+            even = replicas * max(1, count // replicas)
+            raise InvalidOption("replicas", f"{count} GPUs cannot be shared evenly by {replicas} replicas.",
+                                f"Give --gpus as a multiple of --replicas, e.g. --gpus {even}.")
+        command = build_command(EngineSpec(engine, model_path, served, count // copies, tool, reasoning,
                                            extra + engine_args, data_parallel=replicas))
     spec = JobSpec(
         name=f"{JOB_NAME_PREFIX}pending",
@@ -259,4 +270,4 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
     spec = replace(spec, name=f"{JOB_NAME_PREFIX}{slug}-{digest}")
     return LaunchPlan(profile, served, model_path, engine, gpu.name, count, family, tool, reasoning, spec,
                       tuple(notes), tuple(reasons), facts, options, need_gb, replicas, parsers, engine_reason, info,
-                      speculation, card)
+                      speculation, card, dp_attention)

@@ -22,6 +22,8 @@ def choose_engine(profile: Profile, options: LaunchOptions, facts: ModelFacts | 
     """(engine, why). Auto is the default when the profile has both images; an engine the user names is
     refused only when its image says it cannot load the model."""
     engines = profile.engines
+    if images:  # connected: an engine whose image is missing is no choice
+        engines = tuple(engine for engine in engines if engine in images) or engines
     default = profile.default_engine if profile.default_engine in engines or not engines else engines[0]
     asked = options.engine or (AUTO if len(engines) > 1 else default)
     architecture = facts.architectures[0] if facts is not None and facts.architectures else ""
@@ -30,21 +32,19 @@ def choose_engine(profile: Profile, options: LaunchOptions, facts: ModelFacts | 
         image = images.get(asked)
         if architecture and not flexible and image is not None and image.supports(architecture) is False:
             others = [e for e in engines if e != asked and images.get(e) and images[e].supports(architecture)]
-            untried = [e for e in engines if e != asked and e not in images]
-            suggestion = (f"Use --engine {others[0]} (its image loads it), or " if others else
-                          f"Try --engine {untried[0]} (or auto), or " if untried else "Use ")
+            untried = [e for e in profile.engines if e != asked and e not in images]
+            suggestion = (f"Use --engine {others[0]} (its image loads it), " if others else
+                          f"Try --engine {untried[0]} (or auto), " if untried else "Use ")
+            transformers = " or -- --model-impl transformers (vLLM's Transformers backend)" if asked == "vllm" else ""
             raise ConfigError(
                 f"The {image.label} cannot load {facts.name if facts else 'the model'}: its architecture "
                 f"{architecture} is not among the {len(image.architectures or ())} it supports.",
-                suggestion + f"a newer {asked} image (images.{asked} in the profile).")
+                suggestion + f"a newer {asked} image (images.{asked} in the profile){transformers}.")
         return asked, "your choice" if options.engine else "the profile's engine"
     if not architecture or flexible:
         why = "the model's architecture is not known" if not architecture else "-- --model-impl loads any"
         return default, f"auto: the profile's default ({why})"
     order = [default, *(e for e in engines if e != default)]
-    if images:  # connected: an engine whose image is missing is no choice
-        order = [engine for engine in order if engine in images] or order
-        default = order[0]
     verdicts = {engine: images[engine].supports(architecture) if engine in images else None for engine in order}
     for engine in order:
         if verdicts[engine]:
@@ -59,7 +59,10 @@ def choose_engine(profile: Profile, options: LaunchOptions, facts: ModelFacts | 
                           f"{facts.name if facts else 'the model'}): {there}.",
                           "Ask your cluster's admins for newer engine images (images.vllm / images.sglang in the "
                           "profile), or pass -- --model-impl transformers to try vLLM's Transformers backend.")
-    return default, "auto: the profile's default (its image could not say which architectures it loads)"
+    # No image says yes: one that could not say is a better bet than one that said no.
+    unknown = next(engine for engine in order if verdicts[engine] is None)
+    refused = [f"the {e} image{_version(images, e)} does not load it" for e in order if verdicts[e] is False]
+    return unknown, "auto: " + "; ".join([*refused, f"the {unknown} image could not say which architectures it loads"])
 
 
 def _version(images: Mapping[str, ImageInfo], engine: str) -> str:

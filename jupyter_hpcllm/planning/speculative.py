@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from ..config.checks import check_model_name
 from ..errors import ConfigError
 from .engines import Joined, path_word
 from .facts import ModelFacts
@@ -125,11 +126,19 @@ def plan_speculation(engine: str, target: ModelFacts, draft: ModelFacts | None, 
     if image is not None and architecture and image.supports(architecture) is False:
         raise ConfigError(f"The {image.label} cannot load the draft {draft.name} ({architecture}).",
                           "Use another draft, or another engine (--engine).")
-    if engine == "sglang" and method == "draft_model" and image is not None and image.version and \
-            _older(image.version, (0, 5, 0)):
-        raise ConfigError(f"SGLang {image.version} has no speculative decoding with a plain draft model "
-                          "(STANDALONE came with 0.5).", "Use an EAGLE head, or --engine vllm.")
+    if method == "draft_model" and image is not None and image.version:
+        since = _PLAIN_DRAFT_SINCE[engine]
+        if _older(image.version, since):
+            other = "sglang" if engine == "vllm" else "vllm"
+            raise ConfigError(f"{image.label} has no speculative decoding with a plain draft model (it came with "
+                              f"{'.'.join(map(str, since))}).", f"Use an EAGLE head, or --engine {other}.")
+    check_model_name(draft.path)  # it goes into a JSON value and a bind: plain names only
     return Speculation(method, draft, source, settings)
+
+
+# Plain draft models: SGLang's STANDALONE came with 0.5; vLLM dropped them in its V1 engine and brought them
+# back in 0.14.
+_PLAIN_DRAFT_SINCE = {"vllm": (0, 14, 0), "sglang": (0, 5, 0)}
 
 
 def _older(version: str, than: tuple[int, ...]) -> bool:

@@ -24,7 +24,7 @@ def _wide() -> widgets.Layout:
     return widgets.Layout(width="34em")  # one per widget: a closed panel closes its own layouts only
 # The fields offered as text, and what their description says.
 _TEXT_FIELDS = (("time", "Time limit"), ("cpus", "CPUs"), ("mem", "Memory"), ("partition", "Partition"),
-                ("account", "Account"))
+                ("account", "Account"), ("replicas", "Replicas"), ("speculative", "Speculative draft"))
 
 
 class ModelEntry:
@@ -101,7 +101,8 @@ class LaunchForm:
             self.engine.value = "auto" if len(profile.engines) > 1 else profile.default_engine
             defaults = {"time": profile.time, "cpus": str(profile.cpus), "mem": profile.mem,
                         "partition": profile.partition or "the cluster's default",
-                        "account": profile.account or "your default"}
+                        "account": profile.account or "your default", "replicas": "1 (copies of the model in the job)",
+                        "speculative": "off ('auto': the draft its card names)"}
             for name, widget in self.text.items():
                 widget.placeholder = defaults[name]
                 widget.value = ""
