@@ -236,7 +236,7 @@ def test_an_eagle3_head_from_the_card_on_vllm_with_its_memory():
     assert json.loads(word) == {"method": "eagle3", "model": f"{ROOT}/Qwen3-8B_eagle3", "num_speculative_tokens": 3}
     assert chosen.speculation.extra_gb == pytest.approx(0.88)
     assert "draft 0.9" in " ".join(chosen.reasons)  # the sizing counts it
-    assert "speculative decoding: eagle3 with Qwen3-8B_eagle3" in plan_text(chosen)
+    assert "speculative eagle3 with Qwen3-8B_eagle3" in plan_text(chosen)
 
 
 def test_sglang_gets_its_own_flags_with_the_cards_numbers():

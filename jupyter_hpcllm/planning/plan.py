@@ -63,7 +63,6 @@ class LaunchPlan:
     image: ImageInfo | None = None  # what the engine's image said of itself, when it was asked
     speculation: Speculation | None = None
     card: CardAdvice | None = None  # what the model card's commands for this engine say
-
     dp_attention: bool = False  # SGLang's data-parallel attention: one copy on every GPU, attention split
 
     @property

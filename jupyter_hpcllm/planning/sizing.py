@@ -198,7 +198,8 @@ def replica_advice(allocation: Allocation, facts: ModelFacts, context: int | Non
     if allocation.replicas > 1:
         per_gb, per_tokens = _kv_room(facts, memory, allocation.tensor_parallel, draft)
         one_gb, one_tokens = _kv_room(facts, memory, whole, draft)
-        return (f"{allocation.replicas} replicas of {allocation.tensor_parallel} GPUs: each holds the weights "
+        gpus = f"{allocation.tensor_parallel} GPU" + ("s" if allocation.tensor_parallel > 1 else "")
+        return (f"{allocation.replicas} replicas of {gpus}: each holds the weights "
                 f"({facts.weight_gb:.0f} GB) and has ≈ {per_gb:.0f} GB for its KV cache (≈ {per_tokens:,.0f} tokens), "
                 f"with a scheduler of its own; one server on {whole} GPUs would have ≈ {one_gb:.0f} GB "
                 f"(≈ {one_tokens:,.0f} tokens) in one scheduler. Replicas serve more people at once when the weights "

@@ -64,7 +64,7 @@ class Speculation:
         what = f"{self.method} with {self.draft.name} ({self.draft.path})" if self.draft else \
             f"{self.method} with the model's own {self.method.upper()} layers"
         extra = f"≈ {self.extra_gb:.1f} GB more GPU memory per replica" if self.draft else "no extra weights"
-        return f"speculative decoding: {what}, from {self.source}; {extra}"
+        return f"{what}, from {self.source}; {extra}"
 
     def args(self, engine: str) -> tuple[str, ...]:
         settings = dict(self.settings)
