@@ -154,8 +154,10 @@ def plan_text(plan: LaunchPlan) -> str:
     family = plan.family.name if plan.family else "unknown"
     lines.append(f"  family      {family}")
     lines += [f"  {label:11} {text}" for label, text in choice_lines(plan)]
-    copies = f" = {plan.replicas} replicas × tensor-parallel {plan.tensor_parallel}" if plan.replicas > 1 else \
-        f", tensor-parallel {plan.tensor_parallel}"
+    copies = (f", tensor-parallel {plan.tensor_parallel} with {plan.replicas} data-parallel attention ranks"
+              if plan.dp_attention else
+              f" = {plan.replicas} replicas × tensor-parallel {plan.tensor_parallel}" if plan.replicas > 1 else
+              f", tensor-parallel {plan.tensor_parallel}")
     lines.append(f"  allocation  {plan.gpus} × {plan.gpu_type} ({plan.spec.gres}){copies}")
     lines += [f"              {reason}" for reason in plan.reasons]
     lines.append(f"  command     {plan.engine_command}")

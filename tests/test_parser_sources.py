@@ -389,12 +389,6 @@ def test_plain_drafts_need_an_engine_version_that_has_them():
     assert chosen.speculation.method == "draft_model"
 
 
-def test_a_draft_whose_path_would_break_the_json_is_refused():
-    draft = ModelFacts('Qwen3-8B"eagle3', f'{ROOT}/Qwen3-8B"eagle3', EAGLE3, "", GB, 1)
-    with pytest.raises(InvalidOption, match="not a model name"):
-        plan(facts("Qwen3-8B"), draft=DraftFound(draft, "your choice"), engine="vllm", speculative="x")
-
-
 def test_the_probe_command_runs_the_prologue_and_ends_itself(tmp_path):
     from jupyter_hpcllm.edge.slurm import image_python_command
 
@@ -403,4 +397,49 @@ def test_the_probe_command_runs_the_prologue_and_ends_itself(tmp_path):
     assert "timeout -k 5 30 " in command
     done = subprocess.run(["bash", "-c", command], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "ready ['a b', \"c'd\"]"
+    assert done.stdout.splitlines() == ["ready ['a b', \"c'd\"]", "@@hpcllm-probe-exit:0"]
+
+
+# --- after the second review ------------------------------------------------------------------------
+
+
+def test_the_probe_command_says_when_the_login_nodes_timeout_ended_it(tmp_path):
+    from jupyter_hpcllm.edge.slurm import TIMED_OUT, image_python_command, probe_exit
+
+    command = image_python_command("none", "", "", "import time; time.sleep(30)", (), timeout=1)
+    done = subprocess.run(["bash", "-c", command], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=60)
+    assert probe_exit(done.stdout) in TIMED_OUT
+    quick = image_python_command("none", "", "", "print('hi')", (), timeout=30)
+    assert probe_exit(subprocess.run(["bash", "-c", quick], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                                     capture_output=True, text=True, timeout=60).stdout) == 0
+
+
+def test_auto_is_sglangs_only_and_an_image_that_could_not_answer_may_take_it():
+    with pytest.raises(InvalidOption, match="`auto` is SGLang's"):
+        plan(facts("Qwen3-8B"), engine="vllm", tool_call_parser="auto")
+    silent = {"sglang": ImageInfo("sglang", "/img/sglang.sif", problems=("the image did not answer",))}
+    assert plan(facts("Qwen3-8B"), silent, engine="sglang", reasoning_parser="auto").reasoning_parser == "auto"
+
+
+def test_a_draft_under_a_dot_directory_is_fine_and_one_with_a_quote_is_not():
+    cached = ModelFacts("Qwen3-8B_eagle3", "/home/me/.cache/huggingface/hub/models--X--Y/snapshots/abc", EAGLE3, "",
+                        GB, 1)
+    chosen = plan(facts("Qwen3-8B"), draft=DraftFound(cached, "your choice"), engine="vllm", speculative="x")
+    assert "/home/me/.cache/huggingface/hub/models--X--Y/snapshots/abc" in chosen.spec.binds
+    quoted = replace(cached, path='/m/Qwen3-8B"eagle3')
+    with pytest.raises(InvalidOption, match="JSON value"):
+        plan(facts("Qwen3-8B"), draft=DraftFound(quoted, "your choice"), engine="vllm", speculative="x")
+
+
+def test_dp_attention_ranks_get_as_many_gpus_each():
+    chosen = plan(facts("Qwen3-8B"), engine="sglang", replicas=2, engine_args=("--enable-dp-attention",))
+    assert (chosen.gpus, chosen.tensor_parallel, chosen.replicas) == (2, 2, 2)
+    assert "tensor-parallel 2 with 2 data-parallel attention ranks" in plan_text(chosen)
+    assert not any("--replicas 2 would" in reason for reason in chosen.reasons)
+
+
+def test_a_card_nested_too_deep_is_no_crash():
+    from jupyter_hpcllm.planning.modelcard import card_advice
+
+    assert card_advice("vllm serve x --speculative-config '" + "[" * 100_000 + "'", "vllm").speculative is None

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..config.profiles import Profile
-from ..edge.slurm import image_mtime_command, image_python_command
+from ..edge.slurm import TIMED_OUT, image_mtime_command, image_python_command, probe_exit
 from ..edge.transport import Transport, run_idempotent
 from ..errors import CommandTimeout, ConfigError
 from ..planning.images import PROBE, ImageInfo, parse_probe
@@ -70,12 +70,15 @@ def image_info(profile: Profile, transport: Transport, engine: str, *, refresh: 
     timeout = max(profile.command_timeout, PROBE_TIMEOUT)
     command = image_python_command(profile.runtime, profile.runtime_command, image, PROBE, (engine, examples),
                                    prologue=profile.prologue, timeout=timeout - 10)
+    slow = ImageInfo(engine, path, problems=(f"the image did not answer within {timeout:.0f} s",))
     try:
         output = run_idempotent(transport, command, timeout=timeout).stdout
     except CommandTimeout:
-        # A slow login node costs this launch the image's answers (the family table still decides), not
-        # the launch itself; the next plan asks again (and the login node ended this probe by itself).
-        return ImageInfo(engine, path, problems=(f"the image did not answer within {timeout:.0f} s",))
+        return slow
+    if probe_exit(output) in TIMED_OUT:
+        # The login node ended it (`timeout`): a slow start, not an answer. This launch goes without the
+        # image's answers (the family table still decides); the next plan asks again.
+        return slow
     info = parse_probe(output, engine, path)
     # Kept per image and mtime, a failure too (an image without python stays one): `hpcllm parsers
     # --refresh` asks again.

@@ -360,7 +360,7 @@ class FakeTransport:
         self.renewal_owners: dict[str, str] = {}  # job -> the token of the renewer that claimed it
         # What each engine image says of itself when probed (planning.images): every parser of the family
         # table and the architectures of the fake's models. Change it to test what images decide.
-        self.images: dict[str, dict[str, Any] | None] = {engine: _image(engine, models)
+        self.images: dict[str, dict[str, Any] | str | None] = {engine: _image(engine, models)
                                                          for engine in ("vllm", "sglang")}
         self.jobs: dict[str, FakeJob] = {}
         self.commands: list[str] = []
@@ -629,9 +629,12 @@ class FakeTransport:
         return 0, out + f"\n{mark}now\n{int(time.time())}\n", ""
 
     def _image_probe(self, match: re.Match[str], _: str) -> _Out:
-        """An image's answer to the probe (planning.images.PROBE); None in `images`: it does not answer."""
+        """An image's answer to the probe (planning.images.PROBE); None in `images`: the client gives up
+        waiting; "slow": the login node's `timeout` ends it first."""
         if self.images[match[1]] is None:
             raise CommandTimeout("(the image probe)", 180)
+        if self.images[match[1]] == "slow":
+            return 0, "INFO importing the model registry\n@@hpcllm-probe-exit:124\n", ""
         return 0, "INFO some start-up line\nHPCLLM-IMAGE-PROBE " + json.dumps(self.images[match[1]]) + "\n", ""
 
     # -- how a job moves, one step per probe

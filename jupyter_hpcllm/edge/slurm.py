@@ -285,6 +285,19 @@ def image_mtime_command(image: str) -> str:
     return f"stat -L -c %Y {shlex.quote(image)}"
 
 
+PROBE_EXIT = "@@hpcllm-probe-exit:"
+TIMED_OUT = (124, 137)  # what `timeout` exits with when it ended the command (TERM, then KILL)
+
+
+def probe_exit(output: str) -> int | None:
+    """How a command from `image_python_command` ended (its last line), or None if it did not say."""
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith(PROBE_EXIT):
+            value = line[len(PROBE_EXIT):].strip()
+            return int(value) if value.isdigit() else None
+    return None
+
+
 def image_python_command(runtime: str, runtime_command: str, image: str, code: str, args: tuple[str, ...], *,
                          prologue: str = "", timeout: float = 170) -> str:
     """Python `code` run with `args` inside the image (its python3, or python), from the home directory,
@@ -297,7 +310,8 @@ def image_python_command(runtime: str, runtime_command: str, image: str, code: s
     run = (f"{limit} sh -c {shlex.quote(inner)}" if runtime == "none" else
            f"{limit} {shlex.quote(runtime_command)} exec {shlex.quote(image)} sh -c {shlex.quote(inner)}")
     setup = f"{prologue.strip()}\n" if prologue.strip() else ""
-    return f"cd; (\n{setup}{run}\n) 2>&1; true"
+    # The last line says how it ended: `timeout` exits 124 (or 137 after -k) when it had to end it.
+    return f"cd; (\n{setup}{run}\n) 2>&1; echo \"{PROBE_EXIT}$?\""
 
 
 # --- parsers ------------------------------------------------------------------------------------------

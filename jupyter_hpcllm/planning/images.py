@@ -135,5 +135,6 @@ def parse_probe(output: str, engine: str, path: str) -> ImageInfo:
                 info = None
             if info is not None:
                 return info
-    tail = [line for line in output.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
+    tail = [line for line in output.strip().splitlines() if line.strip() and not line.startswith("@@hpcllm")][-1:] \
+        or ["(no output)"]
     return ImageInfo(engine, path, problems=(f"the image did not answer the probe: {tail[0][:300]}",))

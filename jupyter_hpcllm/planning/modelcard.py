@@ -141,7 +141,7 @@ def _speculative(options: dict[str, str | None]) -> CardSpeculative | None:
     if config:
         try:
             data = json.loads(config)
-        except ValueError:
+        except (ValueError, RecursionError):  # a card is anyone's text: deep nesting included
             data = None
         if isinstance(data, dict) and isinstance(data.get("method", "draft_model"), str):
             method = str(data.get("method") or "draft_model").lower()

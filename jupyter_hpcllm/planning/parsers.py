@@ -65,13 +65,16 @@ def _choose(kind: str, user: str | None, card: str | None, family: Family | None
         return tuple(f"{source}: {name or 'none'}" for source, name in said if name != chosen)
 
     if user is not None:
-        if user == AUTO and engine == "sglang" and image is not None and not image.auto_parsers:
-            raise InvalidOption("tool_call_parser" if kind == "tool" else "reasoning_parser",
-                                f"The {image.label} cannot detect the {KINDS[kind]} from the chat template (`auto` "
-                                "came with newer SGLang).", "Name the parser, or leave it to the plan.")
+        field = "tool_call_parser" if kind == "tool" else "reasoning_parser"
+        if user == AUTO and engine != "sglang":
+            raise InvalidOption(field, f"`auto` is SGLang's: {engine} has no {KINDS[kind]} that detects the format.",
+                                "Name the parser, or leave it to the plan (or use --engine sglang).")
+        # An image that answered without template detection cannot take `auto`; one that could not answer may.
+        if user == AUTO and image is not None and image.registered(kind) is not None and not image.auto_parsers:
+            raise InvalidOption(field, f"The {image.label} cannot detect the {KINDS[kind]} from the chat template "
+                                "(`auto` came with newer SGLang).", "Name the parser, or leave it to the plan.")
         if user and user != AUTO and registered is not None and user not in registered and not plugin:
             close = difflib.get_close_matches(user, registered, n=3, cutoff=0.5)
-            field = "tool_call_parser" if kind == "tool" else "reasoning_parser"
             flag = "--tool-call-parser" if kind == "tool" else "--reasoning-parser"
             raise InvalidOption(field, f"The {image.label if image else 'image'} does not register the {KINDS[kind]} "
                                 f"{user!r}: the engine would stop at start-up.",

@@ -24,7 +24,7 @@ from .modelcard import CardAdvice, CardSpeculative, card_advice
 from .parsers import ParserPlan, choose_parsers
 from .script import JOB_NAME_PREFIX, JobSpec, render_script
 from .selection import choose_engine
-from .sizing import choose_allocation
+from .sizing import choose_allocation, tp_fits
 from .speculative import Speculation, plan_speculation
 
 __all__ = ["DraftFound", "LaunchPlan", "model_path_for", "plan_launch"]
@@ -204,6 +204,8 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
                                                     replicas=copies,
                                                     draft_gb=speculation.extra_gb if speculation else 0.0)
         gpu, count, need_gb = allocation.gpu, allocation.count, allocation.need.total_gb
+        if replicas > 1:  # the advice to try replicas is for those who have not
+            reasons = [reason for reason in reasons if not reason.startswith("Serving many people")]
     else:
         count = profile.default_gpus * copies if gpus is None else gpus
         gpu = _type_for_count(profile, gpu_type, count)
@@ -233,6 +235,13 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
             draft_path == bind or draft_path.startswith(bind.rstrip("/") + "/") for bind in binds):
         binds = (*binds, draft_path)  # a draft outside the model root must be visible in the container too
     with _about("engine_args"):
+        if dp_attention and count % replicas and gpus is None:
+            # One copy on every GPU: take the next count the ranks share evenly.
+            larger = [c for c in gpu.counts if c > count and c % replicas == 0 and (facts is None or tp_fits(facts, c))]
+            if larger:
+                notes.append(f"{larger[0]} GPUs rather than {count}: each of the {replicas} data-parallel attention "
+                             "ranks gets as many.")
+                count = larger[0]
         if count % replicas:
             even = replicas * max(1, count // replicas)
             raise InvalidOption("replicas", f"{count} GPUs cannot be shared evenly by {replicas} replicas.",

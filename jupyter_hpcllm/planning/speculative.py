@@ -13,7 +13,6 @@ import json
 import re
 from dataclasses import dataclass
 
-from ..config.checks import check_model_name
 from ..errors import ConfigError
 from .engines import Joined, path_word
 from .facts import ModelFacts
@@ -132,7 +131,10 @@ def plan_speculation(engine: str, target: ModelFacts, draft: ModelFacts | None, 
             other = "sglang" if engine == "vllm" else "vllm"
             raise ConfigError(f"{image.label} has no speculative decoding with a plain draft model (it came with "
                               f"{'.'.join(map(str, since))}).", f"Use an EAGLE head, or --engine {other}.")
-    check_model_name(draft.path)  # it goes into a JSON value and a bind: plain names only
+    if any(char in draft.path for char in '"\\') or not draft.path.isprintable():
+        # It goes into a JSON value (vLLM's --speculative-config) as it is.
+        raise ConfigError(f"The draft's path {draft.path!r} has characters a JSON value cannot hold as they are.",
+                          "Move or link the draft to a directory whose path has no quotes or backslashes.")
     return Speculation(method, draft, source, settings)
 
 
