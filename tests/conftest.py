@@ -136,3 +136,15 @@ def stopped() -> Iterator[list[int]]:
         for sig in (signal.SIGCONT, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+
+
+@pytest.fixture
+def sigint_raises():
+    """Ctrl-C raises KeyboardInterrupt in the main thread, as in a terminal or a kernel, however this run was
+    started: a run started in the background of a non-interactive shell inherits SIGINT ignored, and then
+    `_thread.interrupt_main()` does nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -231,7 +231,7 @@ def test_cancelled_from_outside(profile_with, transport):
     assert "was cancelled (CANCELLED" in str(errors[0]), str(errors[0])
 
 
-def test_interrupt_cancels_the_job_it_submitted(profile_with, transport):
+def test_interrupt_cancels_the_job_it_submitted(profile_with, transport, sigint_raises):
     """Ctrl-C reaches the main thread, which waits in up(): the launch is cancelled, its job too."""
     profile = profile_with(delay=30)
     submitted = []

@@ -100,7 +100,7 @@ def test_a_restarted_kernel_reattaches_without_a_new_job(shell, capsys):
     fresh.magics_manager.registry["HpcllmMagics"].server.down()
 
 
-def test_interrupting_up_cancels_the_job(shell, capsys, transport, monkeypatch):
+def test_interrupting_up_cancels_the_job(shell, capsys, transport, monkeypatch, sigint_raises):
     """Ctrl-C in the kernel (a KeyboardInterrupt in the main thread): the job is cancelled, the cell fails."""
     import _thread
 

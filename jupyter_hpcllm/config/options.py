@@ -112,10 +112,12 @@ class LaunchOptions:
     account: str | None = field(default=None, metadata=_option("Slurm account", check=_slurm_name))
     qos: str | None = field(default=None, metadata=_option("Slurm QOS", check=_slurm_name))
     tool_call_parser: str | None = field(default=None, metadata=_option(
-        "override the tool-call parser chosen for the model ('' for none)", metavar="NAME",
+        "override the tool-call parser chosen from the model card, the image and the family table ('' for none; "
+        "SGLang: auto detects it from the chat template)", metavar="NAME",
         check=_parser_name, empty_is_none=False))
     reasoning_parser: str | None = field(default=None, metadata=_option(
-        "override the reasoning parser chosen for the model ('' for none)", metavar="NAME",
+        "override the reasoning parser chosen from the model card, the image and the family table ('' for none; "
+        "SGLang: auto)", metavar="NAME",
         check=_parser_name, empty_is_none=False))
     engine_args: tuple[str, ...] = field(default=(), metadata=_option(
         "arguments for the engine, verbatim (after `--` on a command line)", after_dashes=True,
