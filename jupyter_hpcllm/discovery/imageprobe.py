@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..config.profiles import Profile
@@ -70,20 +71,32 @@ def image_info(profile: Profile, transport: Transport, engine: str, *, refresh: 
     timeout = max(profile.command_timeout, PROBE_TIMEOUT)
     command = image_python_command(profile.runtime, profile.runtime_command, image, PROBE, (engine, examples),
                                    prologue=profile.prologue, timeout=timeout - 10)
-    slow = ImageInfo(engine, path, problems=(f"the image did not answer within {timeout:.0f} s",))
     try:
         output = run_idempotent(transport, command, timeout=timeout).stdout
     except CommandTimeout:
-        return slow
-    if probe_exit(output) in TIMED_OUT:
-        # The login node ended it (`timeout`): a slow start, not an answer. This launch goes without the
-        # image's answers (the family table still decides); the next plan asks again.
-        return slow
+        return _slow(key, engine, path, timeout)
+    if probe_exit(output) in TIMED_OUT:  # the login node ended it (`timeout`): a slow start, not an answer
+        return _slow(key, engine, path, timeout)
     info = parse_probe(output, engine, path)
     # Kept per image and mtime, a failure too (an image without python stays one): `hpcllm parsers
     # --refresh` asks again.
     _write_cache(key, info)
     return info
+
+
+def _slow(key: str, engine: str, path: str, timeout: float) -> ImageInfo:
+    """What to go by when the image did not answer in time (not kept: the next plan asks again). The
+    answer of an earlier probe of the same image path, if any: a plan that changes with the login node's
+    load would not find its twin job, and queue a second one. Else nothing (the family table decides)."""
+    said = f"the image did not answer within {timeout:.0f} s"
+    prefix = key.rsplit("|", 1)[0] + "|"
+    earlier = [info for stored_key, value in _read_cache().items() if stored_key.startswith(prefix)
+               and (info := ImageInfo.from_json(value, path)) is not None
+               and (info.tool_parsers is not None or info.architectures is not None)]
+    if earlier:
+        last = earlier[-1]  # the cache keeps insertion order: the newest last
+        return replace(last, problems=(*last.problems, f"{said}: its answer to an earlier probe is used"))
+    return ImageInfo(engine, path, problems=(said,))
 
 
 def profile_images(profile: Profile, transport: Transport, engines: tuple[str, ...] | None = None,

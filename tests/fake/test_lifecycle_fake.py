@@ -562,3 +562,15 @@ def test_an_image_that_does_not_answer_in_time_costs_only_its_answers(cluster: C
     assert "did not answer within 180 s" in plan_text(cluster.plan("Qwen3-8B"))
     fake.images = answers
     assert not cluster.plan("Qwen3-8B").image.problems  # neither was cached: asked again, and answered
+
+
+def test_an_image_slow_this_time_is_taken_at_its_earlier_word(cluster: Cluster, fake: FakeTransport):
+    """A plan that changed with the login node's load would not find its twin job: a probe that runs out of
+    time uses the image's earlier answer, and says so."""
+    answered = {engine: cluster.image(engine) for engine in ("vllm", "sglang")}
+    fake.images = {"vllm": None, "sglang": "slow"}  # the client gives up; the login node's timeout ends it
+    for engine in ("vllm", "sglang"):
+        again = cluster.image(engine, refresh=True)  # asked again: no answer this time
+        assert (again.tool_parsers, again.architectures) == (answered[engine].tool_parsers,
+                                                             answered[engine].architectures)
+        assert "its answer to an earlier probe is used" in again.problems[-1]
