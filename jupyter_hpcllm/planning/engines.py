@@ -139,6 +139,18 @@ def build_command(spec: EngineSpec) -> EngineCommand:
     raise ConfigError(f"Unknown engine {spec.engine!r}.", "Use --engine vllm or --engine sglang.")
 
 
+def option_name(arg: str) -> str:
+    """The option an engine argument sets, as the engines read it: `--max_model_len=8` is
+    `--max-model-len` (vLLM reads `_` in an option's name as `-`); anything else as written."""
+    written = arg.split("=", 1)[0]
+    return "--" + written[2:].replace("_", "-") if written.startswith("--") else written
+
+
+def passes(engine_args: tuple[str, ...], option: str) -> bool:
+    """Whether the engine arguments set this option (in any spelling the engines take, but abbreviated)."""
+    return any(option_name(arg) == option for arg in engine_args)
+
+
 def _managed(engine: str, arg: str) -> tuple[str, str] | None:
     """(the managed option, why) if ``arg`` is one, abbreviated or not, else None. argparse takes any
     prefix of a long option (at least one letter after `--`; we refuse from two, as `--h` and `--p`
@@ -149,7 +161,7 @@ def _managed(engine: str, arg: str) -> tuple[str, str] | None:
         return option, _MANAGED[engine][option]
     if not written.startswith("--") or written.startswith("---") or len(written) < 4:
         return None
-    name = "--" + written[2:].replace("_", "-")
+    name = option_name(written)
     matches = [(option, why) for option, why in _MANAGED.get(engine, {}).items() if option.startswith(name)]
     return min(matches, key=lambda match: len(match[0])) if matches else None  # the exact one, if any
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import InvalidOption
-from .engines import path_word
+from .engines import passes, path_word
 from .families import Family
 from .images import ImageInfo
 from .modelcard import CardAdvice
@@ -47,11 +47,6 @@ class ParserPlan:
     extra_args: tuple[str, ...] = ()  # flags the model needs, before the user's engine arguments
     flag_sources: tuple[str, ...] = ()  # "--trust-remote-code (model card)"
     notes: tuple[str, ...] = ()
-
-
-def _given(engine_args: tuple[str, ...], flag: str) -> bool:
-    spelled = {flag, "--" + flag[2:].replace("-", "_")}
-    return any(arg.split("=", 1)[0] in spelled for arg in engine_args)
 
 
 def _choose(kind: str, user: str | None, card: str | None, family: Family | None, table: str | None,
@@ -103,7 +98,7 @@ def choose_parsers(engine: str, family: Family | None, card: CardAdvice | None, 
     card_tool = card.tool if card and card.tool and _NAME.fullmatch(card.tool) else None
     card_reasoning = card.reasoning if card and card.reasoning and _NAME.fullmatch(card.reasoning) else None
     # A plugin registers tool parsers the image's registry does not list: trust the user's name then.
-    plugin = _given(engine_args, "--tool-parser-plugin")
+    plugin = passes(engine_args, "--tool-parser-plugin")
     tool = _choose("tool", tool_call_parser, card_tool, family, defaults.tool if defaults else None, image, engine,
                    notes, plugin)
     reasoning = _choose("reasoning", reasoning_parser, card_reasoning, family,
@@ -111,7 +106,7 @@ def choose_parsers(engine: str, family: Family | None, card: CardAdvice | None, 
     extra: list[str] = []
     sources: list[str] = []
     for flag, value in _card_flags(card.flags if card else ()):
-        if _given(engine_args, flag) or flag in extra:
+        if passes(engine_args, flag) or flag in extra:
             continue
         if flag == "--chat-template" and value is not None:
             path = _template_path(value, examples_dir, model_path)
@@ -123,12 +118,12 @@ def choose_parsers(engine: str, family: Family | None, card: CardAdvice | None, 
         extra += [flag] + ([value] if value is not None else [])
         sources.append(f"{flag}{' ' + value if value else ''} (model card)")
     for flag in defaults.extra_args if defaults else ():
-        if not _given(engine_args, flag) and flag not in extra:
+        if not passes(engine_args, flag) and flag not in extra:
             extra.append(flag)
             sources.append(f"{flag} (family table)")
     template = defaults.tool_chat_template if defaults else None
     if (template and tool.name and tool.name == defaults.tool and "--chat-template" not in extra  # type: ignore[union-attr]
-            and not _given(engine_args, "--chat-template")):
+            and not passes(engine_args, "--chat-template")):
         if image is not None and image.templates is not None and template not in image.templates:
             notes.append(f"The {image.label} has no {template} in {examples_dir}: tool calls may not parse "
                          "(pass -- --chat-template PATH with a tool chat template).")

@@ -16,7 +16,7 @@ from ..config.checks import check_model_name
 from ..config.options import ENGINES, LaunchOptions
 from ..config.profiles import GpuType, Profile
 from ..errors import ConfigError, InvalidOption
-from .engines import EngineSpec, build_command, display_argv
+from .engines import EngineSpec, build_command, display_argv, passes
 from .facts import ModelFacts
 from .families import Family, detect_family, family_from_name
 from .images import ImageInfo
@@ -156,8 +156,7 @@ def _plan(profile: Profile, options: LaunchOptions, facts: ModelFacts | None, en
     engine_args = options.engine_args
     # SGLang's DP attention: --dp-size ranks share one copy of the model on all the job's GPUs (--tp-size is
     # every GPU), each with its own attention and KV cache. The job is sized as one copy then.
-    dp_attention = engine == "sglang" and any(arg.split("=", 1)[0] == "--enable-dp-attention"
-                                              for arg in engine_args)
+    dp_attention = engine == "sglang" and passes(engine_args, "--enable-dp-attention")
     copies = 1 if dp_attention else replicas
     if facts is not None:
         model_path, served = facts.path, facts.name

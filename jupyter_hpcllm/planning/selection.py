@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from ..config.options import LaunchOptions
 from ..config.profiles import Profile
 from ..errors import ConfigError
+from .engines import passes
 from .facts import ModelFacts
 from .images import ImageInfo
 
@@ -14,7 +15,7 @@ __all__ = ["AUTO", "choose_engine"]
 
 AUTO = "auto"
 # The engine loads any architecture through Transformers with this: its own registry does not decide.
-_ANY_ARCHITECTURE = ("--model-impl",)
+_ANY_ARCHITECTURE = "--model-impl"
 
 
 def choose_engine(profile: Profile, options: LaunchOptions, facts: ModelFacts | None,
@@ -27,7 +28,7 @@ def choose_engine(profile: Profile, options: LaunchOptions, facts: ModelFacts | 
     default = profile.default_engine if profile.default_engine in engines or not engines else engines[0]
     asked = options.engine or (AUTO if len(engines) > 1 else default)
     architecture = facts.architectures[0] if facts is not None and facts.architectures else ""
-    flexible = any(arg.split("=", 1)[0] in _ANY_ARCHITECTURE for arg in options.engine_args)
+    flexible = passes(options.engine_args, _ANY_ARCHITECTURE)
     if asked != AUTO:
         image = images.get(asked)
         if architecture and not flexible and image is not None and image.supports(architecture) is False:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .engines import Joined, path_word
+from .engines import Joined, option_name, path_word
 from .facts import ModelFacts
 from .images import ImageInfo
 from .modelcard import CardSpeculative
@@ -98,8 +98,7 @@ def plan_speculation(engine: str, target: ModelFacts, draft: ModelFacts | None, 
                      hint: CardSpeculative | None, image: ImageInfo | None,
                      engine_args: tuple[str, ...]) -> Speculation:
     """Check a draft against the model and the engine; refuse what cannot work, saying why."""
-    clash = [arg.split("=", 1)[0] for arg in engine_args
-             if "--" + arg.split("=", 1)[0][2:].replace("_", "-") in SPECULATIVE_FLAGS]
+    clash = [arg.split("=", 1)[0] for arg in engine_args if option_name(arg) in SPECULATIVE_FLAGS]
     if clash:
         raise ConfigError(f"--speculative sets up speculative decoding, and the engine arguments set it too "
                           f"({', '.join(clash)}).", "Use one or the other: drop --speculative, or those arguments.")
