@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .channeleof import send_eof
 from .listener import POLL, LocalListener
 from .transport import Stream
 
@@ -145,6 +146,8 @@ class _Link:
             with contextlib.suppress(Exception):
                 if isinstance(stream, socket.socket):
                     stream.shutdown(socket.SHUT_WR)
+                elif hasattr(stream, "eof_sent"):  # a paramiko channel
+                    send_eof(stream)
                 else:
                     getattr(stream, "shutdown_write", stream.close)()
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.profiles import Profile
 from ..errors import CommandTimeout, ConnectError, ConnectionLost, TransportError
+from .channeleof import send_eof
 from .sshconfig import SSHTarget
 from .sshsocket import first_socket, reap
 from .transport import REACH_HINT, CommandResult, Forward, Prompt, Stream, check_result
@@ -217,7 +218,7 @@ class SSHTransport:
             try:
                 if stdin is not None:
                     channel.sendall(stdin.encode())
-                channel.shutdown_write()
+                send_eof(channel)
                 stdout, stderr = _drain(channel, deadline, command, timeout)
             except CommandTimeout:
                 raise
