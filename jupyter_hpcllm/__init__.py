@@ -3,6 +3,7 @@
     import jupyter_hpcllm as hpc
     server = hpc.up("gpt-oss-120b", gpus=4, profile="ebi", on_progress=print)
     client = server.client()           # an openai.OpenAI pointed at the job, key set
+    labels = hpc.map(abstracts, server, template="Label this abstract: {item}")  # at full throughput
     server.down()
 
     hpc.panel()                        # in a notebook: the launch panel (a form that knows the cluster)
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .chat.batch import imap, map
     from .config.options import LaunchOptions
     from .config.profiles import Profile, load_profile
     from .edge.fake import FakeTransport
@@ -60,10 +62,12 @@ __all__ = [
     "attach",
     "cancel",
     "errors",
+    "imap",
     "launch",
     "list_servers",
     "load_ipython_extension",
     "load_profile",
+    "map",
     "panel",
     "up",
 ]
@@ -72,6 +76,8 @@ _LAZY = {
     **dict.fromkeys(["Cluster", "JobState", "LaunchHandle", "Progress", "Server", "ServerInfo", "Stage", "attach",
                      "cancel", "launch", "list_servers", "up"], "lifecycle"),
     "LaunchOptions": "config.options",
+    "map": "chat.batch",
+    "imap": "chat.batch",
     "Profile": "config.profiles",
     "load_profile": "config.profiles",
     "FakeTransport": "edge.fake",

@@ -60,6 +60,7 @@ from ..errors import (
     TransportError,
 )
 from ..planning.images import ImageInfo
+from ..planning.jobrecord import engine_record
 from ..planning.plan import LaunchPlan, plan_launch
 from .handle import LaunchHandle
 from .progress import Progress, ProgressCallback, Stage
@@ -466,6 +467,12 @@ class Cluster:
         info = ServerInfo.from_row(row, port=int(str(port)) if str(port).isdigit() else None)
         return replace(info, idle=describe_idle(probe.activity, probe.now) if running else None,
                        ended_idle=probe.idle_exit is not None and not running)
+
+    def engine_record(self, job_id: str) -> dict[str, Any]:
+        """How the job runs its engine, from its script: the image, the engine's arguments, the parsers
+        ({} when the job has no script of ours to read)."""
+        result = self._read(job_script_command(self._job_id(job_id)), check=False)
+        return engine_record(result.stdout) if result.exit_status == 0 else {}
 
     def logs(self, job_id: str, lines: int = 100) -> str:
         """The last lines of the engine log (the API key is redacted on the node)."""

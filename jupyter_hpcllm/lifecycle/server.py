@@ -125,6 +125,7 @@ class Server:
         self.moving = threading.RLock()
         self._last_metrics: EngineMetrics | None = None  # the reading before, for vLLM's tokens per second
         self._metrics_lock = threading.Lock()
+        self._record: tuple[str, dict[str, Any]] | None = None  # (job, its engine record)
 
     def __repr__(self) -> str:
         return (f"<Server job {self.job_id}: {self.model} on {self.engine} at {self.node}:{self.port}, "
@@ -196,6 +197,13 @@ class Server:
             if self._last_metrics is None or current.read_at > self._last_metrics.read_at:
                 self._last_metrics = current  # two calls at once: the newer reading is kept
         return result
+
+    def engine_record(self) -> dict[str, Any]:
+        """How the job runs its engine (image, arguments, parsers), read once per job from its script."""
+        job = self.job_id
+        if self._record is None or self._record[0] != job:
+            self._record = (job, self.cluster.engine_record(job))
+        return self._record[1]
 
     def logs(self, lines: int = 100) -> str:
         """The last lines of the engine log (the API key is redacted on the node)."""

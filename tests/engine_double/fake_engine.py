@@ -12,7 +12,11 @@ Settings come from the image file named by $HPCLLM_FAKE_IMAGE (key=value lines):
     delay=1.0             seconds the whole start-up takes (weights load one shard at a time within it)
     version=V             version printed at start and in `vllm.__version__` / `sglang.__version__`
                           (default 0.11.0 for vLLM, 0.5.4 for SGLang)
-    token_delay=0         seconds between streamed tokens
+    token_delay=0         seconds per generated token (streamed or not): with the concurrency limit below, throughput
+                          grows with the requests in flight up to the limit, as on a real engine
+    flaky=K               every K-th chat request fails as an engine under trouble does: alternately a 500
+                          (EngineCore's error) and a connection reset with no answer
+    request_log=PATH      append each chat request's last user text (a JSON string per line) to PATH
     crash_after_load=1    die with CUDA out of memory after loading the weights
     max_model_len_fits=M  vLLM: fail after loading unless --max-model-len <= M (the real error text)
     tool_parsers=a,b      the tool-call parser names the image registers (replaces the default list)
@@ -39,6 +43,12 @@ Python inside the "container" sees the registries at the engines' module paths:
                         sglang.srt.parser.template_detection (detect_tool_call_parser, detect_reasoning_parser)
                         only when auto_parsers=1
 
+The concurrency limit is the engines' own flag: vLLM --max-num-seqs, SGLang --max-running-requests (default
+256 here). Requests beyond it wait (counted in /metrics as waiting) until a slot frees; a client that hangs
+up while its request waits or runs aborts it, as vLLM and SGLang abort a disconnected request. A request's
+response_format is honoured: json_schema answers an instance of the schema, json_object a JSON object (the
+JSON is split into tokens at its spaces, so max_tokens can cut it, as it cuts a real answer).
+
 Stdlib only: it runs under the cluster's python3. It is strict on purpose: unknown arguments, parser
 names, a tensor-parallel size that does not divide the heads, too few GPUs for tp × pp × dp, a missing model,
 a tokenizer that is custom code without --trust-remote-code, a malformed speculative-decoding setup (vLLM
@@ -58,11 +68,15 @@ front of the engine: jupyter_hpcllm/node/relay.py.)
 from __future__ import annotations
 
 import argparse
+import collections
 import hmac
 import itertools
 import json
 import os
+import select
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -187,6 +201,7 @@ def vllm_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--quantization", "-q")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-num-seqs", type=int)
     return parser
 
 
@@ -225,6 +240,7 @@ def sglang_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--load-format", choices=SGLANG_LOAD_FORMATS, default="auto")
     parser.add_argument("--api-key")
     parser.add_argument("--enable-metrics", action="store_true")
+    parser.add_argument("--max-running-requests", type=int)
     parser.add_argument("--chat-template")
     parser.add_argument("--speculative-algorithm", choices=engine_checks.SGLANG_SPECULATIVE_ALGORITHMS)
     parser.add_argument("--speculative-draft-model-path", "--speculative-draft-model")
@@ -263,9 +279,25 @@ class Engine:
         self.ready = False
         self.lock = threading.Lock()
         self.running = 0
+        self.waiting = 0
         self.prompt_tokens = 0
         self.generation_tokens = 0
-        self.requests = 0
+        self.requests = 0  # chat requests received
+        self.succeeded = 0  # ... and answered to the end
+        self.max_running = (args.max_num_seqs if kind == "vllm" else args.max_running_requests) or 256
+        self.queue: collections.deque[threading.Event] = collections.deque()  # waiting requests, first come first
+        self.token_delay = float(settings.get("token_delay", "0"))
+        self.flaky = int(settings.get("flaky", "0"))
+        self.request_log = settings.get("request_log")
+
+    def free_slot(self) -> None:
+        """A request ended: its slot goes to the first one waiting, if any."""
+        with self.lock:
+            if self.queue:
+                self.waiting -= 1
+                self.queue.popleft().set()  # `running` stays: the slot changes hands
+            else:
+                self.running -= 1
 
     # Log lines in each engine's own format.
     def log(self, message: str, end: str = "\n") -> None:
@@ -429,7 +461,7 @@ def run(engine: Engine) -> int:
             engine.log(f"Model loading took 12.34 GiB and {delay * 0.6:.2f} seconds")
             fail_after_load(engine)
             engine.log("GPU KV cache size: 123,456 tokens")
-            engine.log(f"Maximum concurrency for {engine.max_model_len} tokens per request: 3.52x")
+            engine.log(f"Maximum concurrency for {engine.max_model_len or 40960:,} tokens per request: 3.52x")
             time.sleep(delay * 0.2)
             # vLLM refuses connections until here.
             server = bind(engine)
@@ -451,6 +483,8 @@ def run(engine: Engine) -> int:
             engine.log("Load weight end. type=Qwen3ForCausalLM, dtype=torch.bfloat16, avail mem=60.12 GB")
             fail_after_load(engine)
             engine.log("KV Cache is allocated. #tokens: 123456, K size: 9.42 GB, V size: 9.42 GB")
+            engine.log(f"max_total_num_tokens=123456, chunked_prefill_size=8192, max_prefill_tokens=16384, "
+                       f"max_running_requests={engine.max_running}, context_len={engine.max_model_len or 40960}")
             time.sleep(delay * 0.2)
             engine.log("Capture cuda graph end. Time elapsed: 1.00 s")
             engine.ready = True
@@ -608,7 +642,7 @@ def plan_answer(engine: Engine, request: dict) -> Answer:
         answer.words = bench_words(int(user_text[7:].strip()))
         return answer
     else:
-        text = f"Echo: {user_text}"
+        text = json_answer(request.get("response_format"), user_text) or f"Echo: {user_text}"
     if thinking and not engine.reasoning_parser and engine.inline_thinking:
         text = f"<think>Thinking about: {user_text}</think> {text}"
     answer.words = text.split(" ")
@@ -617,6 +651,50 @@ def plan_answer(engine: Engine, request: dict) -> Answer:
         answer.words = answer.words[:limit]
         answer.finish = "length"
     return answer
+
+
+def instance_of(schema: object, text: str, depth: int = 0) -> object:
+    """A value the JSON schema accepts, made from the prompt's text (what guided decoding would force)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return text
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return instance_of(schema[key][0], text, depth + 1)
+    kind = schema.get("type", "string")
+    kind = next((k for k in kind if k != "null"), "string") if isinstance(kind, list) else kind
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: instance_of(sub, text, depth + 1) for name, sub in properties.items()}
+    if kind == "array":
+        return [instance_of(schema.get("items") or {}, text, depth + 1)]
+    if kind == "integer":
+        return len(text.split())
+    if kind == "number":
+        return len(text.split()) / 2
+    if kind == "boolean":
+        return True
+    return text
+
+
+def json_answer(response_format: object, user_text: str) -> str | None:
+    """The answer's text under a response_format (None: free text)."""
+    if not isinstance(response_format, dict):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise openai_error("response_format.json_schema.schema: Field required")
+        return json.dumps(instance_of(spec["schema"], user_text))
+    if kind == "json_object":
+        return json.dumps({"answer": f"Echo: {user_text}"})
+    if kind not in (None, "text"):
+        raise openai_error("response_format.type: Input should be 'text', 'json_object' or 'json_schema'")
+    return None
 
 
 # --- vLLM's routes outside /v1: plausible small answers (each would run on the GPUs) -------------------
@@ -819,24 +897,88 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(error.status, error.body)
             return
         with engine.lock:
-            engine.running += 1
             engine.requests += 1
-            engine.prompt_tokens += answer.prompt_tokens
+            engine.waiting += 1
+            number = engine.requests
+            if engine.request_log:
+                last_user = next((message_text(m) for m in reversed(request["messages"])
+                                  if isinstance(m, dict) and m.get("role") == "user"), "")
+                with open(engine.request_log, "a") as log:
+                    log.write(json.dumps(last_user) + "\n")
+        if not self.take_slot(engine):
+            return  # the client hung up while its request waited
         try:
-            if request.get("stream"):
-                self.stream(engine, request, answer)
-            else:
-                self.complete(engine, answer)
-        finally:
             with engine.lock:
-                engine.running -= 1
+                engine.prompt_tokens += answer.prompt_tokens
+            if engine.flaky and number % engine.flaky == 0:
+                self.fail(number // engine.flaky)
+                return
+            done = self.stream(engine, request, answer) if request.get("stream") else self.complete(engine, answer)
+            if done:
+                with engine.lock:
+                    engine.succeeded += 1
+        finally:
+            engine.free_slot()
+
+    def take_slot(self, engine: Engine) -> bool:
+        """Wait for one of the engine's --max-num-seqs slots, first come first served (the engines'
+        scheduling); False if the client left meanwhile."""
+        turn = threading.Event()
+        with engine.lock:
+            if engine.running < engine.max_running and not engine.queue:
+                engine.waiting -= 1
+                engine.running += 1
+                return True
+            engine.queue.append(turn)
+        while not turn.wait(0.02):
+            if self.client_gone():
+                with engine.lock:
+                    if not turn.is_set():  # else the slot was just handed over: give it on
+                        engine.queue.remove(turn)
+                        engine.waiting -= 1
+                        return False
+                engine.free_slot()
+                return False
+        return True
+
+    def client_gone(self) -> bool:
+        """The client closed its connection (a readable socket with nothing to read)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def generate(self, engine: Engine, tokens: int) -> bool:
+        """The time `tokens` take at token_delay each; False if the client left meanwhile (aborted)."""
+        if not engine.token_delay:
+            return True
+        end = time.monotonic() + tokens * engine.token_delay
+        while (left := end - time.monotonic()) > 0:
+            if self.client_gone():
+                return False
+            time.sleep(min(left, 0.01))
+        return not self.client_gone()
+
+    def fail(self, failure: int) -> None:
+        """An engine in trouble: a 500 from its engine core, or the connection dropped without an answer."""
+        if failure % 2:
+            self.send_json(500, {"object": "error", "message": "EngineCore encountered an issue. See stack trace "
+                                 "(above) for the root cause.", "type": "InternalServerError", "param": None,
+                                 "code": 500})
+            return
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+        self.close_connection = True
+        self.connection.close()
 
     def reasoning_fields(self, engine: Engine, text: str) -> dict:
         if engine.kind == "vllm":
             return {"reasoning": text, "reasoning_content": text}
         return {"reasoning_content": text}
 
-    def complete(self, engine: Engine, answer: Answer) -> None:
+    def complete(self, engine: Engine, answer: Answer) -> bool:
+        if not self.generate(engine, len(answer.words) + (1 if answer.tool_call else 0)):
+            return False
         message: dict = {"role": "assistant", "content": " ".join(answer.words) if answer.words else None}
         if answer.reasoning:
             message.update(self.reasoning_fields(engine, answer.reasoning))
@@ -852,8 +994,9 @@ class Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": completion,
                       "total_tokens": answer.prompt_tokens + completion},
         })
+        return True
 
-    def stream(self, engine: Engine, request: dict, answer: Answer) -> None:
+    def stream(self, engine: Engine, request: dict, answer: Answer) -> bool:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -861,7 +1004,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": engine.served_name}
-        token_delay = float(engine.settings.get("token_delay", "0"))
+        token_delay = engine.token_delay
         prefix = json.dumps(head)[:-1] + ', "choices": [{"index": 0, "delta": '
         write = self.wfile.write
 
@@ -888,8 +1031,8 @@ class Handler(BaseHTTPRequestHandler):
         for i, word in enumerate(answer.words):
             send({"content": word if i == last else word + " "})
             sent += 1
-            if token_delay:
-                time.sleep(token_delay)
+            if token_delay and not self.generate(engine, 1):
+                return False
         send({}, answer.finish)
         with engine.lock:
             engine.generation_tokens += sent
@@ -900,6 +1043,7 @@ class Handler(BaseHTTPRequestHandler):
             payload = f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n".encode()
             write(b"%x\r\n%s\r\n" % (len(payload), payload))
         write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+        return True
 
     def metrics(self) -> str:
         engine = self.server.engine
@@ -907,14 +1051,14 @@ class Handler(BaseHTTPRequestHandler):
         with engine.lock:
             if engine.kind == "vllm":
                 rows = [("vllm:num_requests_running", "gauge", engine.running),
-                        ("vllm:num_requests_waiting", "gauge", 0),
+                        ("vllm:num_requests_waiting", "gauge", engine.waiting),
                         ("vllm:kv_cache_usage_perc", "gauge", min(1.0, engine.running * 0.05)),
                         ("vllm:prompt_tokens_total", "counter", engine.prompt_tokens),
                         ("vllm:generation_tokens_total", "counter", engine.generation_tokens),
-                        ("vllm:request_success_total", "counter", engine.requests)]
+                        ("vllm:request_success_total", "counter", engine.succeeded)]
             else:
                 rows = [("sglang:num_running_reqs", "gauge", engine.running),
-                        ("sglang:num_queue_reqs", "gauge", 0),
+                        ("sglang:num_queue_reqs", "gauge", engine.waiting),
                         ("sglang:token_usage", "gauge", min(1.0, engine.running * 0.05)),
                         ("sglang:gen_throughput", "gauge", 0.0),
                         ("sglang:prompt_tokens_total", "counter", engine.prompt_tokens),

@@ -1,0 +1,132 @@
+"""Where answers come from: the model, the engine and its image, the parsers, the sampling, the job and the
+time, recorded with every `%%llm` output and every map; and the endpoint a map sends to (`Target`)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._version import __version__
+from ..errors import ConfigError, HpcllmError
+from ..lifecycle import Server
+from ..lifecycle.metrics import parse_metrics
+from .prompt import Endpoint
+
+__all__ = ["Target", "provenance", "target_of"]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(server: Server | None, model: str, endpoint_label: str, sampling: dict[str, Any] | None = None,
+               **more: Any) -> dict[str, Any]:
+    """The record of how an answer is made, as JSON-able values. The engine's image and arguments are read
+    from the job's script once per job; if that fails the rest is still recorded."""
+    record: dict[str, Any] = {"model": model, "endpoint": endpoint_label}
+    if server is not None:
+        record.update(engine=server.engine, job_id=server.job_id, node=server.node, profile=server.profile.name)
+        try:
+            details = server.engine_record()
+        except HpcllmError:
+            details = {}
+        for key in ("image", "tool_call_parser", "reasoning_parser", "tensor_parallel", "data_parallel",
+                    "max_model_len", "quantization", "speculative", "chat_template"):
+            if details.get(key) is not None:
+                record[key] = details[key]
+        if details.get("command"):
+            record["engine_args"] = details["command"]
+    record["sampling"] = dict(sampling or {})
+    record.update({key: value for key, value in more.items() if value is not None})
+    record["time"] = _now()
+    record["jupyter_hpcllm"] = __version__
+    return record
+
+
+@dataclass
+class Target:
+    """What a map sends to: the OpenAI base URL and key, the model, and how to read the engine's load."""
+
+    base_url: str
+    api_key: str
+    model: str
+    label: str
+    server: Server | None = None
+    read_load: Callable[[], tuple[float | None, float | None] | None] | None = None
+
+    def async_client(self, timeout: float, connections: int) -> Any:
+        import openai
+
+        httpx = _openai_httpx()
+
+        # No retries in the client: the map retries transient errors itself, with its own backoff, and
+        # counts them. One connection per request in flight.
+        return openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=self.api_key, max_retries=0,
+            timeout=httpx.Timeout(timeout, connect=15.0),
+            http_client=openai.DefaultAsyncHttpxClient(limits=httpx.Limits(
+                max_connections=connections, max_keepalive_connections=connections)))
+
+    def load(self) -> tuple[float | None, float | None] | None:
+        """(requests running, waiting) in the engine now; None if it does not say."""
+        if self.read_load is None:
+            return None
+        try:
+            return self.read_load()
+        except Exception:  # a missed reading keeps the pace as it is
+            return None
+
+    def provenance(self, sampling: dict[str, Any], **more: Any) -> dict[str, Any]:
+        return provenance(self.server, self.model, self.label, sampling, **more)
+
+
+def target_of(server: Any, model: str | None = None) -> Target:
+    """A Server, an Endpoint (%hpcllm use) or an openai.OpenAI client (with `model`)."""
+    if isinstance(server, Server):
+        def server_load() -> tuple[float | None, float | None]:
+            reading = server.metrics(rate_within=0)
+            return reading.running, reading.waiting
+
+        return Target(server.base_url, server.api_key, model or server.model, f"job {server.job_id}", server,
+                      server_load)
+    if isinstance(server, Endpoint):
+        client, model = server.client, model or server.model
+    elif hasattr(server, "chat") and hasattr(server, "base_url") and hasattr(server, "api_key"):
+        client = server
+        if model is None:
+            raise ConfigError("A map through an OpenAI client needs the model's name: model='...'.",
+                              "client.models.list() shows what the server serves.")
+    else:
+        raise ConfigError(f"A map sends to a server (hpc.up(...)), an openai.OpenAI client or an Endpoint, not "
+                          f"{type(server).__name__}.", "Start one with hpc.up(MODEL) or %hpcllm up MODEL.")
+    base_url = str(client.base_url).rstrip("/")
+    return Target(base_url, str(client.api_key), model, base_url, None, _metrics_reader(base_url, str(client.api_key)))
+
+
+def _openai_httpx() -> Any:
+    """The HTTP library the openai client is built on (httpx; httpx2 from openai 3.x on)."""
+    import importlib
+
+    for name in ("httpx2", "httpx"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("openai's HTTP library (httpx) is not installed")
+
+
+def _metrics_reader(base_url: str, api_key: str) -> Callable[[], tuple[float | None, float | None] | None]:
+    """vLLM and SGLang serve /metrics beside /v1 (SGLang with --enable-metrics)."""
+    root = base_url[:-3] if base_url.endswith("/v1") else base_url
+
+    def read() -> tuple[float | None, float | None] | None:
+        httpx = _openai_httpx()
+        answer = httpx.get(f"{root}/metrics", headers={"Authorization": f"Bearer {api_key}"}, timeout=5.0)
+        if answer.status_code != 200:
+            return None
+        reading = parse_metrics(answer.text)
+        return reading.running, reading.waiting
+
+    return read

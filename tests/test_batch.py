@@ -1,0 +1,250 @@
+"""Prompts over data (`jupyter_hpcllm.map` / `imap`) against the engine double, run locally (no cluster):
+order and shapes, structured output, the cache that resumes, retries, per-item failures, cancellation
+that leaves nothing running, and the pace that follows the engine's /metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pandas as pd
+import pydantic
+import pytest
+from test_engine_double import KEY, free_port, model, start, vllm_argv, wait_ready  # noqa: F401 (model: fixture)
+
+import jupyter_hpcllm as hpc
+from jupyter_hpcllm.chat.answercache import AnswerCache
+from jupyter_hpcllm.chat.batchinput import Template
+from jupyter_hpcllm.chat.pacing import next_limit
+from jupyter_hpcllm.errors import ConfigError
+
+
+class Double:
+    def __init__(self, running, log):
+        self.running, self.log = running, log
+        self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{running.port}/v1", api_key=KEY, max_retries=0)
+
+    def metrics(self) -> dict[str, float]:
+        text = self.running.request("/metrics", key=None)[1]
+        return {line.split("{")[0]: float(line.split()[-1]) for line in text.splitlines() if not line.startswith("#")}
+
+    def requested(self) -> list[str]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def settle(self, seconds: float = 5.0) -> dict[str, float]:
+        """The metrics once nothing runs or waits (or as they are after `seconds`)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            numbers = self.metrics()
+            if (numbers["vllm:num_requests_running"] == 0 and numbers["vllm:num_requests_waiting"] == 0) \
+                    or time.monotonic() > deadline:
+                return numbers
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def double(tmp_path, model):  # noqa: F811
+    started = []
+
+    def make(max_num_seqs: int = 16, **settings) -> Double:
+        port = free_port()
+        log = tmp_path / f"requests-{port}.log"
+        process = start(tmp_path, "vllm", vllm_argv(model, port, "--max-num-seqs", str(max_num_seqs),
+                                                               "--reasoning-parser", "qwen3"),
+                        env={"VLLM_API_KEY": KEY}, request_log=log, **settings)
+        started.append(process)
+        return Double(wait_ready(process, port), log)
+
+    yield make
+    for process in started:
+        process.terminate()
+        process.wait(10)
+
+
+def run_map(double: Double, prompts, tmp_path, **options):
+    options.setdefault("cache", tmp_path / "answers.sqlite3")
+    options.setdefault("progress", False)
+    return hpc.map(prompts, double.client, model="Qwen3-8B", **options)
+
+
+# --- order and shapes ----------------------------------------------------------------------------------
+
+
+def test_answers_come_back_in_order_as_a_list_with_the_run_record(double, tmp_path):
+    engine = double(max_num_seqs=8, token_delay=0.002)
+    prompts = [f"prompt {i} " + "x " * (i % 7) for i in range(120)]  # answers of different lengths finish out of order
+    answers = run_map(engine, prompts, tmp_path, temperature=0.2, max_tokens=64)
+    assert list(answers) == [f"Echo: {p}" for p in prompts]
+    assert answers.failures == []
+    assert answers.provenance["model"] == "Qwen3-8B"
+    assert answers.provenance["sampling"] == {"temperature": 0.2, "max_tokens": 64}
+    assert answers.provenance["time"].endswith("+00:00")
+    assert "120 items" in answers.summary and "0 failed" in answers.summary
+    assert sorted(engine.requested()) == sorted(prompts)  # each sent once
+
+
+def test_a_series_keeps_its_index_and_a_dataframe_gains_a_column(double, tmp_path):
+    engine = double()
+    series = pd.Series(["alpha", "beta", "gamma"], index=["a", "b", "c"])
+    answers = run_map(engine, series, tmp_path, template="Name: {item}")
+    assert isinstance(answers, pd.Series) and list(answers.index) == ["a", "b", "c"]
+    assert list(answers) == ["Echo: Name: alpha", "Echo: Name: beta", "Echo: Name: gamma"]
+    assert answers.attrs["hpcllm"]["model"] == "Qwen3-8B"
+
+    frame = pd.DataFrame({"title": ["T1", "T2"], "year": [2001, 2002]}, index=[10, 20])
+    labelled = run_map(engine, frame, tmp_path, template="{row.title} ({row['year']})", column="label")
+    assert list(labelled.columns) == ["title", "year", "label"] and list(labelled.index) == [10, 20]
+    assert list(labelled["label"]) == ["Echo: T1 (2001)", "Echo: T2 (2002)"]
+    assert "label" not in frame.columns  # the input is left as it was
+
+
+def test_message_lists_and_a_generator_of_prompts(double, tmp_path):
+    engine = double()
+    conversations = [[{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
+                      {"role": "user", "content": f"second {i}"}] for i in range(3)]
+    assert list(run_map(engine, conversations, tmp_path, system="Be brief.")) == [f"Echo: second {i}" for i in range(3)]
+    generated = run_map(engine, (f"g{i}" for i in range(5)), tmp_path)
+    assert list(generated) == [f"Echo: g{i}" for i in range(5)]
+
+
+def test_templates_fill_fields_and_keep_other_braces():
+    template = Template("{item.name} {row} {{item}} {x} {unknown} {'json': 1}", {"x": 42})
+    assert template.fill({"name": "N"}, 0) == "N {'name': 'N'} {item} 42 {unknown} {'json': 1}"
+    with pytest.raises(ConfigError, match=r"item 3 has no 'missing'"):
+        Template("{row.missing}").fill({"present": 1}, 3)
+
+
+def test_input_it_cannot_map_is_refused_in_one_sentence(double, tmp_path):
+    engine = double()
+    for bad, said in (("one prompt", "not one string"), ({"a": 1}, "ambiguous"), (42, "not int"),
+                      ([1, 2], "without a template")):
+        with pytest.raises(ConfigError, match=said):
+            run_map(engine, bad, tmp_path)
+    with pytest.raises(ConfigError, match="concurrency"):
+        run_map(engine, ["a"], tmp_path, concurrency=0)
+    assert engine.requested() == []
+
+
+# --- structured output ---------------------------------------------------------------------------------
+
+
+class Label(pydantic.BaseModel):
+    text: str
+    words: int
+
+
+def test_a_pydantic_model_gives_validated_objects_and_cut_answers_fail_alone(double, tmp_path):
+    engine = double()
+    prompts = ["short", "a much longer prompt that the token limit cuts", "fine"]
+    answers = run_map(engine, prompts, tmp_path, schema=Label, max_tokens=6)
+    assert answers[0] == Label(text="short", words=1) and answers[2] == Label(text="fine", words=1)
+    assert answers[1] is None
+    (failure,) = answers.failures
+    assert failure.index == 1 and "not valid JSON" in failure.error and "cut by max_tokens" in failure.error
+    assert failure.text.startswith('{"text": "a much')
+    # the failed item is asked again by a rerun (its cut answer was not kept); the others come from the cache
+    before = len(engine.requested())
+    again = run_map(engine, prompts, tmp_path, schema=Label, max_tokens=6)
+    assert again[0] == answers[0] and len(engine.requested()) == before + 1
+
+
+def test_a_json_schema_gives_dicts_checked_against_it(double, tmp_path):
+    engine = double()
+    schema = {"type": "object", "properties": {"topic": {"type": "string"}, "score": {"type": "number"},
+                                               "tags": {"type": "array", "items": {"enum": ["bio", "chem"]}}},
+              "required": ["topic", "score"]}
+    answers = run_map(engine, ["cells divide"], tmp_path, schema=schema)
+    assert answers[0] == {"topic": "cells divide", "score": 1.0, "tags": ["bio"]}
+    strict = dict(schema, properties=dict(schema["properties"], score={"type": "number", "maximum": 0.5}))
+    refused = run_map(engine, ["cells divide"], tmp_path, response_format={
+        "type": "json_schema", "json_schema": {"name": "s", "schema": strict}})
+    assert refused[0] is None and "does not fit the schema" in refused.failures[0].error
+
+
+# --- never lose work -----------------------------------------------------------------------------------
+
+
+def test_an_interrupted_run_resumes_and_no_answered_item_is_sent_again(double, tmp_path):
+    engine = double(max_num_seqs=4, token_delay=0.05)
+    prompts = [f"item {i}" for i in range(60)]
+    cache = tmp_path / "answers.sqlite3"
+    results = hpc.imap(prompts, engine.client, model="Qwen3-8B", cache=cache)
+    first = [next(results) for _ in range(6)]
+    results.close()  # as the consumer's Ctrl-C does: what is in flight is cancelled
+    assert [r.value for r in first] == [f"Echo: {p}" for p in prompts[:6]]
+    numbers = engine.settle()
+    assert numbers["vllm:num_requests_running"] == 0 and numbers["vllm:num_requests_waiting"] == 0
+    kept = len(AnswerCache(cache))
+    assert 6 <= kept < 60
+    sent_before = len(engine.requested())
+
+    answers = run_map(engine, prompts, tmp_path, cache=cache)
+    assert list(answers) == [f"Echo: {p}" for p in prompts]
+    resent = engine.requested()[sent_before:]
+    assert len(resent) == len(set(resent)) == 60 - kept  # only what had no answer, each once
+    assert f"{kept} from the cache" in answers.summary or f"{kept:,} of them from the cache" in answers.summary
+
+
+def test_ctrl_c_cancels_what_is_in_flight_and_the_engine_runs_nothing_after(double, tmp_path):
+    engine = double(max_num_seqs=8, token_delay=0.05)
+    seen = []
+
+    def interrupt(status):
+        seen.append(status.done)
+        if status.done >= 3:
+            raise KeyboardInterrupt  # where a SIGINT lands: in the waiting caller's thread
+
+    with pytest.raises(KeyboardInterrupt):
+        run_map(engine, [f"slow {i} " + "w " * 20 for i in range(64)], tmp_path, on_status=interrupt)
+    numbers = engine.settle()
+    assert numbers["vllm:num_requests_running"] == 0 and numbers["vllm:num_requests_waiting"] == 0
+    assert numbers["vllm:request_success_total"] < 64
+
+
+def test_transient_errors_are_retried_and_every_item_answered(double, tmp_path):
+    engine = double(flaky=3)  # every third request: a 500, or the connection reset with no answer
+    statuses = []
+    answers = run_map(engine, [f"q{i}" for i in range(30)], tmp_path, backoff=0.01, on_status=statuses.append)
+    assert list(answers) == [f"Echo: q{i}" for i in range(30)] and answers.failures == []
+    assert statuses[-1].retries >= 10
+
+
+def test_errors_that_are_not_transient_fail_their_item_only(double, tmp_path):
+    engine = double()
+    statuses = []
+    answers = run_map(engine, ["a", "b", "c"], tmp_path, on_status=statuses.append, extra_body={
+        "response_format": {"type": "xml"}})
+    assert list(answers) == [None, None, None]
+    assert [f.index for f in answers.failures] == [0, 1, 2]
+    assert all("answered 400" in failure.error and "response_format" in failure.error for failure in answers.failures)
+    assert statuses[-1].retries == 0 and statuses[-1].failed == 3  # a 400 is not retried
+
+
+def test_a_server_that_is_gone_stops_the_map_with_what_to_do(tmp_path):
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="x", max_retries=0)
+    with pytest.raises(hpc.errors.HpcllmError, match="could not reach the server"):
+        hpc.map([f"p{i}" for i in range(100)], client, model="m", cache=False, progress=False, retries=1,
+                backoff=0.001)
+
+
+# --- the pace -------------------------------------------------------------------------------------------
+
+
+def test_the_pace_rises_to_what_the_engine_runs_and_no_further(double, tmp_path):
+    engine = double(max_num_seqs=8, token_delay=0.01)
+    statuses = []
+    run_map(engine, [f"p{i} " + "w " * 30 for i in range(200)], tmp_path, on_status=statuses.append)
+    steady = sorted(status.limit for status in statuses[len(statuses) // 4: 3 * len(statuses) // 4])
+    assert 8 <= steady[len(steady) // 2] <= 10  # the engine's 8 and a small queue
+    assert not statuses[-1].interrupted
+
+
+def test_next_limit_doubles_until_requests_wait_then_holds_what_runs():
+    assert next_limit(16, running=16, waiting=0, in_flight=16, ceiling=1024) == 32
+    assert next_limit(16, running=5, waiting=0, in_flight=16, ceiling=1024) == 16  # the engine has not taken them
+    assert next_limit(10, running=8, waiting=0, in_flight=10, ceiling=1024) == 10  # two in transit, not spare room
+    assert next_limit(64, running=64, waiting=30, in_flight=94, ceiling=1024) == 72
+    assert next_limit(512, running=512, waiting=0, in_flight=512, ceiling=600) == 600
+    assert next_limit(16, running=None, waiting=None, in_flight=16, ceiling=1024) == 16
+    assert next_limit(16, running=0, waiting=3, in_flight=16, ceiling=1024) == 2
