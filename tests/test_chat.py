@@ -469,6 +469,16 @@ class Display:
         self.bundles.append(obj)
 
 
+def test_the_answer_carries_its_provenance_in_every_display_of_it():
+    shown = Display()
+    record = {"model": "m", "engine": "vllm", "sampling": {"temperature": 0}}
+    renderer = Renderer(True, display=shown, interval=0.0, metadata={"jupyter_hpcllm": record})
+    for word in ("one ", "two"):
+        renderer.content(word)
+    renderer.finish()
+    assert len(shown.calls) >= 2 and all(call["metadata"] == {"jupyter_hpcllm": record} for call in shown.calls)
+
+
 def test_streaming_renders_cost_linear_in_the_answers_length():
     shown = Display()
     renderer = Renderer(True, display=shown, interval=0.0)
@@ -480,8 +490,8 @@ def test_streaming_renders_cost_linear_in_the_answers_length():
     assert markdowns[-1] == final == "token " * 4000
     assert len(markdowns) == renderer.renders < 60  # geometric growth: about log1.25(4000 × 6) renders
     assert sum(len(text) for text in markdowns) < 6 * len(final)  # the whole stream: a constant × its size
-    assert shown.calls[0] == {"raw": True, "display_id": True}  # one display...
-    assert all(call == {"raw": True} for call in shown.calls[1:])  # ...updated in place
+    assert shown.calls[0] == {"raw": True, "display_id": True, "metadata": {}}  # one display...
+    assert all(call == {"raw": True, "metadata": {}} for call in shown.calls[1:])  # ...updated in place
 
 
 def test_every_render_carries_the_answer_as_text_plain():

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -21,6 +22,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from .. import views
 from ..chat.interpolate import interpolate
 from ..chat.prompt import Endpoint, code_of, parse_json_answer, run_prompt
+from ..chat.provenance import provenance
 from ..config.options import LaunchOptions, add_arguments, split_engine_args
 from ..errors import HpcllmError, ServerNotReady
 from ..lifecycle import Cluster, JobState, LaunchHandle, Server, cluster_for
@@ -44,6 +46,7 @@ Run a model server on the cluster and talk to it.
   %hpcllm renew [--extend MIN]                   before the time limit: a successor takes over, same key
   %hpcllm models | plan MODEL | script MODEL
   %hpcllm use URL [--key-env VAR] [--model M]    any OpenAI-compatible endpoint for %%llm and `client`
+  %hpcllm provenance                             how answers are made now: model, engine, image, parsers, job
 
 `%hpcllm SUBCOMMAND --help` explains each one; `%%llm?` explains the cell magic.
 """
@@ -51,9 +54,18 @@ Run a model server on the cluster and talk to it.
 LLM_HELP = """\
 %%llm [-m MODEL] [-s SYSTEM] [-t TEMP] [--max-tokens N] [--chat | --new] [--out VAR]
       [-f markdown|code|text|json] [--tools f,g] [--reasoning show|hide] [--no-stream]
+%%llm --map ITEMS [--schema NAME] [--column C] [--concurrency N] [--no-cache] [--out VAR] [...]
 
 Send the cell as a prompt to the current server (%hpcllm up / attach / use) and stream the answer.
 {name} inserts a variable's value; {{name}} is a literal {name}; other braces are left as they are.
+The output's metadata records how the answer was made (model, engine, image, parsers, sampling, job).
+
+With --map, the cell is sent once per item of ITEMS (a list, a pandas Series or DataFrame, any iterable)
+with {item} (or {item.field}, {row.column}, {row['a column']}) filled in, as many at once as the engine
+runs. The answers go to `answers` (or --out), in the items' shape: a list, a Series on the same index, or
+the DataFrame with a new column. --schema NAME (a pydantic model or a JSON schema) or -f json parses and
+validates each answer. Every answer is kept on disk as it comes: after an interruption, run the cell
+again and only the rest is sent. Failed items are None, listed in `answers.failures`.
 """
 
 
@@ -128,6 +140,7 @@ def _hpcllm_parser() -> _Parser:
     sub.add_argument("--key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
     sub.add_argument("--model", help="model name (default: the first the server lists)")
     sub.add_argument("--as", dest="as_name", default="client")
+    commands.add_parser("provenance", help="how answers are made now: model, engine, image, parsers, job (JSON)")
     return parser
 
 
@@ -146,6 +159,12 @@ def _llm_parser() -> _Parser:
     parser.add_argument("--tools", help="comma-separated Python functions the model may call")
     parser.add_argument("--reasoning", choices=("show", "hide"), default="show")
     parser.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    parser.add_argument("--map", metavar="ITEMS", help="send the cell once per item of this variable")
+    parser.add_argument("--schema", metavar="NAME", help="with --map: a pydantic model or JSON schema variable")
+    parser.add_argument("--column", default="answer", help="with --map over a DataFrame: the new column's name")
+    parser.add_argument("--concurrency", type=int, metavar="N",
+                        help="with --map: requests in flight (default: what the engine runs)")
+    parser.add_argument("--no-cache", action="store_true", help="with --map: do not keep or reuse answers on disk")
     return parser
 
 
@@ -486,6 +505,17 @@ class HpcllmMagics(Magics):
             if not callable(namespace.get(name)) or name in hidden or name in IPYTHON_NAMES:
                 _fail(f"%%llm --tools: {_short(name)} is not a function defined in this notebook.")
             functions[name] = namespace[name]
+        if args.map is not None:
+            if args.chat or args.new or args.format in ("code",):
+                _fail("%%llm --map sends each item on its own: it takes no --chat, --new or -f code.")
+            if args.concurrency is not None and not 1 <= args.concurrency <= 1024:
+                _fail(f"%%llm --concurrency takes 1 to 1024 requests, not {args.concurrency}.")
+            self._check_variable("%%llm --out", args.out or "answers", "answers")
+            from .mapcell import map_cell
+
+            return map_cell(args, cell, namespace, self._map_target(), functions, _fail)
+        if args.schema or args.concurrency is not None or args.no_cache:
+            _fail("%%llm --schema, --concurrency and --no-cache go with --map ITEMS.")
         if args.new:
             self.history = []
         prompt = {"role": "user", "content": _interpolate(cell, namespace)}
@@ -497,7 +527,12 @@ class HpcllmMagics(Magics):
         if args.max_tokens is not None:
             request["max_tokens"] = args.max_tokens
         endpoint = self.endpoint if not args.model else Endpoint(self.endpoint.client, args.model, self.endpoint.label)
-        renderer = Renderer(self.rich, show_reasoning=args.reasoning == "show", fmt=args.format)
+        server = self.server if self.server is not None and endpoint.client is self.endpoint.client else None
+        record = provenance(server, endpoint.model, endpoint.label, request, system=args.system or None,
+                            tools=sorted(functions) or None)
+        self.session.provenance = record
+        renderer = Renderer(self.rich, show_reasoning=args.reasoning == "show", fmt=args.format,
+                            metadata={"jupyter_hpcllm": record})
         try:
             added = run_prompt(endpoint, system + earlier + [prompt], renderer, functions=functions,
                                stream=not args.no_stream, **request)
@@ -525,6 +560,24 @@ class HpcllmMagics(Magics):
         return value if args.format == "json" else None
 
     llm.__doc__ = LLM_HELP
+
+    def _map_target(self) -> Server | Endpoint:
+        """The server %%llm talks to (its metrics pace the map), else the endpoint of `%hpcllm use`."""
+        assert self.endpoint is not None
+        if self.server is not None and not self.server.closed:
+            return self.server
+        return self.endpoint
+
+    def _provenance(self, args: argparse.Namespace) -> None:
+        if self.endpoint is None:
+            _fail("%hpcllm provenance: no server yet (`%hpcllm up MODEL`, `attach JOB` or `use URL`).")
+        server = self.server if self.server is not None and not self.server.closed else None
+        record = provenance(server, self.endpoint.model, self.endpoint.label)
+        record.pop("sampling", None)
+        last = self.session.provenance
+        if last is not None and last.get("endpoint") == record.get("endpoint"):
+            record["last_answer"] = {"sampling": last.get("sampling"), "time": last.get("time")}
+        print(json.dumps(record, indent=2, ensure_ascii=False, default=str))
 
 
 def _interpolate(text: str, namespace: dict[str, Any]) -> str:

@@ -28,7 +28,8 @@ class Renderer:
     the text as it comes."""
 
     def __init__(self, rich: bool, *, show_reasoning: bool = True, fmt: str = "markdown",
-                 display: Callable[..., Any] | None = None, interval: float = 0.1, growth: float = 1.25) -> None:
+                 display: Callable[..., Any] | None = None, interval: float = 0.1, growth: float = 1.25,
+                 metadata: dict[str, Any] | None = None) -> None:
         self.rich = rich and fmt != "text"
         self.show_reasoning = show_reasoning
         self.fmt = fmt
@@ -41,6 +42,7 @@ class Renderer:
         self._last_time = 0.0
         self._last_size = 0
         self._printed_reasoning = False
+        self.metadata = metadata or {}  # the output's metadata: how the answer was made (provenance)
 
     # -- events
     def reasoning(self, text: str) -> None:
@@ -113,9 +115,9 @@ class Renderer:
         self._last_size = len(self.answer.content) + len(self.answer.reasoning)
         bundle = {"text/markdown": self.markdown(), "text/plain": self.plain()}
         if self._handle is None:
-            self._handle = show(bundle, raw=True, display_id=True)
+            self._handle = show(bundle, raw=True, display_id=True, metadata=self.metadata)
         else:
-            self._handle.update(bundle, raw=True)
+            self._handle.update(bundle, raw=True, metadata=self.metadata)
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -42,6 +42,7 @@ class NotebookSession:
         self.history: list[dict[str, Any]] = []
         self.launching: LaunchHandle | None = None
         self.warned: str | None = None  # the job whose near time limit was already pointed out
+        self.provenance: dict[str, Any] | None = None  # how the last %%llm answer was made
         self.on_stopped: list[Callable[[str], None]] = []  # told of every job a face stops (the panel)
         self._lock = threading.Lock()
 
