@@ -17,7 +17,8 @@
     ├── JobFailed               the job or the engine in it ended before the server was ready
     ├── ServerNotReady          the server did not answer within the time allowed
     ├── LaunchCancelled         the launch was cancelled (its job, if submitted, too)
-    └── ForwardError            the local port forward to the server failed
+    ├── ForwardError            the local port forward to the server failed
+    └── MapStopped              a map's requests stopped reaching the server (its answers so far are kept)
 
 Faces (CLI, magics, panel) catch ``HpcllmError`` and print ``str(error)``: never a traceback.
 ``http_status(error)`` is the one mapping from error class to HTTP status, for the server extension.
@@ -38,6 +39,7 @@ __all__ = [
     "JobFailed",
     "JobNotFound",
     "LaunchCancelled",
+    "MapStopped",
     "ModelNotFound",
     "RemoteCommandError",
     "ServerNotReady",
@@ -192,6 +194,10 @@ class ForwardError(HpcllmError):
     """The local port forward to the server failed."""
 
 
+class MapStopped(HpcllmError):
+    """A map stopped: many requests in a row could not reach the server."""
+
+
 # The HTTP status a server extension answers with, most specific class first.
 _HTTP_STATUS: tuple[tuple[type[HpcllmError], int], ...] = (
     (InvalidOption, 422),
@@ -207,6 +213,7 @@ _HTTP_STATUS: tuple[tuple[type[HpcllmError], int], ...] = (
     (ServerNotReady, 504),
     (LaunchCancelled, 409),
     (ForwardError, 502),
+    (MapStopped, 502),
 )
 
 

@@ -47,11 +47,11 @@ class Double:
 def double(tmp_path, model):  # noqa: F811
     started = []
 
-    def make(max_num_seqs: int = 16, **settings) -> Double:
+    def make(max_num_seqs: int = 16, extra: tuple[str, ...] = (), **settings) -> Double:
         port = free_port()
         log = tmp_path / f"requests-{port}.log"
         process = start(tmp_path, "vllm", vllm_argv(model, port, "--max-num-seqs", str(max_num_seqs),
-                                                               "--reasoning-parser", "qwen3"),
+                                                               "--reasoning-parser", "qwen3", *extra),
                         env={"VLLM_API_KEY": KEY}, request_log=log, **settings)
         started.append(process)
         return Double(wait_ready(process, port), log)
@@ -113,6 +113,63 @@ def test_templates_fill_fields_and_keep_other_braces():
     assert template.fill({"name": "N"}, 0) == "N {'name': 'N'} {item} 42 {unknown} {'json': 1}"
     with pytest.raises(ConfigError, match=r"item 3 has no 'missing'"):
         Template("{row.missing}").fill({"present": 1}, 3)
+    for loose in ("{row.first-name}", "{item.a.b}", "{ item }", "{row.Ölwert}"):
+        with pytest.raises(ConfigError, match="not a field it can fill"):
+            Template(f"x {loose} y")
+    assert Template("{row['first-name']}").fill({"first-name": "Ada"}, 0) == "Ada"
+
+
+def test_a_template_without_the_item_and_a_broken_schema_are_refused_before_sending(double, tmp_path):
+    engine = double()
+    with pytest.raises(ConfigError, match="no {item}"):
+        run_map(engine, ["a", "b"], tmp_path, template="the same prompt for all")
+    with pytest.raises(ConfigError, match="JSON schema is not valid"):
+        run_map(engine, ["a"], tmp_path, schema={"type": "str"})
+    assert engine.requested() == []
+
+
+def test_dataframe_columns_keep_their_types_in_the_prompt(double, tmp_path):
+    engine = double()
+    frame = pd.DataFrame({"year": [2001, 2002], "score": [0.5, 1.5]})
+    answers = run_map(engine, frame, tmp_path, template="{row.year}: {row.score}")
+    assert list(answers["answer"]) == ["Echo: 2001: 0.5", "Echo: 2002: 1.5"]
+
+
+def test_a_repeated_prompt_is_asked_each_time_and_each_answer_kept(double, tmp_path):
+    engine = double()
+    prompts = ["same", "other", "same", "same"]
+    assert list(run_map(engine, prompts, tmp_path, temperature=1.0)) == ["Echo: same", "Echo: other"] + ["Echo: same"] * 2
+    assert engine.requested() == prompts or sorted(engine.requested()) == sorted(prompts)  # four requests
+    run_map(engine, prompts, tmp_path, temperature=1.0)
+    assert len(engine.requested()) == 4  # the rerun: all four from the cache
+
+
+def test_a_tool_that_exits_fails_its_item_and_the_map_ends(double, tmp_path):
+    engine = double(extra=("--enable-auto-tool-choice", "--tool-call-parser", "hermes"))
+    started = []
+
+    def weigh(grams: int) -> int:
+        """Weigh something."""
+        started.append(grams)
+        raise SystemExit(3)
+
+    answers = run_map(engine, ["call weigh grams=5", "plain"], tmp_path, tools=[weigh])
+    assert started == [5] and answers[0] is None and answers[1] == "Echo: plain"
+    assert "SystemExit" in answers.failures[0].error
+
+
+def test_a_cache_that_cannot_be_written_warns_and_the_answers_still_come(double, tmp_path, monkeypatch):
+    import sqlite3
+
+    engine = double()
+
+    def locked(self, key, answer):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(AnswerCache, "put", locked)
+    with pytest.warns(RuntimeWarning, match="could not keep answers"):
+        answers = run_map(engine, ["a", "b"], tmp_path)
+    assert list(answers) == ["Echo: a", "Echo: b"]
 
 
 def test_input_it_cannot_map_is_refused_in_one_sentence(double, tmp_path):
@@ -167,13 +224,15 @@ def test_a_json_schema_gives_dicts_checked_against_it(double, tmp_path):
 
 def test_an_interrupted_run_resumes_and_no_answered_item_is_sent_again(double, tmp_path):
     engine = double(max_num_seqs=4, token_delay=0.05)
-    prompts = [f"item {i}" for i in range(60)]
+    prompts = [f"item {i} " + "w " * (20 if i >= 6 else 0) for i in range(60)]  # past the first six: 1.1 s each
     cache = tmp_path / "answers.sqlite3"
     results = hpc.imap(prompts, engine.client, model="Qwen3-8B", cache=cache)
     first = [next(results) for _ in range(6)]
+    closing = time.monotonic()
     results.close()  # as the consumer's Ctrl-C does: what is in flight is cancelled
+    assert time.monotonic() - closing < 0.8  # at once, not once the requests in flight (1.1 s each) end
     assert [r.value for r in first] == [f"Echo: {p}" for p in prompts[:6]]
-    numbers = engine.settle()
+    numbers = engine.settle(0.3)  # far less than a request takes: it was aborted, not left to finish
     assert numbers["vllm:num_requests_running"] == 0 and numbers["vllm:num_requests_waiting"] == 0
     kept = len(AnswerCache(cache))
     assert 6 <= kept < 60
@@ -189,17 +248,21 @@ def test_an_interrupted_run_resumes_and_no_answered_item_is_sent_again(double, t
 def test_ctrl_c_cancels_what_is_in_flight_and_the_engine_runs_nothing_after(double, tmp_path):
     engine = double(max_num_seqs=8, token_delay=0.05)
     seen = []
+    interrupted_at = []
 
     def interrupt(status):
         seen.append(status.done)
         if status.done >= 3:
+            interrupted_at.append(time.monotonic())
             raise KeyboardInterrupt  # where a SIGINT lands: in the waiting caller's thread
 
     with pytest.raises(KeyboardInterrupt):
-        run_map(engine, [f"slow {i} " + "w " * 20 for i in range(64)], tmp_path, on_status=interrupt)
-    numbers = engine.settle()
+        run_map(engine, [f"slow {i} " + "w " * (1 if i < 3 else 40) for i in range(64)], tmp_path,
+                on_status=interrupt)
+    assert time.monotonic() - interrupted_at[0] < 1.0  # at once, not once the requests in flight (2 s each) end
+    numbers = engine.settle(0.3)  # the long ones take 2 s: aborted, not left to finish
     assert numbers["vllm:num_requests_running"] == 0 and numbers["vllm:num_requests_waiting"] == 0
-    assert numbers["vllm:request_success_total"] < 64
+    assert numbers["vllm:request_success_total"] <= seen[-1] + 2
 
 
 def test_transient_errors_are_retried_and_every_item_answered(double, tmp_path):
@@ -231,7 +294,14 @@ def test_a_server_that_is_gone_stops_the_map_with_what_to_do(tmp_path):
 # --- the pace -------------------------------------------------------------------------------------------
 
 
-def test_the_pace_rises_to_what_the_engine_runs_and_no_further(double, tmp_path):
+def test_the_pace_rises_when_the_engine_runs_more_than_the_first_guess(double, tmp_path):
+    engine = double(max_num_seqs=48, token_delay=0.01)
+    statuses = []
+    run_map(engine, [f"p{i} " + "w " * 30 for i in range(600)], tmp_path, on_status=statuses.append)
+    assert max(status.limit for status in statuses) >= 48
+
+
+def test_the_pace_comes_down_to_what_the_engine_runs_and_no_further(double, tmp_path):
     engine = double(max_num_seqs=8, token_delay=0.01)
     statuses = []
     run_map(engine, [f"p{i} " + "w " * 30 for i in range(200)], tmp_path, on_status=statuses.append)

@@ -17,11 +17,12 @@ import contextlib
 import random
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, HpcllmError
+from ..errors import ConfigError, HpcllmError, MapStopped
 from .answercache import AnswerCache, answer_key, default_cache_path
 from .batchinput import Answers, Template, items_of, messages_for, shaped
 from .pacing import FIRST_LIMIT, next_limit
@@ -35,6 +36,7 @@ __all__ = ["BatchStatus", "Failure", "ItemResult", "imap", "map"]
 _MAX_TOOL_ROUNDS = 10
 _CEILING = 1024  # in-flight requests at most, whatever the engine takes
 _GIVE_UP_AFTER = 32  # items in a row that failed for want of a server: the server is gone, stop
+_REPEATS_TRACKED = 1_000_000  # distinct prompts remembered to tell a repeat (a repeat is remembered always)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class ItemResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
+    lost: bool = False  # failed for want of a server (connection refused, reset)
 
 
 @dataclass
@@ -125,10 +128,6 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-class MapStopped(HpcllmError):
-    """The server stopped answering during a map (every request failed to reach it)."""
-
-
 def _transient(error: BaseException) -> bool:
     import openai
 
@@ -137,6 +136,13 @@ def _transient(error: BaseException) -> bool:
     if isinstance(error, openai.APIStatusError):
         return error.status_code in (408, 409, 429) or error.status_code >= 500
     return isinstance(error, (ConnectionError, TimeoutError))
+
+
+def _unreachable(error: BaseException) -> bool:
+    """No server to answer: what, many times in a row, means it is gone (not a timeout, not a 5xx)."""
+    import openai
+
+    return isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError)
 
 
 def _explain(error: BaseException) -> str:
@@ -180,6 +186,7 @@ class _Run:
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._lost_in_a_row = 0
+        self._cache_warned = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
         self._room: asyncio.Event | None = None  # set when the feeder may look again: a slot freed, ...
@@ -200,16 +207,25 @@ class _Run:
             with self._cond:
                 while index not in self._results and self._error is None and \
                         (self._count is None or index < self._count):
+                    if not self._thread.is_alive():  # a bug, not a hang: say so
+                        self._error = HpcllmError(f"The map's requests ended without an answer for item {index}.",
+                                                  "Run it again: what was answered is kept.")
+                        break
                     self._cond.wait(0.25)
                     if tick is not None:
-                        tick()
+                        self._cond.release()  # the callback runs with the loop free to deliver
+                        try:
+                            tick()
+                        finally:
+                            self._cond.acquire()
                 result = self._results.pop(index, None)
                 if result is None:
                     if self._error is not None:
                         raise self._error
                     return
                 self._consumed = index + 1
-            if self._window_full:
+                wake = self._window_full
+            if wake:
                 self._wake()
             index += 1
             yield result
@@ -256,14 +272,18 @@ class _Run:
             self._check_stop()
         except asyncio.CancelledError:
             finished = self._count is not None and self.status.done + self.status.failed >= self._count
-            self.status.interrupted = self._error is None and not finished  # else it stopped itself (MapStopped)
+            self.status.interrupted = not finished
             self._fail(KeyboardInterrupt())
         finally:
-            for task in [*tasks, *([pacer] if pacer else [])]:
+            pending = [*tasks, *([pacer] if pacer else [])]
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks, *([pacer] if pacer else []), return_exceptions=True)
             with contextlib.suppress(Exception):
-                await client.close()
+                await client.close()  # every connection closed: the engine aborts what it was running
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+            if self.cache is not None:
+                self.cache.close()  # here, in the only thread that uses it
             self.status.ended = time.monotonic()
             self.status.in_flight = 0
 
@@ -276,23 +296,32 @@ class _Run:
         self._room.clear()
         await self._room.wait()
 
+    def _window_has_room(self, index: int) -> bool:
+        with self._cond:
+            self._window_full = index >= self._consumed + self.window
+            return not self._window_full
+
     async def _feed(self, client: Any, tasks: set[asyncio.Task[None]]) -> None:
         count = 0
+        seen: dict[str, int] = {}  # a prompt repeated (sampled again on purpose) is a request of its own
         for index, (label, item) in enumerate(self.items):
             self._check_stop()
             count = index + 1
             messages = self.build(item, label)
             key = answer_key(self.target.model, messages, self.key_parameters)
+            repeat = seen.get(key, 0)
+            if len(seen) < _REPEATS_TRACKED or repeat:
+                seen[key] = repeat + 1
+            key = f"{key}#{repeat}" if repeat else key
             kept = self.cache.get(key) if self.cache is not None else None
-            if kept is not None:
-                self._deliver(self._from_answer(index, label, kept, cached=True))
-                continue
-            while True:
-                self._window_full = index >= self._consumed + self.window
-                if not self._window_full and self.status.in_flight < self.status.limit:
-                    break
+            while not self._window_has_room(index) or (kept is None and self.status.in_flight >= self.status.limit):
                 await self._wait_room()
                 self._check_stop()
+            if kept is not None:
+                self._deliver(self._from_answer(index, label, kept, cached=True))
+                if index % 64 == 0:
+                    await asyncio.sleep(0)  # a long run of cached answers: let the answers in flight in
+                continue
             self.status.in_flight += 1
             task = asyncio.create_task(self._one(client, index, label, key, messages))
             tasks.add(task)
@@ -310,7 +339,8 @@ class _Run:
 
     async def _pace(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            # Four readings a second: from 16 the limit reaches 64 within half a second, 1024 in a second.
+            await asyncio.sleep(0.25)
             reading = await asyncio.to_thread(self.target.load)
             if reading is not None:
                 running, waiting = reading
@@ -320,6 +350,17 @@ class _Run:
                     self._room.set()
 
     async def _one(self, client: Any, index: int, label: Any, key: str, messages: list[dict[str, Any]]) -> None:
+        """One item, to its end: every way out but cancellation delivers a result for it."""
+        try:
+            result = await self._answer(client, index, label, key, messages)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # a tool that raised SystemExit, a bug: the item's failure, not a hang
+            result = ItemResult(index, label, error=f"{type(error).__name__}: {error}")
+        self._deliver(result, lost=result.lost)
+
+    async def _answer(self, client: Any, index: int, label: Any, key: str,
+                      messages: list[dict[str, Any]]) -> ItemResult:
         attempt = 0
         while True:
             try:
@@ -328,18 +369,31 @@ class _Run:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                if _transient(error) and attempt < self.retries:
+                if _transient(error) and attempt < self._retries_for(error):
                     attempt += 1
                     self.status.retries += 1
                     await asyncio.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random()))
                     continue
-                lost = _transient(error)
-                self._deliver(ItemResult(index, label, error=_explain(error)), lost=lost)
-                return
+                return ItemResult(index, label, error=_explain(error), lost=_unreachable(error))
         result = self._from_answer(index, label, answer, cached=False)
         if result.error is None and self.cache is not None:
-            self.cache.put(key, answer)  # only a good answer is kept: a rerun asks again for the others
-        self._deliver(result)
+            try:
+                self.cache.put(key, answer)  # only a good answer is kept: a rerun asks again for the others
+            except Exception as error:  # a full disk, a lock held too long: the answer still counts
+                self._cache_problem(error)
+        return result
+
+    def _retries_for(self, error: Exception) -> int:
+        import openai
+
+        # A request that ran out of time most likely runs as long again: once more, not six times the GPUs.
+        return min(1, self.retries) if isinstance(error, openai.APITimeoutError) else self.retries
+
+    def _cache_problem(self, error: Exception) -> None:
+        if not self._cache_warned:
+            self._cache_warned = True
+            warnings.warn(f"jupyter-hpcllm could not keep answers in its cache ({error}); the map goes on, but an "
+                          "interrupted run would send them again.", RuntimeWarning, stacklevel=1)
 
     async def _ask(self, client: Any, messages: list[dict[str, Any]]) -> dict[str, Any]:
         added: list[dict[str, Any]] = []
@@ -428,14 +482,12 @@ def imap(prompts: Any, server: Any, *, template: str | None = None, system: str 
 
 
 def _drive(run: _Run, on_status: Callable[[BatchStatus], None] | None) -> Iterator[ItemResult]:
-    run.start()
     tick = (lambda: on_status(run.status)) if on_status is not None else None
     try:
+        run.start()
         yield from run.results(tick)
     finally:
         run.stop()
-        if run.cache is not None:
-            run.cache.close()
         if on_status is not None:
             on_status(run.status)
 
@@ -445,7 +497,7 @@ def _prepare(prompts: Any, server: Any, *, template: str | None, system: str | N
              schema: Any, response_format: dict[str, Any] | None, tools: list[Callable[..., Any]] | None,
              extra_body: dict[str, Any] | None, concurrency: int | None, cache: Any, retries: int,
              backoff: float, request_timeout: float,
-             namespace: dict[str, Any] | None) -> tuple[_Run, dict[str, Any]]:
+             namespace: dict[str, Any] | None) -> tuple[_Run, Callable[[], dict[str, Any]]]:
     target = target_of(server, model)
     if concurrency is not None and not (isinstance(concurrency, int) and 1 <= concurrency <= _CEILING):
         raise ConfigError(f"concurrency takes 1 to {_CEILING} requests, not {concurrency!r}.",
@@ -457,10 +509,16 @@ def _prepare(prompts: Any, server: Any, *, template: str | None, system: str | N
         "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
         "response_format": structure.response_format, "extra_body": extra_body}.items() if value is not None}
     functions = {f.__name__: f for f in tools or []}
-    keyed = dict(parameters, tools=[tool_schema(f) for f in functions.values()]) if functions else parameters
+    keyed = dict(parameters, tools=[tool_schema(f) for f in functions.values()]) if functions else dict(parameters)
+    fingerprint = target.fingerprint()
+    if fingerprint:  # the same model name on an engine set up otherwise (parsers, template, quantization)
+        keyed["engine"] = fingerprint
     request = dict(parameters)
     items, total = items_of(prompts)
     compiled = Template(template, namespace) if template is not None else None
+    if compiled is not None and not compiled.uses_item:
+        raise ConfigError("The template has no {item} (or {item.field}, {row.column}): every item would get the "
+                          "same prompt.", "Put {item} where each item's text goes, e.g. 'Summarise: {item}'.")
     answers = None if cache is False or cache is None else AnswerCache(default_cache_path() if cache is True else cache)
     run = _Run(target, items, total, build=lambda item, label: messages_for(item, label, compiled, system),
                parameters=request, key_parameters=keyed, structure=structure, functions=functions, cache=answers,
@@ -469,7 +527,7 @@ def _prepare(prompts: Any, server: Any, *, template: str | None, system: str | N
     sampling = {key: value for key, value in parameters.items() if key != "extra_body"}
     if extra_body:
         sampling["extra_body"] = extra_body
-    return run, target.provenance(sampling, system=system, template=template)
+    return run, lambda: target.provenance(sampling, system=system, template=template)
 
 
 def map(prompts: Any, server: Any, *, template: str | None = None, system: str | None = None,
@@ -498,11 +556,12 @@ def map(prompts: Any, server: Any, *, template: str | None = None, system: str |
     retries, backoff: how often, and from how many seconds up, a transient error is retried.
     progress: show a progress bar (a notebook's display, or a terminal line) and the summary at the end.
     """
-    run, provenance = _prepare(prompts, server, template=template, system=system, model=model,
+    run, record_of = _prepare(prompts, server, template=template, system=system, model=model,
                                temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, schema=schema,
                                response_format=response_format, tools=tools, extra_body=extra_body,
                                concurrency=concurrency, cache=cache, retries=retries, backoff=backoff,
                                request_timeout=request_timeout, namespace=namespace)
+    provenance = record_of()
     view = None
     if progress:
         from .batchprogress import BatchProgress

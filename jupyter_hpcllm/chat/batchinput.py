@@ -13,6 +13,7 @@ __all__ = ["Template", "items_of", "kind_of", "messages_for", "shaped"]
 
 # {{text}}: a literal {text}; {item}, {item.field}, {row.column}, {row['a column']}: the item's; {name}: a
 # variable of the namespace (resolved once). Any other brace stays as written.
+_LOOSE = re.compile(r"\{\s*(?:item|row)\b[^{}]*\}")  # anything that looks meant for the item
 _FIELD = re.compile(r"\{\{([^{}]*)\}\}"
                     r"|\{(item|row)(?:\.([A-Za-z_]\w*)|\[(?:'([^']*)'|\"([^\"]*)\"|(-?\d+))\])?\}"
                     r"|\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -26,6 +27,13 @@ class Template:
         self.parts: list[str | tuple[str, str | int | None]] = []
         namespace = namespace or {}
         position = 0
+        matched = [match.span() for match in _FIELD.finditer(text)]
+        for loose in _LOOSE.finditer(text):
+            if not any(start <= loose.start() and loose.end() <= end for start, end in matched):
+                raise ConfigError(
+                    f"{loose.group(0)} in the template is not a field it can fill.",
+                    "Write {item}, {item.field}, {row.column}, or {row['a column']} for a name with spaces, "
+                    "dashes or other letters; {{...}} for literal braces.")
         for match in _FIELD.finditer(text):
             self._text(text[position:match.start()])
             position = match.end()
@@ -85,7 +93,11 @@ def items_of(data: Any) -> tuple[Iterator[tuple[Any, Any]], int | None]:
     """(label, item) pairs, lazily, and how many there are (None: an iterator that does not say)."""
     kind = kind_of(data)
     if kind == "dataframe":
-        return iter(data.iterrows()), len(data)
+        # A dict per row, made as it is sent, each value of its column's own type (iterrows would turn the
+        # ints of a frame that also has floats into floats: {row.year} would read 2001.0).
+        columns = [str(column) for column in data.columns]
+        rows = (dict(zip(columns, values, strict=True)) for values in data.itertuples(index=False, name=None))
+        return zip(data.index, rows, strict=True), len(data)
     if kind == "series":
         return iter(data.items()), len(data)
     if isinstance(data, (str, bytes)):

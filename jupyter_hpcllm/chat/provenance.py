@@ -55,6 +55,8 @@ class Target:
     label: str
     server: Server | None = None
     read_load: Callable[[], tuple[float | None, float | None] | None] | None = None
+    headers: dict[str, str] | None = None  # the user's client's own headers and query (a gateway's)
+    query: dict[str, object] | None = None
 
     def async_client(self, timeout: float, connections: int) -> Any:
         import openai
@@ -64,7 +66,8 @@ class Target:
         # No retries in the client: the map retries transient errors itself, with its own backoff, and
         # counts them. One connection per request in flight.
         return openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=self.api_key, max_retries=0,
+            base_url=self.base_url, api_key=self.api_key, max_retries=0, default_headers=self.headers,
+            default_query=self.query,
             timeout=httpx.Timeout(timeout, connect=15.0),
             http_client=openai.DefaultAsyncHttpxClient(limits=httpx.Limits(
                 max_connections=connections, max_keepalive_connections=connections)))
@@ -78,12 +81,30 @@ class Target:
         except Exception:  # a missed reading keeps the pace as it is
             return None
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What, besides the model's name, decides the answers: the engine's parsers, chat template and
+        quantization (not the job or node: a successor job, or the same plan tomorrow, gives the same)."""
+        if self.server is None:
+            return {}
+        try:
+            record = self.server.engine_record()
+        except HpcllmError:
+            return {}
+        keys = ("tool_call_parser", "reasoning_parser", "chat_template", "quantization")
+        found = {key: record[key] for key in keys if record.get(key) is not None}
+        return dict(found, engine=self.server.engine) if record else {}
+
     def provenance(self, sampling: dict[str, Any], **more: Any) -> dict[str, Any]:
         return provenance(self.server, self.model, self.label, sampling, **more)
 
 
 def target_of(server: Any, model: str | None = None) -> Target:
-    """A Server, an Endpoint (%hpcllm use) or an openai.OpenAI client (with `model`)."""
+    """A Server, an Endpoint (%hpcllm use) or an openai.OpenAI client (with `model`). An Endpoint or a
+    client that a Server made (`%hpcllm up`'s `client`) stands for that server."""
+    made_by = getattr(getattr(server, "client", server), "_hpcllm_server", None)
+    maker = made_by() if callable(made_by) else None
+    if isinstance(maker, Server) and not maker.closed:
+        server = maker
     if isinstance(server, Server):
         def server_load() -> tuple[float | None, float | None]:
             reading = server.metrics(rate_within=0)
@@ -102,7 +123,9 @@ def target_of(server: Any, model: str | None = None) -> Target:
         raise ConfigError(f"A map sends to a server (hpc.up(...)), an openai.OpenAI client or an Endpoint, not "
                           f"{type(server).__name__}.", "Start one with hpc.up(MODEL) or %hpcllm up MODEL.")
     base_url = str(client.base_url).rstrip("/")
-    return Target(base_url, str(client.api_key), model, base_url, None, _metrics_reader(base_url, str(client.api_key)))
+    return Target(base_url, str(client.api_key), model, base_url, None, _metrics_reader(base_url, str(client.api_key)),
+                  headers=dict(getattr(client, "_custom_headers", None) or {}) or None,
+                  query=dict(getattr(client, "_custom_query", None) or {}) or None)
 
 
 def _openai_httpx() -> Any:

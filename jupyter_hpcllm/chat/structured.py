@@ -21,6 +21,7 @@ class Structure:
         self.response_format = response_format
         self.model = model  # a pydantic model class, or None
         self.schema = schema  # a JSON schema to check against, or None
+        self.validator = _validator(schema) if schema is not None and model is None else None
 
     @property
     def parses(self) -> bool:
@@ -39,15 +40,10 @@ class Structure:
                 return self.model.model_validate(value)
             except Exception as error:  # pydantic.ValidationError
                 raise ValueError(f"the answer does not fit {self.model.__name__}: {_short(str(error))}") from None
-        if self.schema is not None:
-            try:
-                import jsonschema  # type: ignore[import-untyped]
-            except ImportError:  # no validator installed: parsed JSON is what we can promise
-                return value
-            try:
-                jsonschema.validate(value, self.schema)
-            except jsonschema.ValidationError as error:
-                raise ValueError(f"the answer does not fit the schema: {_short(error.message)}") from None
+        if self.validator is not None:
+            mismatch = next(iter(self.validator.iter_errors(value)), None)
+            if mismatch is not None:
+                raise ValueError(f"the answer does not fit the schema: {_short(mismatch.message)}")
         return value
 
 
@@ -81,3 +77,20 @@ def structure_of(schema: Any = None, response_format: dict[str, Any] | None = No
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A checker for the schema, made once; a schema that is itself wrong is refused before anything is
+    sent. None when jsonschema is not installed (then parsed JSON is what is promised)."""
+    try:
+        import jsonschema  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    kind = jsonschema.validators.validator_for(schema)
+    try:
+        kind.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise ConfigError(f"The JSON schema is not valid: {_short(error.message)}.",
+                          'Check it against https://json-schema.org (types are "string", "integer", '
+                          '"number", "boolean", "object", "array").') from None
+    return kind(schema)

@@ -6,6 +6,7 @@ import http.client
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -154,7 +155,11 @@ class Server:
     def client(self, **options: Any) -> openai.OpenAI:
         import openai
 
-        return openai.OpenAI(base_url=self.base_url, api_key=self._api_key, **options)
+        client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key, **options)
+        # Which server made it (weakly: a client does not keep a job's lease alive), so that a map given
+        # only the client paces itself on this server's metrics and records its provenance.
+        client._hpcllm_server = weakref.ref(self)  # type: ignore[attr-defined]
+        return client
 
     def async_client(self, **options: Any) -> openai.AsyncOpenAI:
         import openai

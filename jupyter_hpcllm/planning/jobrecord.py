@@ -22,10 +22,12 @@ def engine_record(script: str) -> dict[str, Any]:
     """{"image", "command" (the engine's arguments, as a list), and the recorded flags by name}; {} if the
     script has no engine line (not one of ours)."""
     lines = script.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("singularity exec --nv")
-                  or line.startswith("apptainer exec --nv")), None)
-    if start is None:
+    door = next((i for i, line in enumerate(lines) if line.startswith("# this node's loopback only")), None)
+    if door is None:
         return {}
+    start = door + 1
+    while start < len(lines) and lines[start].startswith("export "):  # the API key's variable
+        start += 1
     joined = []
     for line in lines[start:]:
         joined.append(line.rstrip("\\").strip())
@@ -36,9 +38,14 @@ def engine_record(script: str) -> dict[str, Any]:
         words = shlex.split(text)
     except ValueError:
         return {}
-    image = next((w for w in words[2:] if w.endswith((".sif", ".simg", ".img")) or w.startswith(("docker://",
-                                                                                                  "oras://"))), None)
-    rest = words[words.index(image) + 1:] if image in words else words[2:]
+    image = None
+    rest = words
+    if len(words) > 2 and words[1] == "exec":  # RUNTIME exec [its options] IMAGE ENGINE...
+        position = 2
+        while position < len(words) and words[position].startswith("-"):
+            position += 2 if words[position] in ("--bind", "-B", "--env", "--home", "--overlay") else 1
+        if position < len(words):
+            image, rest = words[position], words[position + 1:]
     record: dict[str, Any] = {"image": image, "command": rest}
     for i, word in enumerate(rest):
         name, _, value = word.partition("=")
