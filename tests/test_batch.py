@@ -227,10 +227,14 @@ def test_an_interrupted_run_resumes_and_no_answered_item_is_sent_again(double, t
     engine = double(max_num_seqs=4, token_delay=0.05)
     prompts = [f"item {i} " + "w " * (20 if i >= 6 else 0) for i in range(60)]  # past the first six: 1.1 s each
     cache = tmp_path / "answers.sqlite3"
-    results = hpc.imap(prompts, engine.client, model="Qwen3-8B", cache=cache)
-    first = [next(results) for _ in range(6)]
-    closing = time.monotonic()
-    results.close()  # as the consumer's Ctrl-C does: what is in flight is cancelled
+    first = []
+    with pytest.raises(KeyboardInterrupt):
+        with hpc.imap(prompts, engine.client, model="Qwen3-8B", cache=cache) as results:
+            for result in results:
+                first.append(result)
+                if len(first) == 6:
+                    closing = time.monotonic()
+                    raise KeyboardInterrupt  # in the loop's body: leaving the block cancels what is in flight
     assert time.monotonic() - closing < 0.8  # at once, not once the requests in flight (1.1 s each) end
     assert [r.value for r in first] == [f"Echo: {p}" for p in prompts[:6]]
     numbers = engine.settle(0.3)  # far less than a request takes: it was aborted, not left to finish
@@ -264,6 +268,41 @@ def test_ctrl_c_cancels_what_is_in_flight_and_the_engine_runs_nothing_after(doub
     numbers = engine.settle(0.3)  # the long ones take 2 s: aborted, not left to finish
     assert numbers["vllm:num_requests_running"] == 0 and numbers["vllm:num_requests_waiting"] == 0
     assert numbers["vllm:request_success_total"] <= seen[-1] + 2
+
+
+def test_a_real_sigint_while_the_map_waits_cancels_it(double, tmp_path, sigint_raises):
+    import _thread
+    import threading
+
+    engine = double(max_num_seqs=8, token_delay=0.05)
+    timer = threading.Timer(0.6, _thread.interrupt_main)  # what the notebook's stop button (or Ctrl-C) sends
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_map(engine, [f"slow {i} " + "w " * 40 for i in range(64)], tmp_path)
+    assert time.monotonic() - started < 2.0  # the first answers would take 2 s: it did not wait for them
+    numbers = engine.settle(0.3)
+    assert numbers["vllm:num_requests_running"] == 0 and numbers["vllm:num_requests_waiting"] == 0
+
+
+def test_the_progress_line_and_the_summary():
+    import io
+
+    from jupyter_hpcllm.chat.batch import BatchStatus
+    from jupyter_hpcllm.chat.batchprogress import BatchProgress
+
+    out = io.StringIO()
+    view = BatchProgress(10, rich=False, stream=out, interval=0.0)
+    status = BatchStatus(10, done=3, failed=1, cached=1, completion_tokens=300, in_flight=4)
+    status.started -= 10.0
+    view.update(status)
+    line = out.getvalue()
+    assert "4/10 items" in line and "1 failed" in line and "1 from the cache" in line and "in flight" in line
+    assert "30 tok/s" in line and "left" in line  # 300 tokens in 10 s; 6 items to go at 3 per 10 s
+    status.ended = time.monotonic()
+    view.close(status)
+    assert out.getvalue().rstrip().splitlines()[-1].startswith("Interrupted" if status.interrupted else "Done: 4 items")
+    assert "<progress" in BatchProgress(10, rich=False).html(status)
 
 
 def test_transient_errors_are_retried_and_every_item_answered(double, tmp_path):

@@ -80,8 +80,9 @@ def test_the_batch_example_notebook_runs(cluster_config, tmp_path):
     env = {"HPCLLM_CONFIG": str(cluster_config), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     joined = run_notebook(ROOT / "examples" / "batch.ipynb", env, tmp_path, timeout=240)
     assert "Ready: `client` talks to gpt-oss-20b" in joined
-    assert "Echo: In one word, the field of biology of this paper: Sleep in 64 fruit flies." in joined
+    assert "Sleep in 64 fruit flies: Echo: In one word, the field of biology of this paper: Sleep in 64" in joined
     assert "The answers are in `papers_with_field`" in joined
-    assert "organism=" in joined and "sample_size=" in joined  # the pydantic answers
+    assert "organism=" in joined and "sample_size" in joined  # the pydantic answers, and as a table
+    assert "Done: 6 items" in joined and "0 failed" in joined
     assert '"tool_call_parser": "openai"' in joined  # %hpcllm provenance
     assert "cancelled" in joined

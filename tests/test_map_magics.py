@@ -92,5 +92,6 @@ def test_in_a_kernel_each_answer_and_each_map_keeps_its_provenance_in_the_saved_
     map_records = [o.metadata["jupyter_hpcllm"] for o in notebook.cells[4].outputs if "jupyter_hpcllm" in o.get(
         "metadata", {})]
     assert map_records and "2 items" in map_records[-1]["summary"] and map_records[-1]["failures"] == 0
+    assert any("<progress" in o.get("data", {}).get("text/html", "") for o in notebook.cells[4].outputs)
     assert "Echo: Say x" in notebook.cells[5].outputs[0].text
     assert KEY not in json.dumps(nbformat.writes(notebook))  # the key is in no output and no metadata

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import threading
 import time
 import warnings
@@ -31,12 +32,11 @@ from .provenance import Target, target_of
 from .structured import Structure, structure_of
 from .tools import call_tool, tool_schema
 
-__all__ = ["BatchStatus", "Failure", "ItemResult", "imap", "map"]
+__all__ = ["AnswerStream", "BatchStatus", "Failure", "ItemResult", "imap", "map"]
 
 _MAX_TOOL_ROUNDS = 10
 _CEILING = 1024  # in-flight requests at most, whatever the engine takes
 _GIVE_UP_AFTER = 32  # items in a row that failed for want of a server: the server is gone, stop
-_REPEATS_TRACKED = 1_000_000  # distinct prompts remembered to tell a repeat (a repeat is remembered always)
 
 
 @dataclass
@@ -155,6 +155,24 @@ def _explain(error: BaseException) -> str:
     if isinstance(error, openai.APIConnectionError):
         return f"cannot reach the server ({error.__cause__ or error})"
     return f"{type(error).__name__}: {error}"
+
+
+class _Repeats:
+    """How many times each request was seen before in this run, kept in a private SQLite database that
+    spills to a temporary file: exact for a million distinct prompts without holding them in memory."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False)
+        self._db.execute("CREATE TABLE seen (key TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+
+    def count(self, key: str) -> int:
+        row = self._db.execute("SELECT n FROM seen WHERE key = ?", (key,)).fetchone()
+        before = int(row[0]) if row else 0
+        self._db.execute("INSERT OR REPLACE INTO seen (key, n) VALUES (?, ?)", (key, before + 1))
+        return before
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class _Run:
@@ -302,16 +320,20 @@ class _Run:
             return not self._window_full
 
     async def _feed(self, client: Any, tasks: set[asyncio.Task[None]]) -> None:
+        seen = _Repeats()  # a prompt repeated (sampled again on purpose) is a request of its own
+        try:
+            await self._feed_items(client, tasks, seen)
+        finally:
+            seen.close()
+
+    async def _feed_items(self, client: Any, tasks: set[asyncio.Task[None]], seen: _Repeats) -> None:
         count = 0
-        seen: dict[str, int] = {}  # a prompt repeated (sampled again on purpose) is a request of its own
         for index, (label, item) in enumerate(self.items):
             self._check_stop()
             count = index + 1
             messages = self.build(item, label)
             key = answer_key(self.target.model, messages, self.key_parameters)
-            repeat = seen.get(key, 0)
-            if len(seen) < _REPEATS_TRACKED or repeat:
-                seen[key] = repeat + 1
+            repeat = seen.count(key)
             key = f"{key}#{repeat}" if repeat else key
             kept = self.cache.get(key) if self.cache is not None else None
             while not self._window_has_room(index) or (kept is None and self.status.in_flight >= self.status.limit):
@@ -471,14 +493,42 @@ def imap(prompts: Any, server: Any, *, template: str | None = None, system: str 
          extra_body: dict[str, Any] | None = None, concurrency: int | None = None, cache: Any = True,
          retries: int = 6, backoff: float = 0.5, request_timeout: float = 600.0,
          namespace: dict[str, Any] | None = None,
-         on_status: Callable[[BatchStatus], None] | None = None) -> Iterator[ItemResult]:
-    """Answers one by one, in the order of the prompts, as they are ready: for more items than fit in
-    memory (a generator in, results out as they come). The arguments are `map`'s."""
+         on_status: Callable[[BatchStatus], None] | None = None) -> AnswerStream:
+    """Answers one by one (ItemResult: index, label, value, error, text, tokens), in the order of the
+    prompts, as they are ready: for more items than fit in memory (a generator in, results out as they
+    come). The arguments are `map`'s. Leaving a `with` block (or `.close()`) cancels what is in flight:
+
+        with hpc.imap(rows(), server, template="...") as answers:
+            for answer in answers:
+                write(answer.index, answer.value)
+    """
     run, _ = _prepare(prompts, server, template=template, system=system, model=model, temperature=temperature,
                       top_p=top_p, max_tokens=max_tokens, seed=seed, schema=schema, response_format=response_format,
                       tools=tools, extra_body=extra_body, concurrency=concurrency, cache=cache, retries=retries,
                       backoff=backoff, request_timeout=request_timeout, namespace=namespace)
-    return _drive(run, on_status)
+    return AnswerStream(_drive(run, on_status))
+
+
+class AnswerStream(Iterator[ItemResult]):
+    """imap's answers: an iterator that is also a context manager, closed (its requests cancelled) on
+    leaving the block, even when an interrupt in the loop's body leaves it."""
+
+    def __init__(self, results: Iterator[ItemResult]) -> None:
+        self._results = results
+
+    def __next__(self) -> ItemResult:
+        return next(self._results)
+
+    def close(self) -> None:
+        close = getattr(self._results, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> AnswerStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _drive(run: _Run, on_status: Callable[[BatchStatus], None] | None) -> Iterator[ItemResult]:
