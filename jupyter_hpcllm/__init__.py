@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .chat.batch import imap, map
+    from .chat.batch import imap
+    from .chat.batch import map as map  # public as hpc.map, kept out of __all__
     from .config.options import LaunchOptions
     from .config.profiles import Profile, load_profile
     from .edge.fake import FakeTransport
@@ -67,7 +68,6 @@ __all__ = [
     "list_servers",
     "load_ipython_extension",
     "load_profile",
-    "map",
     "panel",
     "up",
 ]
@@ -76,7 +76,7 @@ _LAZY = {
     **dict.fromkeys(["Cluster", "JobState", "LaunchHandle", "Progress", "Server", "ServerInfo", "Stage", "attach",
                      "cancel", "launch", "list_servers", "up"], "lifecycle"),
     "LaunchOptions": "config.options",
-    "map": "chat.batch",
+    "map": "chat.batch",  # public (hpc.map), not in __all__: `import *` must not hide the builtin map
     "imap": "chat.batch",
     "Profile": "config.profiles",
     "load_profile": "config.profiles",

@@ -175,13 +175,14 @@ def test_a_cache_that_cannot_be_written_warns_and_the_answers_still_come(double,
 
 def test_input_it_cannot_map_is_refused_in_one_sentence(double, tmp_path):
     engine = double()
-    for bad, said in (("one prompt", "not one string"), ({"a": 1}, "ambiguous"), (42, "not int"),
-                      ([1, 2], "without a template")):
+    for bad, said in (("one prompt", "not one string"), ({"a": 1}, "ambiguous"), (42, "not int")):
         with pytest.raises(ConfigError, match=said):
             run_map(engine, bad, tmp_path)
+    mixed = run_map(engine, ["fine", 7], tmp_path)  # one item that is no prompt fails alone
+    assert mixed[0] == "Echo: fine" and mixed[1] is None and "without a template" in mixed.failures[0].error
     with pytest.raises(ConfigError, match="concurrency"):
         run_map(engine, ["a"], tmp_path, concurrency=0)
-    assert engine.requested() == []
+    assert engine.requested() == ["fine"]
 
 
 # --- structured output ---------------------------------------------------------------------------------
@@ -358,3 +359,62 @@ def test_next_limit_doubles_until_requests_wait_then_holds_what_runs():
     assert next_limit(512, running=512, waiting=0, in_flight=512, ceiling=600) == 600
     assert next_limit(16, running=None, waiting=None, in_flight=16, ceiling=1024) == 16
     assert next_limit(16, running=0, waiting=3, in_flight=16, ceiling=1024) == 2
+
+
+# --- after the second review ---------------------------------------------------------------------------
+
+
+def test_requests_that_all_fail_alike_stop_the_map(double, tmp_path):
+    engine = double()
+    with pytest.raises(hpc.errors.MapStopped, match="failed alike"):
+        hpc.map([f"p{i}" for i in range(400)], engine.client, model="no-such-model", cache=False, progress=False)
+    assert engine.metrics()["vllm:request_success_total"] == 0
+
+
+def test_an_item_whose_prompt_cannot_be_made_fails_alone(double, tmp_path):
+    engine = double()
+    answers = run_map(engine, [{"x": 1}, {"y": 2}, {"x": 3}], tmp_path, template="value {item.x}")
+    assert answers[0] == "Echo: value 1" and answers[1] is None and answers[2] == "Echo: value 3"
+    assert "its prompt cannot be made" in answers.failures[0].error and "no 'x'" in answers.failures[0].error
+
+
+def test_an_answer_cut_before_it_began_is_a_failure_not_kept():
+    from jupyter_hpcllm.chat.batch import _Run
+    from jupyter_hpcllm.chat.structured import structure_of
+
+    run = _Run.__new__(_Run)
+    run.structure = structure_of()
+    result = run._from_answer(0, 0, {"text": "", "finish": "length", "completion_tokens": 20}, cached=False)
+    assert result.error is not None and "max_tokens ran out" in result.error
+    assert run._from_answer(0, 0, {"text": "ok", "finish": "stop"}, cached=False).value == "ok"
+
+
+def test_a_cache_that_cannot_be_opened_is_refused_in_one_sentence(double, tmp_path):
+    engine = double()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="cannot be used"):
+        run_map(engine, ["a"], tmp_path, cache=tmp_path / "a-file" / "answers.sqlite3")
+
+
+def test_answers_kept_from_an_engine_set_up_otherwise_are_asked_again(double, tmp_path, monkeypatch):
+    from jupyter_hpcllm.chat.provenance import Target
+
+    engine = double()
+    monkeypatch.setattr(Target, "fingerprint", lambda self: {"reasoning_parser": "qwen3"})
+    run_map(engine, ["a", "b"], tmp_path)
+    run_map(engine, ["a", "b"], tmp_path)
+    assert len(engine.requested()) == 2  # the same engine: from the cache
+    monkeypatch.setattr(Target, "fingerprint", lambda self: {"reasoning_parser": "deepseek_r1"})
+    run_map(engine, ["a", "b"], tmp_path)
+    assert len(engine.requested()) == 4
+
+
+def test_secrets_stay_out_of_the_provenance():
+    from jupyter_hpcllm.chat.provenance import Target, provenance, redacted
+
+    assert redacted(["vllm", "serve", "--hf-token", "hf_x", "--tokenizer-mode", "slow", "--api-key=k",
+                     "--otlp-traces-endpoint", "https://u:p@otel:4317/v1?token=t"]) == [
+        "vllm", "serve", "--hf-token", "[redacted]", "--tokenizer-mode", "slow", "--api-key=[redacted]",
+        "--otlp-traces-endpoint", "https://otel:4317/v1"]
+    assert provenance(None, "m", "https://user:pw@gw.example.org/v1?key=1")["endpoint"] == "https://gw.example.org/v1"
+    assert "sk-secret" not in repr(Target("http://x/v1", "sk-secret", "m", "l"))

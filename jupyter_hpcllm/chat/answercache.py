@@ -8,6 +8,7 @@ are lost to a crash.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+from ..errors import ConfigError
 
 __all__ = ["AnswerCache", "answer_key", "default_cache_path"]
 
@@ -38,14 +41,20 @@ class AnswerCache:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives the process, not a power cut
-        self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL, "
-                         "created REAL NOT NULL)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            with contextlib.suppress(sqlite3.OperationalError):  # WAL where the file system allows it (not all NFS)
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # a commit survives the process, not a power cut
+            self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL, "
+                             "created REAL NOT NULL)")
+        except (OSError, sqlite3.Error) as error:
+            raise ConfigError(f"The answer cache {self.path} cannot be used: {error}.",
+                              "Give another place (cache='/path/answers.sqlite3'), or run without it (cache=False, "
+                              "%%llm --no-cache): an interrupted run then starts over.") from None
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()

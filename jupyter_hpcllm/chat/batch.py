@@ -36,6 +36,7 @@ __all__ = ["AnswerStream", "BatchStatus", "Failure", "ItemResult", "imap", "map"
 
 _MAX_TOOL_ROUNDS = 10
 _CEILING = 1024  # in-flight requests at most, whatever the engine takes
+_LISTED = 20  # failures listed in a pandas result's attrs (pandas copies them often); all are its None values
 _GIVE_UP_AFTER = 32  # items in a row that failed for want of a server: the server is gone, stop
 
 
@@ -188,6 +189,7 @@ class _Run:
         self.build = build
         self.parameters = parameters  # what each request carries
         self.key_parameters = key_parameters  # ... and what its answer is kept under (the tools' schemas too)
+        self.fingerprint: dict[str, Any] = {}  # the engine's set-up, kept with each answer and checked on a hit
         self.structure = structure
         self.functions = functions
         self.tools = [tool_schema(f) for f in functions.values()]
@@ -204,6 +206,8 @@ class _Run:
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._lost_in_a_row = 0
+        self._same_in_a_row = 0
+        self._last_error: str | None = None
         self._cache_warned = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
@@ -231,11 +235,14 @@ class _Run:
                         break
                     self._cond.wait(0.25)
                     if tick is not None:
-                        self._cond.release()  # the callback runs with the loop free to deliver
+                        released = False
                         try:
+                            self._cond.release()  # the callback runs with the loop free to deliver
+                            released = True
                             tick()
                         finally:
-                            self._cond.acquire()
+                            if released:
+                                self._cond.acquire()
                 result = self._results.pop(index, None)
                 if result is None:
                     if self._error is not None:
@@ -331,11 +338,21 @@ class _Run:
         for index, (label, item) in enumerate(self.items):
             self._check_stop()
             count = index + 1
-            messages = self.build(item, label)
+            try:
+                messages = self.build(item, label)
+            except Exception as error:  # this item's prompt cannot be made (a missing field, a str() that fails)
+                while not self._window_has_room(index):
+                    await self._wait_room()
+                    self._check_stop()
+                message = error.args[0] if isinstance(error, HpcllmError) else f"{type(error).__name__}: {error}"
+                self._deliver(ItemResult(index, label, error=f"its prompt cannot be made: {message}"))
+                continue
             key = answer_key(self.target.model, messages, self.key_parameters)
             repeat = seen.count(key)
             key = f"{key}#{repeat}" if repeat else key
             kept = self.cache.get(key) if self.cache is not None else None
+            if kept is not None and self.fingerprint and kept.get("engine") not in (None, self.fingerprint):
+                kept = None  # answered by the same model name on an engine set up otherwise: ask again
             while not self._window_has_room(index) or (kept is None and self.status.in_flight >= self.status.limit):
                 await self._wait_room()
                 self._check_stop()
@@ -398,6 +415,8 @@ class _Run:
                     continue
                 return ItemResult(index, label, error=_explain(error), lost=_unreachable(error))
         result = self._from_answer(index, label, answer, cached=False)
+        if self.fingerprint:
+            answer["engine"] = self.fingerprint
         if result.error is None and self.cache is not None:
             try:
                 self.cache.put(key, answer)  # only a good answer is kept: a rerun asks again for the others
@@ -455,11 +474,14 @@ class _Run:
         result = ItemResult(index, label, text=text, reasoning=answer.get("reasoning"), cached=cached,
                             prompt_tokens=int(answer.get("prompt_tokens") or 0),
                             completion_tokens=int(answer.get("completion_tokens") or 0))
+        cut = answer.get("finish") == "length"
+        if cut and not text.strip():  # a reasoning model can spend every token on its reasoning
+            result.error = "max_tokens ran out before the answer began (the reasoning took them all?): raise it"
+            return result
         try:
             result.value = self.structure.read(text)
         except ValueError as error:
-            cut = " (cut by max_tokens)" if answer.get("finish") == "length" else ""
-            result.error = f"{error}{cut}"
+            result.error = f"{error}{' (cut by max_tokens)' if cut else ''}"
         return result
 
     def _deliver(self, result: ItemResult, *, lost: bool = False) -> None:
@@ -467,23 +489,36 @@ class _Run:
         if result.error is None:
             status.done += 1
             status.cached += result.cached
-            self._lost_in_a_row = 0
+            if not result.cached:  # a rerun's cached answers say nothing of the server now
+                self._lost_in_a_row = self._same_in_a_row = 0
         else:
             status.failed += 1
             self._lost_in_a_row = self._lost_in_a_row + 1 if lost else 0
+            alike = result.error.replace(repr(result.label), "")  # the same error, whichever the item
+            same = alike == self._last_error and not result.text  # the server (or the template) refuses them all
+            self._same_in_a_row = self._same_in_a_row + 1 if same else 1
+            self._last_error = alike
         if not result.cached:
             status.prompt_tokens += result.prompt_tokens
             status.completion_tokens += result.completion_tokens
         with self._cond:
             self._results[result.index] = result
             self._cond.notify_all()
-        if self._lost_in_a_row >= _GIVE_UP_AFTER and self._main is not None:
-            self._fail(MapStopped(f"{self._lost_in_a_row} requests in a row could not reach the server "
-                                  f"({result.error}); the map stopped.", "Check the server (`%hpcllm status`); run "
-                                  "the same map again to resume: what was answered is kept."))
-            self._stopping.set()
-            if self._room is not None:
-                self._room.set()
+        resume = ("; run the same map again to resume: what was answered is kept" if self.cache is not None else "")
+        if self._lost_in_a_row >= _GIVE_UP_AFTER:
+            self._give_up(MapStopped(f"{self._lost_in_a_row} requests in a row could not reach the server "
+                                     f"({result.error}); the map stopped.",
+                                     f"Check the server (`%hpcllm status`){resume}."))
+        elif self._same_in_a_row >= _GIVE_UP_AFTER:
+            self._give_up(MapStopped(f"The last {self._same_in_a_row} requests all failed alike ({result.error}); "
+                                     "the map stopped rather than send the rest to the same end.",
+                                     f"Fix what the message says (the model's name, the key, the options){resume}."))
+
+    def _give_up(self, error: MapStopped) -> None:
+        self._fail(error)
+        self._stopping.set()
+        if self._room is not None:
+            self._room.set()
 
 
 def imap(prompts: Any, server: Any, *, template: str | None = None, system: str | None = None,
@@ -558,11 +593,15 @@ def _prepare(prompts: Any, server: Any, *, template: str | None, system: str | N
     parameters = {key: value for key, value in {
         "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
         "response_format": structure.response_format, "extra_body": extra_body}.items() if value is not None}
-    functions = {f.__name__: f for f in tools or []}
+    functions = {}
+    for function in tools or []:
+        name = getattr(function, "__name__", None)
+        if not callable(function) or not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"tools takes Python functions with a name, not {type(function).__name__}.",
+                              "Define the tool with def (a functools.partial or a lambda has no name the model "
+                              "could call).")
+        functions[name] = function
     keyed = dict(parameters, tools=[tool_schema(f) for f in functions.values()]) if functions else dict(parameters)
-    fingerprint = target.fingerprint()
-    if fingerprint:  # the same model name on an engine set up otherwise (parsers, template, quantization)
-        keyed["engine"] = fingerprint
     request = dict(parameters)
     items, total = items_of(prompts)
     compiled = Template(template, namespace) if template is not None else None
@@ -574,6 +613,7 @@ def _prepare(prompts: Any, server: Any, *, template: str | None, system: str | N
                parameters=request, key_parameters=keyed, structure=structure, functions=functions, cache=answers,
                concurrency=concurrency,
                retries=retries, backoff=backoff, request_timeout=request_timeout)
+    run.fingerprint = target.fingerprint()
     sampling = {key: value for key, value in parameters.items() if key != "extra_body"}
     if extra_body:
         sampling["extra_body"] = extra_body
@@ -640,7 +680,7 @@ def map(prompts: Any, server: Any, *, template: str | None = None, system: str |
     def attach(result: Any) -> None:
         if isinstance(result, Answers):
             result.provenance, result.failures, result.summary = provenance, failures, summary
-        else:  # pandas: its attrs (an attribute would be taken for a column)
-            result.attrs["hpcllm"] = dict(record, failed=[(f.label, f.error) for f in failures])
+        else:  # pandas: its attrs (an attribute would be taken for a column); pandas copies them often: kept short
+            result.attrs["hpcllm"] = dict(record, failed=[(str(f.label), f.error) for f in failures[:_LISTED]])
 
     return shaped(prompts, values, column, attach)

@@ -44,7 +44,12 @@ class Template:
                 key = attribute or single or double
                 self.parts.append((whole, key if key is not None else (int(number) if number else None)))
             elif name in namespace:
-                self._text(str(namespace[name]))
+                try:
+                    self._text(str(namespace[name]))
+                except Exception as error:  # the notebook's value cannot be text: its own bug, said as such
+                    raise ConfigError(f"{{{name}}} in the template cannot be turned into text: str({name}) raised "
+                                      f"{type(error).__name__}.", f"Write {{{{{name}}}}} for a literal {{{name}}}, or "
+                                      "convert it first.") from None
             else:
                 self._text(match.group(0))
         self._text(text[position:])
@@ -95,7 +100,7 @@ def items_of(data: Any) -> tuple[Iterator[tuple[Any, Any]], int | None]:
     if kind == "dataframe":
         # A dict per row, made as it is sent, each value of its column's own type (iterrows would turn the
         # ints of a frame that also has floats into floats: {row.year} would read 2001.0).
-        columns = [str(column) for column in data.columns]
+        columns = list(data.columns)
         rows = (dict(zip(columns, values, strict=True)) for values in data.itertuples(index=False, name=None))
         return zip(data.index, rows, strict=True), len(data)
     if kind == "series":

@@ -4,8 +4,10 @@ time, recorded with every `%%llm` output and every map; and the endpoint a map s
 from __future__ import annotations
 
 import datetime
+import re
+import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._version import __version__
@@ -17,6 +19,44 @@ from .prompt import Endpoint
 __all__ = ["Target", "provenance", "target_of"]
 
 
+# An option one of whose words is one of these (--hf-token, --api-key; not --tokenizer-mode) holds a secret.
+_SECRET_WORDS = frozenset({"token", "key", "secret", "password", "passwd", "auth", "credential", "credentials"})
+
+
+def redacted(arguments: list[str]) -> list[str]:
+    """An engine's arguments fit to keep in a notebook: the value of any option that names a secret (an
+    `--hf-token`, say) replaced, and credentials taken out of URLs."""
+    out: list[str] = []
+    hide_next = False
+    for word in arguments:
+        if hide_next and not word.startswith("--"):
+            out.append("[redacted]")
+            hide_next = False
+            continue
+        hide_next = False
+        name, equals, _ = word.partition("=")
+        if word.startswith("-") and _SECRET_WORDS & set(re.split(r"[-_]+", name.lower())):
+            if equals:
+                out.append(f"{name}=[redacted]")
+            else:
+                out.append(word)
+                hide_next = True
+            continue
+        out.append(_without_credentials(word))
+    return out
+
+
+def _without_credentials(text: str) -> str:
+    """A URL without its user:password@ and query (where keys travel); any other text as it is."""
+    if "://" not in text:
+        return text
+    parts = urllib.parse.urlsplit(text)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -25,7 +65,7 @@ def provenance(server: Server | None, model: str, endpoint_label: str, sampling:
                **more: Any) -> dict[str, Any]:
     """The record of how an answer is made, as JSON-able values. The engine's image and arguments are read
     from the job's script once per job; if that fails the rest is still recorded."""
-    record: dict[str, Any] = {"model": model, "endpoint": endpoint_label}
+    record: dict[str, Any] = {"model": model, "endpoint": _without_credentials(endpoint_label)}
     if server is not None:
         record.update(engine=server.engine, job_id=server.job_id, node=server.node, profile=server.profile.name)
         try:
@@ -37,7 +77,7 @@ def provenance(server: Server | None, model: str, endpoint_label: str, sampling:
             if details.get(key) is not None:
                 record[key] = details[key]
         if details.get("command"):
-            record["engine_args"] = details["command"]
+            record["engine_args"] = redacted(details["command"])
     record["sampling"] = dict(sampling or {})
     record.update({key: value for key, value in more.items() if value is not None})
     record["time"] = _now()
@@ -50,7 +90,7 @@ class Target:
     """What a map sends to: the OpenAI base URL and key, the model, and how to read the engine's load."""
 
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)
     model: str
     label: str
     server: Server | None = None
@@ -144,10 +184,16 @@ def _metrics_reader(base_url: str, api_key: str) -> Callable[[], tuple[float | N
     """vLLM and SGLang serve /metrics beside /v1 (SGLang with --enable-metrics)."""
     root = base_url[:-3] if base_url.endswith("/v1") else base_url
 
+    refused = False
+
     def read() -> tuple[float | None, float | None] | None:
+        nonlocal refused
+        if refused:  # a server without /metrics (or one that refuses it) is not asked four times a second
+            return None
         httpx = _openai_httpx()
         answer = httpx.get(f"{root}/metrics", headers={"Authorization": f"Bearer {api_key}"}, timeout=5.0)
         if answer.status_code != 200:
+            refused = True
             return None
         reading = parse_metrics(answer.text)
         return reading.running, reading.waiting

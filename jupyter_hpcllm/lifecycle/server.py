@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..config.profiles import Profile
 from ..edge.slurm import JobRow, JobState
 from ..edge.transport import Forward
-from ..errors import JobFailed, JobNotFound, LaunchCancelled, ServerNotReady, SubmitError
+from ..errors import HpcllmError, JobFailed, JobNotFound, LaunchCancelled, ServerNotReady, SubmitError
 from .lease import Lease, relay_request
 from .metrics import EngineMetrics, parse_metrics, with_rate
 from .walltime import describe_minutes, slurm_seconds, walltime_warning
@@ -126,7 +126,8 @@ class Server:
         self.moving = threading.RLock()
         self._last_metrics: EngineMetrics | None = None  # the reading before, for vLLM's tokens per second
         self._metrics_lock = threading.Lock()
-        self._record: tuple[str, dict[str, Any]] | None = None  # (job, its engine record)
+        # (job, its engine record, when reading it failed: None if it did not)
+        self._record: tuple[str, dict[str, Any], float | None] | None = None
 
     def __repr__(self) -> str:
         return (f"<Server job {self.job_id}: {self.model} on {self.engine} at {self.node}:{self.port}, "
@@ -206,8 +207,12 @@ class Server:
     def engine_record(self) -> dict[str, Any]:
         """How the job runs its engine (image, arguments, parsers), read once per job from its script."""
         job = self.job_id
-        if self._record is None or self._record[0] != job:
-            self._record = (job, self.cluster.engine_record(job))
+        if self._record is None or self._record[0] != job or (
+                self._record[2] is not None and time.monotonic() - self._record[2] > 300):
+            try:
+                self._record = (job, self.cluster.engine_record(job), None)
+            except HpcllmError:  # a slow login node: not asked again for five minutes (each %%llm would wait)
+                self._record = (job, {}, time.monotonic())
         return self._record[1]
 
     def logs(self, lines: int = 100) -> str:

@@ -65,7 +65,8 @@ with {item} (or {item.field}, {row.column}, {row['a column']}) filled in, as man
 runs. The answers go to `answers` (or --out), in the items' shape: a list, a Series on the same index, or
 the DataFrame with a new column. --schema NAME (a pydantic model or a JSON schema) or -f json parses and
 validates each answer. Every answer is kept on disk as it comes: after an interruption, run the cell
-again and only the rest is sent. Failed items are None, listed in `answers.failures`.
+again and only the rest is sent (with --no-cache, everything). Failed items are None, listed in
+`answers.failures` (for pandas: `answers.attrs['hpcllm']['failed']`).
 """
 
 
@@ -513,7 +514,10 @@ class HpcllmMagics(Magics):
             self._check_variable("%%llm --out", args.out or "answers", "answers")
             from .mapcell import map_cell
 
-            return map_cell(args, cell, namespace, self._map_target(), functions, _fail)
+            if args.system:
+                args.system = _interpolate(args.system, namespace)
+            self.session.provenance = map_cell(args, cell, namespace, self._map_target(), functions, _fail)
+            return None
         if args.schema or args.concurrency is not None or args.no_cache:
             _fail("%%llm --schema, --concurrency and --no-cache go with --map ITEMS.")
         if args.new:

@@ -46,6 +46,10 @@ def engine_record(script: str) -> dict[str, Any]:
             position += 2 if words[position] in ("--bind", "-B", "--env", "--home", "--overlay") else 1
         if position < len(words):
             image, rest = words[position], words[position + 1:]
+    if len(rest) > 3 and rest[1] == "-c" and "runpy" in rest[2] and rest[3].endswith("/key"):
+        # SGLang behind the launcher that reads the key from its file: what it runs, as a person would write it
+        module = "sglang.launch_server"
+        rest = ["python", "-m", module, *rest[4:]]
     record: dict[str, Any] = {"image": image, "command": rest}
     for i, word in enumerate(rest):
         name, _, value = word.partition("=")
