@@ -41,6 +41,35 @@ def test_map_cell_over_a_list_and_a_dataframe_and_the_provenance(shell, capsys, 
     assert "--api-key" not in " ".join(record["engine_args"])
 
 
+def test_a_plain_llm_cell_records_the_engine_read_in_the_background(shell, capsys, fake):  # noqa: F811
+    import time
+
+    import threading
+
+    from jupyter_hpcllm.notebook.session import session_for
+
+    readers = []
+    run = fake.run
+
+    def recording_run(command, **kwargs):
+        if command.endswith("/job.sh"):
+            readers.append(threading.current_thread().name)
+        return run(command, **kwargs)
+
+    fake.run = recording_run
+    shell.run_line_magic("hpcllm", "up Qwen3-8B --profile ebi")
+    server = session_for(shell).server
+    deadline = time.monotonic() + 10
+    while not server.engine_record(wait=False):  # read by a thread since the adoption, not by the cell
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    shell.run_cell_magic("llm", "--no-stream -t 0.5", "hello")
+    assert readers == ["hpcllm-engine-record"]  # once, and never on the kernel's main thread
+    record = session_for(shell).provenance
+    assert record["image"].endswith(".sif") and record["tool_call_parser"] and record["sampling"] == {
+        "temperature": 0.5}
+
+
 @pytest.mark.parametrize(("cell", "message"), [
     ("%%llm --map nothing\n{item}", "there is no variable 'nothing'"),
     ("%%llm --map topics --chat\n{item}", "takes no --chat"),

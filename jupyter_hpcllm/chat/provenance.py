@@ -62,14 +62,15 @@ def _now() -> str:
 
 
 def provenance(server: Server | None, model: str, endpoint_label: str, sampling: dict[str, Any] | None = None,
-               **more: Any) -> dict[str, Any]:
+               *, wait: bool = True, **more: Any) -> dict[str, Any]:
     """The record of how an answer is made, as JSON-able values. The engine's image and arguments are read
-    from the job's script once per job; if that fails the rest is still recorded."""
+    from the job's script once per job; if that fails the rest is still recorded. `wait=False`: only what
+    is known already (a notebook's main thread does not wait on the login node for it)."""
     record: dict[str, Any] = {"model": model, "endpoint": _without_credentials(endpoint_label)}
     if server is not None:
         record.update(engine=server.engine, job_id=server.job_id, node=server.node, profile=server.profile.name)
         try:
-            details = server.engine_record()
+            details = server.engine_record(wait=wait)
         except HpcllmError:
             details = {}
         for key in ("image", "tool_call_parser", "reasoning_parser", "tensor_parallel", "data_parallel",

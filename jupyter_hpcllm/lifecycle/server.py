@@ -128,6 +128,7 @@ class Server:
         self._metrics_lock = threading.Lock()
         # (job, its engine record, when reading it failed: None if it did not)
         self._record: tuple[str, dict[str, Any], float | None] | None = None
+        self._record_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"<Server job {self.job_id}: {self.model} on {self.engine} at {self.node}:{self.port}, "
@@ -204,15 +205,32 @@ class Server:
                 self._last_metrics = current  # two calls at once: the newer reading is kept
         return result
 
-    def engine_record(self) -> dict[str, Any]:
-        """How the job runs its engine (image, arguments, parsers), read once per job from its script."""
+    def engine_record(self, *, wait: bool = True) -> dict[str, Any]:
+        """How the job runs its engine (image, arguments, parsers), read once per job from its script.
+        `wait=False`: what is known now ({} at first), the reading started in the background, so that a
+        kernel's main thread never waits on the login node for it."""
         job = self.job_id
-        if self._record is None or self._record[0] != job or (
-                self._record[2] is not None and time.monotonic() - self._record[2] > 300):
-            try:
-                self._record = (job, self.cluster.engine_record(job), None)
-            except HpcllmError:  # a slow login node: not asked again for five minutes (each %%llm would wait)
-                self._record = (job, {}, time.monotonic())
+        record = self._record
+        if record is not None and record[0] == job and (record[2] is None or time.monotonic() - record[2] < 300):
+            return record[1]
+        if not wait:
+            if self._record_lock.acquire(blocking=False):
+                def read() -> None:
+                    try:
+                        self._read_record(job)
+                    finally:
+                        self._record_lock.release()
+
+                threading.Thread(target=read, name="hpcllm-engine-record", daemon=True).start()
+            return {}
+        with self._record_lock:
+            return self._read_record(job)
+
+    def _read_record(self, job: str) -> dict[str, Any]:
+        try:
+            self._record = (job, self.cluster.engine_record(job), None)
+        except HpcllmError:  # a slow login node: not asked again for five minutes (each %%llm would wait)
+            self._record = (job, {}, time.monotonic())
         return self._record[1]
 
     def logs(self, lines: int = 100) -> str:

@@ -533,7 +533,7 @@ class HpcllmMagics(Magics):
         endpoint = self.endpoint if not args.model else Endpoint(self.endpoint.client, args.model, self.endpoint.label)
         server = self.server if self.server is not None and endpoint.client is self.endpoint.client else None
         record = provenance(server, endpoint.model, endpoint.label, request, system=args.system or None,
-                            tools=sorted(functions) or None)
+                            tools=sorted(functions) or None, wait=False)
         self.session.provenance = record
         renderer = Renderer(self.rich, show_reasoning=args.reasoning == "show", fmt=args.format,
                             metadata={"jupyter_hpcllm": record})

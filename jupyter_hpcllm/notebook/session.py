@@ -54,6 +54,7 @@ class NotebookSession:
         endpoint = Endpoint(server.client(), server.model, f"job {server.job_id}")
         self.server, self.endpoint = server, endpoint
         server.follow_renewals()  # a Renew from the lab sidebar (or another notebook) keeps `client` working
+        server.engine_record(wait=False)  # read in the background now: %%llm's provenance, without a wait
         self.shell.user_ns[as_name] = endpoint.client
         return (f"Ready: `{as_name}` talks to {server.model} ({server.engine}, job {server.job_id} on {server.node}); "
                 "%%llm uses it.")
