@@ -42,9 +42,8 @@ def test_map_cell_over_a_list_and_a_dataframe_and_the_provenance(shell, capsys, 
 
 
 def test_a_plain_llm_cell_records_the_engine_read_in_the_background(shell, capsys, fake):  # noqa: F811
-    import time
-
     import threading
+    import time
 
     from jupyter_hpcllm.notebook.session import session_for
 
