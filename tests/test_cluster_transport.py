@@ -120,19 +120,25 @@ def test_a_dropped_connection_is_replaced(profile):
         transport.close()
 
 
-def test_threads_share_one_connection_attempt(profile):
-    """Many threads asking at once for a transport that is not connected yet make one connection."""
-    import threading
-
-    transport = SSHTransport(profile)
-    made = []
+def counting_connects(transport: SSHTransport) -> list[int]:
+    """A list that gains an entry each time the transport makes a connection."""
+    made: list[int] = []
     original = transport._connect
 
     def counting_connect():
         made.append(1)
         return original()
 
-    transport._connect = counting_connect
+    transport._connect = counting_connect  # type: ignore[method-assign]
+    return made
+
+
+def test_threads_share_one_connection_attempt(profile):
+    """Many threads asking at once for a transport that is not connected yet make one connection."""
+    import threading
+
+    transport = SSHTransport(profile)
+    made = counting_connects(transport)
     outputs = []
     threads = [threading.Thread(target=lambda: outputs.append(transport.run("echo hi").stdout)) for _ in range(6)]
     try:
@@ -152,14 +158,7 @@ def test_commands_ending_at_once_keep_the_connection(profile):
     import threading
 
     transport = SSHTransport(profile)
-    made = []
-    original = transport._connect
-
-    def counting_connect():
-        made.append(1)
-        return original()
-
-    transport._connect = counting_connect
+    made = counting_connects(transport)
     outputs: list[str] = []
     errors: list[BaseException] = []
 

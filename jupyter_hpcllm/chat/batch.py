@@ -210,7 +210,6 @@ class _Run:
         self._last_error: str | None = None
         self._cache_warned = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task[None] | None = None
         self._room: asyncio.Event | None = None  # set when the feeder may look again: a slot freed, ...
         self._window_full = False  # the feeder waits for the caller to take answers
         self._stopping = threading.Event()
@@ -283,7 +282,6 @@ class _Run:
 
     async def _guarded(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._main = asyncio.current_task()
         self._room = asyncio.Event()
         self._started.set()
         client = self.target.async_client(self.request_timeout, _CEILING)
@@ -442,9 +440,6 @@ class _Run:
         reasoning = ""
         for _ in range(_MAX_TOOL_ROUNDS):
             options: dict[str, Any] = dict(self.parameters, model=self.target.model, messages=messages + added)
-            extra = options.pop("extra_body", None)
-            if extra:
-                options["extra_body"] = extra
             if self.tools:
                 options["tools"] = self.tools
             completion = await client.chat.completions.create(**options)
@@ -601,8 +596,7 @@ def _prepare(prompts: Any, server: Any, *, template: str | None, system: str | N
                               "Define the tool with def (a functools.partial or a lambda has no name the model "
                               "could call).")
         functions[name] = function
-    keyed = dict(parameters, tools=[tool_schema(f) for f in functions.values()]) if functions else dict(parameters)
-    request = dict(parameters)
+    keyed = dict(parameters, tools=[tool_schema(f) for f in functions.values()]) if functions else parameters
     items, total = items_of(prompts)
     compiled = Template(template, namespace) if template is not None else None
     if compiled is not None and not compiled.uses_item:
@@ -610,14 +604,11 @@ def _prepare(prompts: Any, server: Any, *, template: str | None, system: str | N
                           "same prompt.", "Put {item} where each item's text goes, e.g. 'Summarise: {item}'.")
     answers = None if cache is False or cache is None else AnswerCache(default_cache_path() if cache is True else cache)
     run = _Run(target, items, total, build=lambda item, label: messages_for(item, label, compiled, system),
-               parameters=request, key_parameters=keyed, structure=structure, functions=functions, cache=answers,
+               parameters=parameters, key_parameters=keyed, structure=structure, functions=functions, cache=answers,
                concurrency=concurrency,
                retries=retries, backoff=backoff, request_timeout=request_timeout)
     run.fingerprint = target.fingerprint()
-    sampling = {key: value for key, value in parameters.items() if key != "extra_body"}
-    if extra_body:
-        sampling["extra_body"] = extra_body
-    return run, lambda: target.provenance(sampling, system=system, template=template)
+    return run, lambda: target.provenance(parameters, system=system, template=template)
 
 
 def map(prompts: Any, server: Any, *, template: str | None = None, system: str | None = None,

@@ -506,6 +506,11 @@ class HpcllmMagics(Magics):
             if not callable(namespace.get(name)) or name in hidden or name in IPYTHON_NAMES:
                 _fail(f"%%llm --tools: {_short(name)} is not a function defined in this notebook.")
             functions[name] = namespace[name]
+        request: dict[str, Any] = {}
+        if args.temperature is not None:
+            request["temperature"] = args.temperature
+        if args.max_tokens is not None:
+            request["max_tokens"] = args.max_tokens
         if args.map is not None:
             if args.chat or args.new or args.format in ("code",):
                 _fail("%%llm --map sends each item on its own: it takes no --chat, --new or -f code.")
@@ -516,7 +521,7 @@ class HpcllmMagics(Magics):
 
             if args.system:
                 args.system = _interpolate(args.system, namespace)
-            self.session.provenance = map_cell(args, cell, namespace, self._map_target(), functions, _fail)
+            self.session.provenance = map_cell(args, cell, namespace, self._map_target(), functions, request, _fail)
             return None
         if args.schema or args.concurrency is not None or args.no_cache:
             _fail("%%llm --schema, --concurrency and --no-cache go with --map ITEMS.")
@@ -525,11 +530,6 @@ class HpcllmMagics(Magics):
         prompt = {"role": "user", "content": _interpolate(cell, namespace)}
         system = [{"role": "system", "content": _interpolate(args.system, namespace)}] if args.system else []
         earlier = self.history if (args.chat or args.new) else []
-        request: dict[str, Any] = {}
-        if args.temperature is not None:
-            request["temperature"] = args.temperature
-        if args.max_tokens is not None:
-            request["max_tokens"] = args.max_tokens
         endpoint = self.endpoint if not args.model else Endpoint(self.endpoint.client, args.model, self.endpoint.label)
         server = self.server if self.server is not None and endpoint.client is self.endpoint.client else None
         record = provenance(server, endpoint.model, endpoint.label, request, system=args.system or None,
@@ -544,7 +544,6 @@ class HpcllmMagics(Magics):
             renderer.finish()
             _fail("%%llm: interrupted.")
         except Exception as error:  # the openai client's errors, explained in one paragraph
-            server = self.server if endpoint.client is self.endpoint.client else None
             _fail(_explain_api_error(error, endpoint, server.connection_problem if server else None))
         if args.chat or args.new:
             self.history += [prompt, *added]
@@ -568,15 +567,16 @@ class HpcllmMagics(Magics):
     def _map_target(self) -> Server | Endpoint:
         """The server %%llm talks to (its metrics pace the map), else the endpoint of `%hpcllm use`."""
         assert self.endpoint is not None
-        if self.server is not None and not self.server.closed:
-            return self.server
-        return self.endpoint
+        return self._live_server or self.endpoint
+
+    @property
+    def _live_server(self) -> Server | None:
+        return self.server if self.server is not None and not self.server.closed else None
 
     def _provenance(self, args: argparse.Namespace) -> None:
         if self.endpoint is None:
             _fail("%hpcllm provenance: no server yet (`%hpcllm up MODEL`, `attach JOB` or `use URL`).")
-        server = self.server if self.server is not None and not self.server.closed else None
-        record = provenance(server, self.endpoint.model, self.endpoint.label)
+        record = provenance(self._live_server, self.endpoint.model, self.endpoint.label)
         record.pop("sampling", None)
         last = self.session.provenance
         if last is not None and last.get("endpoint") == record.get("endpoint"):

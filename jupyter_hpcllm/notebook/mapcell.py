@@ -17,7 +17,8 @@ __all__ = ["map_cell"]
 
 
 def map_cell(args: argparse.Namespace, cell: str, namespace: dict[str, Any], target: Server | Endpoint,
-             functions: dict[str, Callable[..., Any]], fail: Callable[[str], NoReturn]) -> dict[str, Any]:
+             functions: dict[str, Callable[..., Any]], request: dict[str, Any],
+             fail: Callable[[str], NoReturn]) -> dict[str, Any]:
     """Run the map; its record (provenance and summary), also shown with the output's metadata."""
     name = args.map
     if name not in namespace:
@@ -31,11 +32,6 @@ def map_cell(args: argparse.Namespace, cell: str, namespace: dict[str, Any], tar
         schema = namespace[args.schema]
     template = cell.strip("\n") or None
     names = {key: value for key, value in namespace.items() if key not in ("item", "row")}
-    request: dict[str, Any] = {}
-    if args.temperature is not None:
-        request["temperature"] = args.temperature
-    if args.max_tokens is not None:
-        request["max_tokens"] = args.max_tokens
     out = args.out or "answers"
     cached = not args.no_cache
     try:
